@@ -1,0 +1,270 @@
+"""Open OME-Zarr HCS plates (NGFF 0.4 on Zarr v2, 0.5 on Zarr v3) lazily.
+
+``open_plate`` reads only metadata. Each field's image comes back as a
+dask-backed ``xarray.DataArray`` with dims (c, z, y, x) and channel names as
+the ``c`` coordinate; pixels are read when the caller computes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import dask.array as da
+import pandas as pd
+import xarray as xr
+import zarr
+
+from screenxai.errors import PlateError
+from screenxai.plate.layout import layout_from_records, validate_layout
+from screenxai.plate.wells import well_id, well_sort_key
+from screenxai.plate.writer import SCREENXAI_ATTRS
+
+SPATIAL = ("c", "z", "y", "x")
+
+
+@dataclass(frozen=True, order=True)
+class FieldKey:
+    """Identity of one field of view in a screen."""
+
+    plate: str
+    well: str
+    field: int
+
+
+@dataclass
+class Well:
+    """A well's name, its NGFF path and the paths of its fields, in order."""
+
+    id: str
+    row: str
+    column: str
+    path: str
+    field_paths: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Multiscale:
+    """The multiscale levels of one image: dataset paths, axes and pixel sizes."""
+
+    axes: list[str]
+    paths: list[str]
+    scales: list[dict[str, float]]
+    channel_names: list[str] | None
+
+
+def _ome_attrs(group: zarr.Group) -> tuple[dict, str | None]:
+    """The NGFF attributes of a group and their version (0.5 nests them under 'ome')."""
+    attrs = dict(group.attrs)
+    if "ome" in attrs:
+        ome = dict(attrs["ome"])
+        return ome, ome.get("version")
+    return attrs, None
+
+
+def _read_multiscale(group: zarr.Group, where: str) -> Multiscale:
+    attrs, _ = _ome_attrs(group)
+    if not attrs.get("multiscales"):
+        raise PlateError(f"{where}: no 'multiscales' metadata; not an NGFF image")
+    meta = attrs["multiscales"][0]
+    axes = [a["name"] if isinstance(a, dict) else a for a in meta["axes"]]
+    paths, scales = [], []
+    for dataset in meta["datasets"]:
+        paths.append(dataset["path"])
+        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t["type"] == "scale"), None)
+        scales.append(dict(zip(axes, scale)) if scale else {a: 1.0 for a in axes})
+    channels = attrs.get("omero", {}).get("channels")
+    names = [c.get("label") or f"c{i}" for i, c in enumerate(channels)] if channels else None
+    return Multiscale(axes, paths, scales, names)
+
+
+def _to_czyx(array: da.Array, axes: list[str], where: str) -> da.Array:
+    """Reorder an NGFF array to (c, z, y, x), adding missing c/z axes and taking t=0."""
+    unknown = set(axes) - {"t", *SPATIAL}
+    if unknown:
+        raise PlateError(f"{where}: unsupported axes {sorted(unknown)} (axes are {axes})")
+    if "t" in axes:
+        array = array[tuple(0 if a == "t" else slice(None) for a in axes)]
+        axes = [a for a in axes if a != "t"]
+    for name in ("c", "z"):
+        if name not in axes:
+            array = array[None]
+            axes = [name, *axes]
+    return da.transpose(array, [axes.index(a) for a in SPATIAL])
+
+
+class Plate:
+    """An opened HCS plate: its wells, fields, channels, levels and layout.
+
+    Construct with ``open_plate``. Nothing but metadata is read until an
+    image is computed.
+    """
+
+    def __init__(self, url: str, root: zarr.Group, name: str, ngff_version: str, wells: dict[str, Well],
+                 rows: list[str], columns: list[str], layout: pd.DataFrame | None) -> None:
+        self.url = url
+        self.root = root
+        self.name = name
+        self.ngff_version = ngff_version
+        self.wells = wells
+        self.rows = rows
+        self.columns = columns
+        self.layout = layout
+
+    def __repr__(self) -> str:
+        return (f"<Plate {self.name!r} NGFF {self.ngff_version}: {len(self.wells)} wells, "
+                f"{len(self.field_keys())} fields, channels {self.channel_names}>")
+
+    def well(self, well: str) -> Well:
+        """A well by name (any spelling ``normalise_well`` accepts)."""
+        from screenxai.plate.wells import normalise_well
+
+        try:
+            key = normalise_well(well)
+        except ValueError as err:
+            raise PlateError(f"plate {self.name}: {err}") from err
+        if key not in self.wells:
+            raise PlateError(f"plate {self.name} ({self.url}): no well {key}")
+        return self.wells[key]
+
+    def field_keys(self, wells: list[str] | None = None) -> list[FieldKey]:
+        """Every field of every (or of the given) well, in plate order."""
+        selected = [self.well(w).id for w in wells] if wells is not None else list(self.wells)
+        return [FieldKey(self.name, w, i) for w in selected for i in range(len(self.wells[w].field_paths))]
+
+    def _field_group(self, well: str, field: int) -> tuple[zarr.Group, str]:
+        info = self.well(well)
+        if not 0 <= field < len(info.field_paths):
+            raise PlateError(f"plate {self.name} well {info.id}: no field {field} "
+                             f"(the well has {len(info.field_paths)} fields)")
+        path = f"{info.path}/{info.field_paths[field]}"
+        try:
+            return self.root[path], path
+        except KeyError as err:
+            raise PlateError(f"plate {self.name} well {info.id} field {field}: group {path} is missing "
+                             f"from {self.url}") from err
+
+    @cached_property
+    def _first_multiscale(self) -> Multiscale:
+        first = self.field_keys()[0]
+        group, path = self._field_group(first.well, first.field)
+        return _read_multiscale(group, f"{self.url}/{path}")
+
+    @property
+    def channel_names(self) -> list[str]:
+        """Channel names from the first field's omero metadata (``c0``... when absent)."""
+        ms = self._first_multiscale
+        if ms.channel_names:
+            return ms.channel_names
+        first = self.field_keys()[0]
+        n = self.image(first.well, first.field).sizes["c"]
+        return [f"c{i}" for i in range(n)]
+
+    @property
+    def n_levels(self) -> int:
+        """Number of multiscale levels of the fields' images."""
+        return len(self._first_multiscale.paths)
+
+    @property
+    def pixel_size(self) -> dict[str, float]:
+        """Physical pixel size (y, x; and z) at full resolution, in the plate's units."""
+        scale = self._first_multiscale.scales[0]
+        return {a: float(scale[a]) for a in ("z", "y", "x") if a in scale}
+
+    def image(self, well: str, field: int = 0, level: int = 0) -> xr.DataArray:
+        """Lazy image of one field, dims (c, z, y, x), channel names on ``c``."""
+        group, path = self._field_group(well, field)
+        where = f"{self.url}/{path}"
+        ms = _read_multiscale(group, where)
+        if not 0 <= level < len(ms.paths):
+            raise PlateError(f"{where}: no level {level} (the image has {len(ms.paths)} levels)")
+        try:
+            array = da.from_zarr(group[ms.paths[level]])
+        except KeyError as err:
+            raise PlateError(f"{where}: array {ms.paths[level]} is missing") from err
+        data = _to_czyx(array, ms.axes, where)
+        names = ms.channel_names or [f"c{i}" for i in range(data.shape[0])]
+        if len(names) != data.shape[0]:
+            raise PlateError(f"{where}: {len(names)} channel names for {data.shape[0]} channels")
+        return xr.DataArray(
+            data,
+            dims=SPATIAL,
+            coords={"c": names},
+            name=f"{self.name}/{self.well(well).id}/{field}",
+            attrs={"plate": self.name, "well": self.well(well).id, "field": field, "level": level,
+                   "pixel_size": {a: ms.scales[level].get(a, 1.0) for a in ("z", "y", "x")}},
+        )
+
+    def label_names(self, well: str, field: int = 0) -> list[str]:
+        """Names of the label images stored with a field (empty when none)."""
+        group, _ = self._field_group(well, field)
+        if "labels" not in group:
+            return []
+        attrs, _ = _ome_attrs(group["labels"])
+        return list(attrs.get("labels", []))
+
+    def labels(self, well: str, field: int = 0, name: str = "nuclei", level: int = 0) -> xr.DataArray:
+        """Lazy label image of one field, dims (z, y, x)."""
+        group, path = self._field_group(well, field)
+        if name not in self.label_names(well, field):
+            raise PlateError(f"{self.url}/{path}: no label image {name!r} "
+                             f"(has {self.label_names(well, field) or 'none'})")
+        label_group = group["labels"][name]
+        where = f"{self.url}/{path}/labels/{name}"
+        ms = _read_multiscale(label_group, where)
+        data = _to_czyx(da.from_zarr(label_group[ms.paths[level]]), ms.axes, where)[0]
+        return xr.DataArray(data, dims=("z", "y", "x"), name=name,
+                            attrs={"plate": self.name, "well": self.well(well).id, "field": field})
+
+
+def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None = None,
+               name: str | None = None) -> Plate:
+    """Open an OME-Zarr HCS plate (NGFF 0.4 or 0.5) from a path or URL.
+
+    ``layout`` is a DataFrame or CSV path; when omitted, the layout stored in
+    the plate's attributes (by ``screenxai convert``/``simulate``) is used.
+    ``name`` overrides the plate name (default: the plate's own name, else
+    the folder name).
+    """
+    url = str(path_or_url)
+    if "://" not in url and not Path(url).exists():
+        raise PlateError(f"{url}: no such file or folder")
+    try:
+        root = zarr.open_group(url, mode="r")
+    except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError, KeyError) as err:
+        raise PlateError(f"{url}: not a Zarr group, so not an OME-Zarr plate ({err})") from err
+    attrs, version = _ome_attrs(root)
+    plate_meta = attrs.get("plate")
+    if not plate_meta:
+        raise PlateError(f"{url}: a Zarr group without HCS 'plate' metadata; not an OME-Zarr plate")
+    version = version or plate_meta.get("version") or "0.4"
+    rows = [r["name"] for r in plate_meta["rows"]]
+    columns = [c["name"] for c in plate_meta["columns"]]
+    wells: dict[str, Well] = {}
+    for entry in plate_meta["wells"]:
+        row, column = rows[entry["rowIndex"]], columns[entry["columnIndex"]]
+        key = well_id(row, column)
+        try:
+            well_group = root[entry["path"]]
+        except KeyError as err:
+            raise PlateError(f"{url}: well {key} is listed in the plate but group {entry['path']} is missing") from err
+        well_attrs, _ = _ome_attrs(well_group)
+        images = well_attrs.get("well", {}).get("images")
+        if not images:
+            raise PlateError(f"{url}: well {key} ({entry['path']}) has no 'well' metadata listing its fields")
+        wells[key] = Well(key, row, column, entry["path"], [img["path"] for img in images])
+    wells = dict(sorted(wells.items(), key=lambda kv: well_sort_key(kv[0])))
+    extra = dict(root.attrs.get(SCREENXAI_ATTRS, {}))
+    plate_name = name or extra.get("plate_name") or plate_meta.get("name") or Path(url.rstrip("/")).stem
+    if layout is None and extra.get("layout"):
+        table = layout_from_records(extra["layout"], source=f"layout stored in {url}")
+    elif isinstance(layout, (str, Path)):
+        from screenxai.plate.layout import read_layout
+
+        table = read_layout(layout)
+    else:
+        table = layout
+    if table is not None:
+        table = validate_layout(table, source=f"layout for plate {plate_name}", plate_wells=wells)
+    return Plate(url, root, plate_name, version, wells, rows, columns, table)
