@@ -1,0 +1,28 @@
+# One virtual environment in .venv; torch is installed first with the CPU-wheel pin
+# (an unpinned torch pulls several GB of CUDA packages).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+
+.PHONY: setup run test benchmarks clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/.installed
+
+run: $(BIN)/.installed  ## the main job on the embedded default: a synthetic plate, a local Dask cluster
+	$(BIN)/screenxai run -o runs/demo
+
+test: $(BIN)/.installed
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+benchmarks: $(BIN)/.installed
+	$(BIN)/python -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
