@@ -1,0 +1,38 @@
+"""Write Parquet files so that a reader never sees a half-written one.
+
+Each file is written under a temporary name in its final folder, then
+renamed into place (atomic on POSIX file systems), then marked done. The
+temporary file and the marker start with '.', so pyarrow and pandas skip
+them when reading a folder of Parquet files.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+
+def write_parquet_atomic(table: pd.DataFrame, path: Path) -> Path:
+    """Write ``table`` to ``path`` via a temporary file and a rename, then a done-marker."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+    os.replace(tmp, path)
+    done_marker(path).touch()
+    return path
+
+
+def is_done(path: Path) -> bool:
+    """Whether ``path`` was completely written (its done-marker exists)."""
+    return path.exists() and done_marker(path).exists()
+
+
+def done_marker(path: Path) -> Path:
+    """The hidden file whose existence says ``path`` is complete."""
+    return path.with_name(f".{path.name}.done")
