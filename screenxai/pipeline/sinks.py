@@ -22,8 +22,11 @@ def write_parquet_atomic(table: pd.DataFrame, path: Path) -> Path:
     """Write ``table`` to ``path`` via a temporary file and a rename, then a done-marker."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
-    os.replace(tmp, path)
+    try:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     done_marker(path).touch()
     return path
 
