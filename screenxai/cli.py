@@ -97,5 +97,68 @@ def info(plate_path: Path) -> None:
             click.echo("  controls: " + ", ".join(f"{k}: {v} wells" for k, v in counts.items()))
 
 
+@main.command()
+@click.argument("plates", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("screenxai-run"), show_default=True,
+              help="Output folder.")
+@click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
+@click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
+@click.option("--wells", help="Comma-separated wells to process, e.g. 'A01,B03' (default: all).")
+@click.option("--crop-size", default=32, show_default=True, help="Side of the single-cell crops, pixels.")
+@click.option("--nuclear-channel", help="Channel to segment (default: the one named DNA, DAPI, Hoechst, ...).")
+def run(plates: tuple[Path, ...], out: Path, layout: Path | None, scheduler: str | None, workers: int | None,
+        wells: str | None, crop_size: int, nuclear_channel: str | None) -> None:
+    """Find, crop and measure the cells of PLATES and write per-cell and per-well tables to OUT.
+
+    Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from screenxai.cells import CellConfig
+    from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.run import field_tasks, open_plates, run_cells
+
+    console = Console(stderr=True)
+    if not plates:
+        demo = out / "plate.zarr"
+        if not demo.exists():
+            from screenxai.plate.simulate import simulate_screen
+
+            console.print(f"no plate given: simulating a 4x6-well screen into {demo}")
+            simulate_screen(demo, seed=0)
+        plates = (demo,)
+    opened = open_plates(plates, layout=layout)
+    selected = [w.strip() for w in wells.split(",")] if wells else None
+    n_fields = len(field_tasks(opened, out, selected))
+    config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
+    with connect(scheduler, workers) as client:
+        console.print(f"Dask dashboard: {client.dashboard_link}")
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("fields", total=n_fields)
+            result = run_cells(opened, out, client, config, selected, on_field=lambda _: progress.advance(bar))
+    _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    from screenxai.pipeline.summary import condition_summary, dose_trend
+
+    wells = result.wells
+    ratios = [c for c in wells.columns if c.startswith("median_") and c.endswith("_ratio")]
+    click.echo(f"{len(wells)} wells, {int(wells['n_cells'].sum())} cells in {result.seconds:.1f} s -> {result.out}")
+    click.echo(condition_summary(wells, ["n_cells", *ratios]).round(3).to_string())
+    for column in ratios:
+        rho = dose_trend(wells, column)
+        if rho is not None:
+            click.echo(f"{column} vs dose_index over dose wells: Spearman {rho:+.3f}")
+    flagged = wells[wells.filter(like="qc_").any(axis=1)]
+    if len(flagged):
+        click.echo(f"QC flags on {len(flagged)} well(s): {', '.join(flagged['well'])}")
+    if len(result.failures):
+        click.echo(f"{len(result.failures)} field(s) failed; see {result.out / 'failures.parquet'}", err=True)
+
+
 if __name__ == "__main__":
     main()

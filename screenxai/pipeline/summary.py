@@ -1,0 +1,64 @@
+"""Per-well tables gathered from the per-field cell files."""
+
+from __future__ import annotations
+
+import pandas as pd
+from scipy import stats
+
+from screenxai.cells.features import CHANNEL_SUFFIXES, SHAPE_COLUMNS
+
+LOW_COUNT_FRACTION = 0.25  # a well with fewer cells than this share of the plate median is flagged
+SATURATION_LIMIT = 0.01  # a well with more saturated pixels than this fraction is flagged
+FOCUS_FRACTION = 0.5  # a well whose focus is below this share of the plate median is flagged
+
+
+def well_table(cells: pd.DataFrame, fields: pd.DataFrame, layouts: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """One row per plate and well: layout columns, cell and field counts, median features, QC flags."""
+    cells = cells.assign(plate=cells["plate"].astype(str), well=cells["well"].astype(str))
+    feature_columns = [c for c in cells.columns
+                       if c in SHAPE_COLUMNS or any(c.endswith("_" + s) for s in CHANNEL_SUFFIXES)]
+    medians = cells.groupby(["plate", "well"])[feature_columns].median().add_prefix("median_")
+    counts = cells.groupby(["plate", "well"]).size().rename("n_cells")
+    field_stats = fields.groupby(["plate", "well"]).agg(
+        n_fields=("field", "size"),
+        n_failed_fields=("status", lambda s: int((s == "failed").sum())),
+        saturated_fraction=("saturated_fraction", "max"),
+        focus=("focus", "mean"),
+    )
+    wells = field_stats.join(counts).join(medians).reset_index()
+    wells["n_cells"] = wells["n_cells"].fillna(0).astype("int64")
+    for plate, rows in wells.groupby("plate").groups.items():
+        median_count = wells.loc[rows, "n_cells"].median()
+        median_focus = wells.loc[rows, "focus"].median()
+        wells.loc[rows, "qc_low_count"] = wells.loc[rows, "n_cells"] < LOW_COUNT_FRACTION * median_count
+        wells.loc[rows, "qc_out_of_focus"] = wells.loc[rows, "focus"] < FOCUS_FRACTION * median_focus
+    wells["qc_saturated"] = wells["saturated_fraction"] > SATURATION_LIMIT
+    wells["qc_failed_fields"] = wells["n_failed_fields"] > 0
+    for flag in ("qc_low_count", "qc_out_of_focus", "qc_saturated", "qc_failed_fields"):
+        wells[flag] = wells[flag].astype(bool)
+    with_layout = []
+    for plate, rows in wells.groupby("plate"):
+        layout = layouts.get(plate)
+        with_layout.append(rows.merge(layout, on="well", how="left") if layout is not None else rows)
+    return pd.concat(with_layout, ignore_index=True)
+
+
+def dose_trend(wells: pd.DataFrame, column: str, dose: str = "dose_index") -> float | None:
+    """Spearman correlation of a per-well column with dose over the dose-series wells."""
+    if dose not in wells or column not in wells:
+        return None
+    series = wells[wells["control"] == "dose"] if "control" in wells else wells
+    series = series.dropna(subset=[dose, column])
+    if len(series) < 3:
+        return None
+    return float(stats.spearmanr(series[dose], series[column]).statistic)
+
+
+def condition_summary(wells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Mean of per-well values by control group (or for the whole plate without a layout)."""
+    group = "control" if "control" in wells else None
+    if group is None:
+        return wells[columns].mean().to_frame("all wells").T
+    return wells.groupby(group)[columns].mean()
+
+
