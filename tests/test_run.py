@@ -1,0 +1,78 @@
+"""`screenxai run` on a real local Dask cluster: tables, failures recorded, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from screenxai.cells import CellConfig
+from screenxai.cli import main
+from screenxai.pipeline.cluster import connect
+from screenxai.pipeline.run import open_plates, run_cells
+from screenxai.plate import open_plate
+
+WELLS = ["A01", "B02", "A12", "B12"]
+
+
+@pytest.fixture(scope="module")
+def client():
+    with connect(n_workers=2) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bbbc013_run(bbbc013_plate, client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    return run_cells(open_plates([bbbc013_plate]), out, client, CellConfig(), wells=WELLS)
+
+
+def test_run_writes_cell_and_well_tables(bbbc013_run):
+    out = bbbc013_run.out
+    cells = pd.read_parquet(out / "cells")
+    assert sorted(cells["well"].astype(str).unique()) == sorted(WELLS)
+    assert cells["cell_id"].is_unique
+    b02 = pd.read_parquet(out / "cells", filters=[("well", "==", "B02")])
+    assert len(b02) == int(bbbc013_run.wells.set_index("well").loc["B02", "n_cells"]) > 100
+    wells = pd.read_parquet(out / "wells.parquet")
+    assert list(wells["well"]) == ["A01", "A12", "B02", "B12"]
+    assert {"control", "dose_index", "n_cells", "median_GFP_ratio", "qc_low_count"} <= set(wells.columns)
+    by_control = wells.groupby("control")["median_GFP_ratio"].mean()
+    assert by_control["positive"] > 2 * by_control["negative"]
+
+
+def test_manifest_records_versions_plates_and_every_field(bbbc013_run):
+    manifest = json.loads((bbbc013_run.out / "manifest.json").read_text())
+    assert manifest["plates"][0]["name"] == "bbbc013"
+    assert {"zarr", "dask", "torch"} <= set(manifest["dependencies"])
+    assert [(f["well"], f["status"]) for f in manifest["fields"]] == [(w, "done") for w in sorted(WELLS)]
+
+
+def test_unreadable_field_is_recorded_and_the_rest_completes(bbbc013_plate, client, tmp_path):
+    import shutil
+
+    plate_copy = tmp_path / "plate.zarr"
+    shutil.copytree(bbbc013_plate, plate_copy)
+    chunk = next(p for p in (plate_copy / "A" / "12" / "0" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"\x00garbage")
+    result = run_cells(open_plates([plate_copy]), tmp_path / "out", client, CellConfig(), wells=WELLS)
+    failed = result.failures
+    assert list(failed["well"]) == ["A12"] and failed["error"].iloc[0]
+    assert (result.fields.set_index("well").loc[["A01", "B02", "B12"], "status"] == "done").all()
+    assert pd.read_parquet(tmp_path / "out" / "failures.parquet")["well"].tolist() == ["A12"]
+    assert bool(result.wells.set_index("well").loc["A12", "qc_failed_fields"])
+
+
+def test_cli_run_reports_bad_plate_in_one_line(tmp_path):
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: {tmp_path / 'missing.zarr'}: no such file or folder"
+
+
+def test_run_refuses_plates_with_the_same_name(bbbc013_plate, client, tmp_path):
+    plates = open_plates([bbbc013_plate, bbbc013_plate])
+    with pytest.raises(Exception, match=r"share the name\(s\) \['bbbc013'\]"):
+        run_cells(plates, tmp_path, client)
