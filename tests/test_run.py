@@ -76,3 +76,44 @@ def test_run_refuses_plates_with_the_same_name(bbbc013_plate, client, tmp_path):
     plates = open_plates([bbbc013_plate, bbbc013_plate])
     with pytest.raises(Exception, match=r"share the name\(s\) \['bbbc013'\]"):
         run_cells(plates, tmp_path, client)
+
+
+def _documented_columns(table: str) -> dict[str, str]:
+    """Columns and dtypes of one table in docs/outputs.md (``## table`` section)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
+    section = text.split(f"\n## {table}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return {name.strip(): dtype.strip() for name, dtype in rows[1:]}
+
+
+def _dtype_matches(series: pd.Series, documented: str) -> bool:
+    if documented == "category":
+        return isinstance(series.dtype, pd.CategoricalDtype)
+    if documented == "string":
+        return pd.api.types.is_string_dtype(series.dtype) and not isinstance(series.dtype, pd.CategoricalDtype)
+    return str(series.dtype) == documented
+
+
+SHAPE_FEATURES = ("area", "perimeter", "eccentricity", "solidity", "major_axis_length", "minor_axis_length",
+                  "form_factor")
+CHANNELS = ("GFP", "DNA")
+
+
+def _expand(name: str) -> list[str]:
+    """Concrete column names of a documented, possibly templated, column."""
+    if name == "median_{feature}":
+        channel_features = [c for c in _documented_columns("cells/") if c.startswith("{channel}")]
+        return [f"median_{f}" for f in SHAPE_FEATURES] + [f"median_{c}" for f in channel_features for c in _expand(f)]
+    if "{channel}" in name:
+        return [name.replace("{channel}", channel) for channel in CHANNELS]
+    return [name]
+
+
+@pytest.mark.parametrize("table, path", [("cells/", "cells"), ("fields.parquet", "fields.parquet"),
+                                         ("wells.parquet", "wells.parquet")])
+def test_every_documented_column_reads_back_with_its_dtype(bbbc013_run, table, path):
+    data = pd.read_parquet(bbbc013_run.out / path)
+    for name, dtype in _documented_columns(table).items():
+        for column in _expand(name):
+            assert column in data, f"{table}: documented column {column} missing"
+            assert _dtype_matches(data[column], dtype), f"{table}: {column} is {data[column].dtype}, docs say {dtype}"
