@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
-.PHONY: setup run test benchmarks clean
+.PHONY: setup run test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ run: $(BIN)/.installed  ## the main job on the embedded default: a synthetic pla
 
 test: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)
-
-benchmarks: $(BIN)/.installed
-	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -192,3 +192,23 @@ def test_writer_refuses_to_overwrite_by_default(tmp_path):
     path = write_plate(tmp_path / "p.zarr", _fields(1), name="P", channel_names=CHANNELS)
     with pytest.raises(PlateError, match="already exists"):
         write_plate(path, _fields(1), name="P", channel_names=CHANNELS)
+
+
+def test_open_plate_reads_over_http(written):
+    """A plate served over HTTP (here on loopback) opens by URL like a local one."""
+    import functools
+    import http.server
+    import threading
+
+    path, fields, _ = written
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(path.parent))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        plate = open_plate(f"http://127.0.0.1:{server.server_port}/{path.name}")
+        assert plate.name == "P7" and len(plate.field_keys()) == 6
+        np.testing.assert_array_equal(plate.image("B03", 1).values[:, 0], fields[-1].image)
+    finally:
+        server.shutdown()
