@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from collections.abc import Iterator
@@ -28,5 +29,5 @@ def connect(scheduler: str | None = None, n_workers: int | None = None) -> Itera
         return
     workers, threads = local_cluster_size()
     with LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
