@@ -36,3 +36,23 @@ def test_info_command_describes_a_plate(bbbc013_plate):
     assert "wells: 48 in rows ABCD" in result.output
     assert "channels: GFP, DNA" in result.output
     assert "negative: 8 wells" in result.output
+
+
+def test_simulate_then_run_end_to_end(tmp_path):
+    """The main job's two steps on a small screen: simulate a plate, then run on a local cluster."""
+    import pandas as pd
+
+    plate = tmp_path / "sim.zarr"
+    runner = CliRunner()
+    result = runner.invoke(main, ["simulate", str(plate), "--rows", "2", "--columns", "3", "--fields", "1",
+                                  "--size", "256", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "sim.truth.parquet").exists()
+    result = runner.invoke(main, ["run", str(plate), "-o", str(tmp_path / "out"), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert "6 wells" in result.output and "median_reporter_ratio" in result.output
+    wells = pd.read_parquet(tmp_path / "out" / "wells.parquet")
+    truth = pd.read_parquet(tmp_path / "sim.truth.parquet")
+    assert wells["n_cells"].sum() == len(truth)
+    ratio = wells.groupby("control")["median_reporter_ratio"].mean()
+    assert ratio["positive"] > ratio["negative"]
