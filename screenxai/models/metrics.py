@@ -1,0 +1,36 @@
+"""Small numerical measures used to judge models: ROC AUC and a cross-validated ridge probe."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+def roc_auc(is_positive: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN if one side is empty."""
+    is_positive = np.asarray(is_positive, bool)
+    n_pos, n_neg = int(is_positive.sum()), int((~is_positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alpha: float = 1.0, folds: int = 5, seed: int = 0) -> float:
+    """Out-of-fold R^2 of a ridge regression of ``y`` (N,) on standardised ``x`` (N, D).
+
+    The folds are random; predictions of every fold are pooled and compared
+    with the variance of ``y``, so 0 means "no better than the mean".
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    predicted = np.empty_like(y)
+    for test in np.array_split(order, folds):
+        train = np.setdiff1d(order, test)
+        mean, std = x[train].mean(0), x[train].std(0) + 1e-8
+        xt = (x[train] - mean) / std
+        y_mean = y[train].mean()
+        coef = np.linalg.solve(xt.T @ xt + alpha * np.eye(x.shape[1]), xt.T @ (y[train] - y_mean))
+        predicted[test] = ((x[test] - mean) / std) @ coef + y_mean
+    return float(1 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())

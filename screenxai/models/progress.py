@@ -1,0 +1,59 @@
+"""Progress reports of training and the checkpoints that let it resume."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One finished epoch of one training stage.
+
+    ``eta_s`` is the estimated time left in this stage, from the mean epoch
+    time so far; ``val_loss`` is None where the stage has no validation.
+    """
+
+    stage: str
+    epoch: int
+    epochs: int
+    loss: float
+    val_loss: float | None
+    eta_s: float
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+class EpochClock:
+    """Estimates the time left from the mean duration of the epochs run in this process."""
+
+    def __init__(self, first_epoch: int, epochs: int) -> None:
+        self.start = time.perf_counter()
+        self.first_epoch = first_epoch
+        self.epochs = epochs
+
+    def eta(self, epoch: int) -> float:
+        """Seconds left after finishing 0-based ``epoch``."""
+        done = epoch + 1 - self.first_epoch
+        return (time.perf_counter() - self.start) / max(done, 1) * (self.epochs - epoch - 1)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` with ``torch.save`` to a temporary file, then rename it onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path | None) -> dict | None:
+    """The state saved at ``path``, or None when there is none."""
+    if path is None or not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)

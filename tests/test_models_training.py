@@ -1,0 +1,103 @@
+"""Presets and the two-stage training: progress reports, checkpoints, exact resume, bundling."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from screenxai.models.bundle import load_bundle
+from screenxai.models.classifier import predict_proba
+from screenxai.models.presets import PRESETS, get_preset
+from screenxai.models.synthetic import toy_cells
+from screenxai.models.train_autoencoder import AutoencoderTraining
+from screenxai.models.train_classifier import ClassifierTraining
+from screenxai.models.training import save_trained, train_models
+
+torch.set_num_threads(1)
+# The tiny preset's recipe, shrunk to 16 px and a handful of steps so that a test runs in seconds.
+MINI = replace(
+    get_preset("tiny"), name="mini", crop_size=16,
+    classifier=dict(width=8, stages=2),
+    classifier_training=ClassifierTraining(epochs=2, batch_size=16, steps_per_epoch=3, patience=5),
+    autoencoder={**get_preset("tiny").autoencoder, "latent_dim": 8, "z_dim": 8, "encoder_width": 8,
+                 "encoder_stages": 2, "unet_channels": (16, 16)},
+    autoencoder_training=AutoencoderTraining(pretrain_epochs=1, epochs=2, batch_size=8, steps_per_epoch=2))
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return toy_cells(wells_per_class=2, cells_per_well=20, size=16, doses=1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cells):
+    crops, table = cells
+    reports = []
+    return train_models(crops, table, MINI, seed=11, progress=reports.append), reports
+
+
+def test_presets_exist_and_grow():
+    assert set(PRESETS) == {"tiny", "small", "base"}
+    assert get_preset("base").crop_size >= 64
+    with pytest.raises(ValueError, match="known presets"):
+        get_preset("huge")
+
+
+def test_progress_reports_every_epoch_of_every_stage(uninterrupted):
+    _, reports = uninterrupted
+    assert [(r.stage, r.epoch) for r in reports] == [("classifier", 0), ("classifier", 1), ("semantic", 0),
+                                                     ("autoencoder", 1), ("autoencoder", 2)]
+    assert all(r.eta_s >= 0 and np.isfinite(r.loss) for r in reports)
+    assert reports[-1].eta_s == 0
+
+
+def test_the_autoencoder_is_trained_on_every_cell_but_the_classifier_on_the_control_classes(uninterrupted, cells):
+    trained, _ = uninterrupted
+    _, table = cells
+    used = len(trained.classifier.split.train_index) + len(trained.classifier.split.val_index)
+    assert used == (table["control"] != "dose").sum()
+    assert trained.autoencoder.model.classifier is trained.classifier.model
+
+
+def test_wrong_crop_size_is_refused(cells):
+    crops, table = cells
+    with pytest.raises(ValueError, match="crop size 32"):
+        train_models(crops, table, "tiny")
+
+
+@pytest.mark.parametrize("stop_at", [("classifier", 0), ("autoencoder", 1)])
+def test_interrupted_training_resumes_to_the_same_weights(cells, uninterrupted, tmp_path, stop_at):
+    crops, table = cells
+    reference, _ = uninterrupted
+
+    def interrupt(progress):
+        if (progress.stage, progress.epoch) == stop_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_models(crops, table, MINI, seed=11, progress=interrupt, checkpoint_dir=tmp_path)
+    resumed_reports = []
+    resumed = train_models(crops, table, MINI, seed=11, checkpoint_dir=tmp_path, progress=resumed_reports.append)
+    assert (resumed_reports[0].stage, resumed_reports[0].epoch) == (stop_at[0], stop_at[1] + 1)
+    for got, want in ((resumed.classifier.model, reference.classifier.model),
+                      (resumed.autoencoder.model, reference.autoencoder.model)):
+        for name, value in want.state_dict().items():
+            assert torch.equal(value, got.state_dict()[name]), name
+
+
+def test_trained_models_bundle_round_trip(cells, uninterrupted, tmp_path):
+    crops, table = cells
+    trained, _ = uninterrupted
+    path = save_trained(tmp_path / "bundle", trained, table, ["DNA", "reporter"],
+                        {"channel_names": ["DNA", "reporter"], "low": [0, 0], "high": [1, 1]})
+    bundle = load_bundle(path)
+    provenance = bundle.config["provenance"]
+    assert provenance["preset"] == "mini" and provenance["seed"] == 11 and provenance["plates"] == ["toy"]
+    assert len(provenance["wells"]) == 5
+    np.testing.assert_array_equal(predict_proba(bundle["classifier"], crops[:8]),
+                                  predict_proba(trained.classifier.model, crops[:8]))
+    x = torch.from_numpy(crops[:4])
+    assert torch.equal(bundle["autoencoder"].encode(x), trained.autoencoder.model.encode(x))
