@@ -57,3 +57,23 @@ def load_checkpoint(path: Path | None) -> dict | None:
     if path is None or not path.is_file():
         return None
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def save_training_state(path: Path, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
+                        gen: torch.Generator, state: dict) -> None:
+    """Checkpoint everything an exact resume needs: weights, optimiser, both random streams, loop state."""
+    save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "state": state}, path)
+
+
+def restore_training_state(path: Path | None, model: torch.nn.Module, optimiser: torch.optim.Optimizer,
+                           gen: torch.Generator, state: dict) -> dict:
+    """Load a ``save_training_state`` checkpoint into the objects; return its loop state (``state`` if none)."""
+    saved = load_checkpoint(path)
+    if saved is None:
+        return state
+    model.load_state_dict(saved["model"])
+    optimiser.load_state_dict(saved["optimiser"])
+    gen.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    return saved["state"]

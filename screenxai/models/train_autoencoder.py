@@ -25,7 +25,13 @@ from screenxai.models.augment import augment
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier
 from screenxai.models.device import generator, resolve_device
-from screenxai.models.progress import EpochClock, Progress, ProgressCallback, load_checkpoint, save_checkpoint
+from screenxai.models.progress import (
+    EpochClock,
+    Progress,
+    ProgressCallback,
+    restore_training_state,
+    save_training_state,
+)
 
 
 @dataclass(frozen=True)
@@ -82,14 +88,8 @@ def train_autoencoder(
     gen = generator(training.seed)
     data = torch.from_numpy(np.ascontiguousarray(crops, np.float32))
     steps = training.steps_per_epoch or max(1, len(data) // training.batch_size)
-    state: dict = {"epoch": 0, "history": []}
-    saved = load_checkpoint(checkpoint)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        gen.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["state"]
+    initial: dict = {"epoch": 0, "history": []}
+    state = restore_training_state(checkpoint, model, optimiser, gen, initial)
     if training.pretrain_epochs and model.aux_decoder is None:
         raise ValueError("pretrain_epochs need an autoencoder with aux_decoder")
     total_epochs = training.pretrain_epochs + training.epochs
@@ -117,9 +117,7 @@ def train_autoencoder(
         state["history"].append({"epoch": epoch, "stage": stage, **{k: v / steps for k, v in sums.items()}})
         state["epoch"] = epoch + 1
         if checkpoint is not None:
-            save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                             "state": state}, checkpoint)
+            save_training_state(checkpoint, model, optimiser, gen, state)
         if progress is not None:
             last = training.pretrain_epochs if pretraining else total_epochs
             progress(Progress(stage, epoch, last, sums["loss"] / steps, None, clock.eta(epoch)))

@@ -21,7 +21,13 @@ from screenxai.models.augment import augment
 from screenxai.models.classifier import CellClassifier, ClassifierConfig, predict_proba
 from screenxai.models.device import generator, resolve_device
 from screenxai.models.metrics import roc_auc
-from screenxai.models.progress import EpochClock, Progress, ProgressCallback, load_checkpoint, save_checkpoint
+from screenxai.models.progress import (
+    EpochClock,
+    Progress,
+    ProgressCallback,
+    restore_training_state,
+    save_training_state,
+)
 from screenxai.models.splits import DEFAULT_CLASS_COLUMN, WellSplit, class_labels, split_by_well
 
 
@@ -138,14 +144,8 @@ def train_classifier(
     train_y = torch.from_numpy(labels[split.train_index])
     val_x, val_y = crops[split.val_index], labels[split.val_index]
     steps = training.steps_per_epoch or max(1, len(train_x) // training.batch_size)
-    state = {"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "best_model": None, "history": []}
-    saved = load_checkpoint(checkpoint)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimiser.load_state_dict(saved["optimiser"])
-        gen.set_state(saved["generator"])
-        torch.set_rng_state(saved["torch_rng"])
-        state = saved["state"]
+    initial: dict = {"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "best_model": None, "history": []}
+    state = restore_training_state(checkpoint, model, optimiser, gen, initial)
     clock = EpochClock(state["epoch"], training.epochs)
     for epoch in range(state["epoch"], training.epochs):
         if epoch - state["best_epoch"] > training.patience and state["best_epoch"] >= 0:
@@ -168,9 +168,7 @@ def train_classifier(
             state.update(best_loss=val_loss, best_epoch=epoch, best_model=copy.deepcopy(model.state_dict()))
         state["epoch"] = epoch + 1
         if checkpoint is not None:
-            save_checkpoint({"model": model.state_dict(), "optimiser": optimiser.state_dict(),
-                             "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                             "state": state}, checkpoint)
+            save_training_state(checkpoint, model, optimiser, gen, state)
         if progress is not None:
             progress(Progress("classifier", epoch, training.epochs, total / steps, val_loss, clock.eta(epoch)))
     model.load_state_dict(state["best_model"])
