@@ -17,8 +17,8 @@ import xarray as xr
 import zarr
 
 from screenxai.errors import PlateError
-from screenxai.plate.layout import layout_from_records, validate_layout
-from screenxai.plate.wells import well_id, well_sort_key
+from screenxai.plate.layout import layout_from_records, read_layout, validate_layout
+from screenxai.plate.wells import normalise_well, well_id, well_sort_key
 from screenxai.plate.writer import SCREENXAI_ATTRS
 
 SPATIAL = ("c", "z", "y", "x")
@@ -118,8 +118,6 @@ class Plate:
 
     def well(self, well: str) -> Well:
         """A well by name (any spelling ``normalise_well`` accepts)."""
-        from screenxai.plate.wells import normalise_well
-
         try:
             key = normalise_well(well)
         except ValueError as err:
@@ -260,8 +258,6 @@ def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None
     if layout is None and extra.get("layout"):
         table = layout_from_records(extra["layout"], source=f"layout stored in {url}")
     elif isinstance(layout, (str, Path)):
-        from screenxai.plate.layout import read_layout
-
         table = read_layout(layout)
     else:
         table = layout
