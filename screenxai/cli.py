@@ -142,6 +142,91 @@ def run(plates: tuple[Path, ...], out: Path, layout: Path | None, scheduler: str
     _print_summary(result)
 
 
+@main.command()
+@click.argument("plates", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Model bundle to write.")
+@click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
+@click.option("--class-column", default="control", show_default=True, help="Layout column holding the classes.")
+@click.option("--classes", default="negative,positive", show_default=True,
+              help="Comma-separated classes of that column for the classifier to tell apart.")
+@click.option("--preset", default="small", show_default=True,
+              help="Model size: tiny (tests), small (CPU demo), base (GPU).")
+@click.option("--stages", default=",".join(("classifier", "autoencoder")), show_default=True,
+              help="Comma-separated training stages to run; later stages reuse the bundle at OUT.")
+@click.option("--wells", help="Comma-separated wells to sample (default: the wells of the classes).")
+@click.option("--max-cells-per-well", default=500, show_default=True, help="Cells sampled per well at most.")
+@click.option("--nuclear-channel", help="Channel to segment (default: the one named DNA, DAPI, Hoechst, ...).")
+@click.option("--seed", default=0, show_default=True, help="Seed of sampling and training.")
+@click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
+@click.option("--keep-work", is_flag=True, help="Keep the crop cache and checkpoints (OUT.work) after success.")
+def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str, classes: str, preset: str,
+          stages: str, wells: str | None, max_cells_per_well: int, nuclear_channel: str | None, seed: int,
+          scheduler: str | None, workers: int | None, keep_work: bool) -> None:
+    """Train the classifier and the diffusion autoencoder on cells of PLATES; write a model bundle to OUT.
+
+    Cells are cut by Dask workers into a crop cache, then training runs as
+    one task on a worker (a GPU worker when the cluster has one). An
+    interrupted run resumes when the same command is run again.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.run import open_plates
+    from screenxai.pipeline.train_job import TrainSettings
+    from screenxai.pipeline.train_job import train as train_job
+
+    from screenxai.models.presets import get_preset
+
+    try:
+        get_preset(preset)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--preset") from err
+    console = Console(stderr=True)
+    opened = open_plates(plates, layout=layout)
+    selected = [w.strip() for w in wells.split(",")] if wells else None
+    settings = TrainSettings(
+        preset=preset, stages=tuple(s.strip() for s in stages.split(",") if s.strip()), class_column=class_column,
+        class_names=tuple(c.strip() for c in classes.split(",") if c.strip()), seed=seed,
+        max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
+        wells={p.name: selected for p in opened} if selected else None)
+
+    def epoch_line(p) -> None:
+        val = "" if p.val_loss is None else f", validation {p.val_loss:.4f}"
+        console.print(f"{p.stage} epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}{val}, "
+                      f"{p.eta_s:.0f} s left in this stage")
+
+    with connect(scheduler, workers) as client:
+        console.print(f"Dask dashboard: {client.dashboard_link}")
+        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+        with Progress(*columns, console=console) as progress:
+            bar = progress.add_task("cutting cells", total=None)
+            result = train_job(opened, out, client, settings, on_field=lambda _: progress.advance(bar),
+                               on_progress=epoch_line, keep_work=keep_work)
+    _print_training_summary(result)
+
+
+def _print_training_summary(result) -> None:
+    summary = result.summary
+    metrics = summary["classifier"]
+    aucs = ", ".join(f"{k} {v:.3f}" for k, v in metrics["auc"].items())
+    click.echo(f"bundle {result.bundle} from {summary['n_cells']} cells of {summary['n_wells']} wells "
+               f"in {result.seconds:.0f} s")
+    click.echo(f"classifier, validation wells {', '.join(summary['validation_wells'])}: accuracy "
+               f"{metrics['accuracy']:.3f}, balanced accuracy {metrics['balanced_accuracy']:.3f}, AUC {aucs}")
+    autoencoder = summary.get("autoencoder")
+    if autoencoder:
+        line = f"autoencoder: loss {autoencoder['final_loss']:.4f}"
+        if autoencoder.get("final_val_loss") is not None:
+            line += f", validation loss {autoencoder['final_val_loss']:.4f}"
+        if "latent_use" in autoencoder:
+            line += (f"; on {autoencoder['n_check_cells']} held-out cells, own z_sem decodes "
+                     f"{100 * autoencoder['latent_use']['improvement']:.0f}% closer than another cell's, "
+                     f"reconstruction MAE {autoencoder['reconstruction_mae']:.3f}")
+        click.echo(line)
+
+
 def _print_summary(result) -> None:
     from screenxai.pipeline.summary import condition_summary, dose_trend
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 pytest_plugins = ("pytester",)
@@ -20,6 +22,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 BBBC013_PATTERN = "Channel{channel}-{index}-{row}-{column}.tif"
 BBBC013_CHANNELS = "1=GFP,2=DNA"
+PLANTED_DOSE_FACTORS = ["translocation", "nuclear_area"]
 
 
 def shared_data_dir(name: str) -> Path:
@@ -70,3 +73,85 @@ def bbbc013_plate(bbbc013_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     out = tmp_path_factory.mktemp("bbbc013") / "bbbc013.zarr"
     return convert_tiffs(bbbc013_dir, out, BBBC013_PATTERN, layout=bbbc013_dir / "layout.csv",
                          channel_names=BBBC013_CHANNELS)
+
+
+def simulated_cells(path: Path, seed: int) -> tuple[np.ndarray, pd.DataFrame]:
+    """Interior 32 px crops of a 24-well simulated plate, with the planted truth joined to each cell."""
+    from screenxai.cells import CellConfig, fit_normalisation, process_field
+    from screenxai.plate.reader import open_plate
+    from screenxai.plate.simulate import simulate_screen
+
+    sim = simulate_screen(path, rows=4, columns=6, fields=2, size=512, seed=seed)
+    plate = open_plate(path)
+    config = CellConfig(crop_size=32, normalisation=fit_normalisation(plate))
+    batches = [process_field(plate, well, field, config) for well in sim.layout.well for field in range(2)]
+    truth = sim.truth[["plate", "well", "field", "label", *PLANTED_DOSE_FACTORS, "texture", "control", "dose"]]
+    table = pd.concat([b.table for b in batches], ignore_index=True).merge(
+        truth, on=["plate", "well", "field", "label"], how="left")
+    keep = ~table["border"].to_numpy() & table["translocation"].notna().to_numpy()
+    return np.concatenate([b.crops for b in batches])[keep], table[keep].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def simulated_train_cells(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, pd.DataFrame]:
+    """Crops and table (with planted truth) of a simulated plate, seed 0: the models' training set."""
+    return simulated_cells(tmp_path_factory.mktemp("sim-train") / "train.zarr", seed=0)
+
+
+@pytest.fixture(scope="session")
+def simulated_test_cells(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, pd.DataFrame]:
+    """Crops and table of a second simulated plate (seed 1) that no model trains on."""
+    return simulated_cells(tmp_path_factory.mktemp("sim-test") / "test.zarr", seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(simulated_train_cells):
+    """The tiny preset trained once per test run on ``simulated_train_cells`` (a few minutes of CPU)."""
+    import torch
+
+    from screenxai.models.training import train_models
+
+    torch.set_num_threads(1)
+    crops, table = simulated_train_cells
+    return train_models(crops, table, "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def bbbc013_control_cells(bbbc013_plate: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Interior 32 px crops of BBBC013's negative and positive control wells, with the layout joined."""
+    from screenxai.cells import CellConfig, fit_normalisation, process_field
+    from screenxai.plate.reader import open_plate
+
+    plate = open_plate(bbbc013_plate)
+    layout = plate.layout
+    wells = layout.loc[layout["control"].isin(["negative", "positive"]), "well"].tolist()
+    config = CellConfig(crop_size=32, nuclear_channel="DNA", normalisation=fit_normalisation(plate))
+    batches = [process_field(plate, well, 0, config) for well in wells]
+    table = pd.concat([b.table for b in batches], ignore_index=True).merge(
+        layout[["well", "control", "dose_index"]], on="well", how="left")
+    keep = ~table["border"].to_numpy()
+    return np.concatenate([b.crops for b in batches])[keep], table[keep].reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def bbbc013_classifier(bbbc013_plate: Path, bbbc013_control_cells, tmp_path_factory: pytest.TempPathFactory):
+    """The classifier stage of ``screenxai train`` (tiny preset, negative vs positive) on BBBC013, once per run.
+
+    Trained by the real job (crop cache filled by Dask tasks, training as a
+    worker task) and returned as a ``TrainedClassifier`` whose well split
+    indexes ``bbbc013_control_cells``.
+    """
+    from distributed import Client, LocalCluster
+
+    from screenxai.models.bundle import load_bundle
+    from screenxai.models.training import classifier_from_bundle
+    from screenxai.pipeline.train_job import TrainSettings, train
+    from screenxai.plate.reader import open_plate
+
+    out = tmp_path_factory.mktemp("bbbc013-train") / "bundle"
+    settings = TrainSettings(preset="tiny", stages=("classifier",), seed=0)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        train([open_plate(bbbc013_plate)], out, client, settings)
+    _, table = bbbc013_control_cells
+    return classifier_from_bundle(load_bundle(out), table)

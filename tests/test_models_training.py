@@ -14,7 +14,8 @@ from screenxai.models.presets import PRESETS, get_preset
 from screenxai.models.synthetic import toy_cells
 from screenxai.models.train_autoencoder import AutoencoderTraining
 from screenxai.models.train_classifier import ClassifierTraining
-from screenxai.models.training import save_trained, train_models
+from screenxai.models.progress import TrainingDiverged
+from screenxai.models.training import save_trained, train_models, validation_rows
 
 torch.set_num_threads(1)
 # The tiny preset's recipe, shrunk to 16 px and a handful of steps so that a test runs in seconds.
@@ -54,12 +55,40 @@ def test_progress_reports_every_epoch_of_every_stage(uninterrupted):
     assert reports[-1].eta_s == 0
 
 
-def test_the_autoencoder_is_trained_on_every_cell_but_the_classifier_on_the_control_classes(uninterrupted, cells):
+def test_the_classifier_sees_the_control_classes_and_the_autoencoder_never_its_validation_wells(uninterrupted,
+                                                                                                 cells):
     trained, _ = uninterrupted
     _, table = cells
     used = len(trained.classifier.split.train_index) + len(trained.classifier.split.val_index)
     assert used == (table["control"] != "dose").sum()
     assert trained.autoencoder.model.classifier is trained.classifier.model
+    held_out = validation_rows(table, trained.classifier.split)
+    assert 0 < held_out.sum() < len(table)
+    assert set(zip(table["plate"][held_out], table["well"][held_out])) == set(trained.classifier.split.val_wells)
+    assert all(np.isfinite(h["val_loss"]) for h in trained.autoencoder.history)
+
+
+def test_stages_run_alone_and_the_autoencoder_stage_reuses_a_trained_classifier(cells, uninterrupted):
+    crops, table = cells
+    reference, _ = uninterrupted
+    only_classifier = train_models(crops, table, MINI, seed=11, stages=["classifier"])
+    assert only_classifier.autoencoder is None
+    with pytest.raises(ValueError, match="needs a trained classifier"):
+        train_models(crops, table, MINI, seed=11, stages=["autoencoder"])
+    with pytest.raises(ValueError, match="unknown or no training stages"):
+        train_models(crops, table, MINI, stages=["classifier", "explain"])
+    later = train_models(crops, table, MINI, seed=11, stages=["autoencoder"], classifier=only_classifier.classifier)
+    assert later.autoencoder.model.classifier is only_classifier.classifier.model
+    for name, value in reference.autoencoder.model.state_dict().items():
+        assert torch.equal(value, later.autoencoder.model.state_dict()[name]), name
+
+
+def test_a_diverging_loss_stops_training_with_a_clear_error(cells):
+    crops, table = cells
+    poisoned = crops.copy()
+    poisoned[table["control"].to_numpy() == "negative"] = np.nan
+    with pytest.raises(TrainingDiverged, match="classifier training diverged in epoch 0"):
+        train_models(poisoned, table, MINI, seed=11)
 
 
 def test_wrong_crop_size_is_refused(cells):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from screenxai.errors import ScreenxaiError
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,17 @@ class EpochClock:
         """Seconds left after finishing 0-based ``epoch``."""
         done = epoch + 1 - self.first_epoch
         return (time.perf_counter() - self.start) / max(done, 1) * (self.epochs - epoch - 1)
+
+
+class TrainingDiverged(ScreenxaiError):
+    """A training loss became NaN or infinite."""
+
+
+def check_finite(loss: float, stage: str, epoch: int) -> None:
+    """Stop training with a clear error instead of carrying NaN weights on silently."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"{stage} training diverged in epoch {epoch}: the loss is {loss}; "
+                               "lower the learning rate or check the crops for NaN")
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

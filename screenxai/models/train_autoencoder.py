@@ -29,6 +29,7 @@ from screenxai.models.progress import (
     EpochClock,
     Progress,
     ProgressCallback,
+    check_finite,
     restore_training_state,
     save_training_state,
 )
@@ -60,6 +61,26 @@ class TrainedAutoencoder:
     history: list[dict] = field(default_factory=list)
 
 
+def validation_loss(model: DiffusionAutoencoder, crops: torch.Tensor, pretraining: bool, aux_weight: float,
+                    seed: int, batch_size: int) -> float:
+    """The training loss on held-out crops, with noise drawn from a fixed seed so epochs compare."""
+    gen = generator(seed)
+    total = 0.0
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(crops), batch_size):
+            x = crops[start:start + batch_size].to(_model_device(model))
+            losses = semantic_losses(model, x) if pretraining else model.training_losses(x, gen)
+            loss = losses.get("diffusion", 0.0) + aux_weight * losses.get("aux", 0.0)
+            total += float(loss) * len(x)
+    model.train()
+    return total / len(crops)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def semantic_losses(model: DiffusionAutoencoder, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """The auxiliary decoder's reconstruction loss alone: no UNet evaluation."""
     return {"aux": torch.nn.functional.mse_loss(model.aux_decoder(model.latent(x)).float(), x.float())}
@@ -73,8 +94,12 @@ def train_autoencoder(
     device: str | torch.device | None = None,
     progress: ProgressCallback | None = None,
     checkpoint: Path | None = None,
+    val_crops: np.ndarray | None = None,
 ) -> TrainedAutoencoder:
     """Train a ``DiffusionAutoencoder`` on ``crops`` (N, C, H, W) in [-1, 1] around a frozen ``classifier``.
+
+    With ``val_crops`` (cells of wells not trained on), each epoch also
+    reports the loss on them (``val_loss`` in the history and progress).
 
     With ``checkpoint``, the state is saved after every epoch and a run
     finding a checkpoint there continues from it; on CPU the final weights
@@ -87,6 +112,8 @@ def train_autoencoder(
     optimiser = torch.optim.AdamW(trainable, lr=training.lr, weight_decay=0.0)
     gen = generator(training.seed)
     data = torch.from_numpy(np.ascontiguousarray(crops, np.float32))
+    held_out = None if val_crops is None or len(val_crops) == 0 else torch.from_numpy(
+        np.ascontiguousarray(val_crops, np.float32))
     steps = training.steps_per_epoch or max(1, len(data) // training.batch_size)
     initial: dict = {"epoch": 0, "history": []}
     state = restore_training_state(checkpoint, model, optimiser, gen, initial)
@@ -114,12 +141,16 @@ def train_autoencoder(
             for name, value in {"loss": loss, **losses}.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
         stage = "semantic" if pretraining else "autoencoder"
-        state["history"].append({"epoch": epoch, "stage": stage, **{k: v / steps for k, v in sums.items()}})
+        check_finite(sums["loss"] / steps, stage, epoch)
+        val_loss = None if held_out is None else validation_loss(
+            model, held_out, pretraining, training.aux_weight, training.seed, training.batch_size)
+        state["history"].append({"epoch": epoch, "stage": stage, **{k: v / steps for k, v in sums.items()},
+                                 "val_loss": val_loss})
         state["epoch"] = epoch + 1
         if checkpoint is not None:
             save_training_state(checkpoint, model, optimiser, gen, state)
         if progress is not None:
             last = training.pretrain_epochs if pretraining else total_epochs
-            progress(Progress(stage, epoch, last, sums["loss"] / steps, None, clock.eta(epoch)))
+            progress(Progress(stage, epoch, last, sums["loss"] / steps, val_loss, clock.eta(epoch)))
     model.eval()
     return TrainedAutoencoder(model, state["history"])

@@ -25,6 +25,7 @@ from screenxai.models.progress import (
     EpochClock,
     Progress,
     ProgressCallback,
+    check_finite,
     restore_training_state,
     save_training_state,
 )
@@ -161,6 +162,7 @@ def train_classifier(
             loss.backward()
             optimiser.step()
             total += loss.item()
+        check_finite(total / steps, "classifier", epoch)
         val_loss, accuracy, balanced, _ = evaluate(model, val_x, val_y, names, training.batch_size * 4)
         state["history"].append({"epoch": epoch, "loss": total / steps, "val_loss": val_loss,
                                  "val_accuracy": accuracy, "val_balanced_accuracy": balanced})

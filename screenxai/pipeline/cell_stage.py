@@ -37,7 +37,7 @@ class FieldTask:
 
 
 @lru_cache(maxsize=16)
-def _plate(url: str, name: str) -> Plate:
+def cached_plate(url: str, name: str) -> Plate:
     """Open each plate once per worker process."""
     return open_plate(url, name=name)
 
@@ -50,7 +50,7 @@ def run_field(task: FieldTask, config: CellConfig) -> dict:
         import torch
 
         torch.set_num_threads(1)
-        batch = process_field(_plate(task.plate_url, task.plate_name), task.well, task.field, config)
+        batch = process_field(cached_plate(task.plate_url, task.plate_name), task.well, task.field, config)
         table = batch.table.drop(columns=list(PARTITION_COLUMNS))
         write_parquet_atomic(table, task.cells_path)
         qc = {k: v for k, v in batch.qc.items() if k not in status}

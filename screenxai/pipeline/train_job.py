@@ -1,0 +1,234 @@
+"""``screenxai train`` as a Dask job: fill a crop cache with field tasks, then train in one task on a worker.
+
+The client only plans: the cells are cut by workers into the crop cache
+(``screenxai.pipeline.crop_cache``), and the training itself is one task,
+sent to a worker that declares a ``GPU`` resource when the cluster has one,
+so the machine the user types on needs no GPU. Progress travels back as
+distributed events on the topic ``TRAIN_TOPIC``.
+
+Everything a run needs to resume lives in its work folder, ``OUT.work``
+beside the bundle: the crop cache, the checkpoints of each stage and the
+settings they were made with. Running the same command again after an
+interruption reuses the cached fields and continues from the last finished
+epoch; other settings are refused rather than mixed with the old state.
+The work folder is removed once the bundle is written (unless kept).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from distributed import Client, get_worker
+
+from screenxai import __version__
+from screenxai.errors import ScreenxaiError
+from screenxai.models import latent_checks
+from screenxai.models.bundle import load_bundle
+from screenxai.models.presets import get_preset
+from screenxai.models.progress import Progress
+from screenxai.models.training import (STAGES, check_stages, classifier_from_bundle, save_trained, train_models,
+                                       validation_rows)
+from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
+from screenxai.plate.layout import wells_with
+from screenxai.plate.reader import Plate
+
+TRAIN_TOPIC = "screenxai-train"
+SETTINGS_NAME = "settings.json"
+
+
+class TrainJobError(ScreenxaiError):
+    """A training job cannot start as asked."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``screenxai train`` trains and on which cells.
+
+    ``wells`` maps plate names to wells to sample; by default each plate's
+    wells whose ``class_column`` is one of ``class_names`` (its controls).
+    At most ``max_cells_per_well`` interior cells are taken per well.
+    ``check_cells`` held-out cells (of the classifier's validation wells)
+    give the latent checks of the closing summary.
+    """
+
+    preset: str = "small"
+    stages: tuple[str, ...] = STAGES
+    class_column: str = "control"
+    class_names: tuple[str, ...] = ("negative", "positive")
+    seed: int = 0
+    max_cells_per_well: int | None = 500
+    nuclear_channel: str | None = None
+    wells: dict[str, list[str]] | None = None
+    check_cells: int = 128
+    check_steps: int = 10
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return {**asdict(self), "stages": list(self.stages), "class_names": list(self.class_names)}
+
+
+@dataclass
+class TrainResult:
+    """What a training job wrote and measured."""
+
+    bundle: Path
+    summary: dict
+    seconds: float
+    fields: list[dict] = field(default_factory=list)
+
+
+def work_folder(out: Path) -> Path:
+    """Where a job keeps its crop cache and checkpoints: ``OUT.work`` beside the bundle."""
+    return out.with_name(out.name + ".work")
+
+
+def wells_to_sample(plates: Sequence[Plate], settings: TrainSettings) -> dict[str, list[str]]:
+    """Each plate's wells to cut: those given, else the wells of the training classes."""
+    chosen = {}
+    for plate in plates:
+        given = (settings.wells or {}).get(plate.name)
+        if given:
+            missing = sorted(set(given) - set(plate.wells))
+            if missing:
+                raise TrainJobError(f"plate {plate.name} ({plate.url}) has no well(s) {missing}")
+            chosen[plate.name] = list(given)
+            continue
+        if plate.layout is None or settings.class_column not in plate.layout.columns:
+            raise TrainJobError(f"plate {plate.name} ({plate.url}) has no layout column {settings.class_column!r} "
+                                "to find the training wells in; give a layout (--layout) or the wells")
+        wells = wells_with(plate.layout, settings.class_column, list(settings.class_names))
+        if not wells:
+            raise TrainJobError(f"plate {plate.name}: no well has {settings.class_column} in "
+                                f"{list(settings.class_names)}")
+        chosen[plate.name] = wells
+    return chosen
+
+
+def _claim_work_folder(work: Path, out: Path, settings: TrainSettings, plates: Sequence[Plate]) -> None:
+    """Create the work folder, or check that the one found was made by the same command."""
+    record = {"settings": settings.to_dict(), "plates": [p.url for p in plates], "screenxai": __version__}
+    path = work / SETTINGS_NAME
+    if path.exists():
+        if json.loads(path.read_text()) != record:
+            raise TrainJobError(f"{work} holds an interrupted training of {out} with other settings or plates; "
+                                "delete it to start afresh, or run the same command to resume")
+        return
+    work.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))
+
+
+def _report(progress: Progress) -> None:
+    """Send one epoch's progress to the client as a distributed event."""
+    try:
+        worker = get_worker()
+    except ValueError:  # called outside a worker: nobody to tell
+        return
+    worker.log_event(TRAIN_TOPIC, asdict(progress))
+
+
+def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> dict:
+    """Train the asked stages on the cached crops and write the bundle; runs as one task on a worker.
+
+    Returns the closing summary: the classifier's validation figures by well
+    split and the latent checks on held-out cells.
+    """
+    import torch
+
+    crops, table, description = read_crop_cache(cache)
+    out_path, checkpoints = Path(out), Path(work) / "checkpoints"
+    preset = get_preset(settings.preset)
+    if crops.shape[-1] != preset.crop_size:
+        raise TrainJobError(f"crop cache {cache} holds {crops.shape[-1]} px crops; preset {preset.name!r} "
+                            f"needs {preset.crop_size} px")
+    stages = check_stages(settings.stages)
+    earlier = None
+    if "classifier" not in stages:
+        bundle = load_bundle(out_path)
+        if tuple(bundle.channel_names) != tuple(description["channel_names"]):
+            raise TrainJobError(f"bundle {out_path} was trained on channels {list(bundle.channel_names)}, "
+                                f"the plates have {description['channel_names']}")
+        earlier = classifier_from_bundle(bundle, table)
+    torch.manual_seed(settings.seed)
+    trained = train_models(crops, table, preset, settings.class_column, settings.class_names, settings.seed,
+                           progress=_report, checkpoint_dir=checkpoints, stages=stages, classifier=earlier)
+    summary = {"classifier": trained.classifier.metrics.to_dict(),
+               "validation_wells": [f"{p}/{w}" for p, w in trained.classifier.split.val_wells],
+               "n_cells": len(table), "n_wells": int(table[["plate", "well"]].drop_duplicates().shape[0])}
+    if trained.autoencoder is not None:
+        summary["autoencoder"] = _latent_summary(trained, crops, table, settings)
+    save_trained(out_path, trained, table, description["channel_names"],
+                 {"method": "negative-control percentiles", "plates": description["normalisation"]},
+                 overwrite=True, extra={"training_summary": summary, "stages": list(stages)})
+    return summary
+
+
+def _latent_summary(trained, crops: np.ndarray, table, settings: TrainSettings) -> dict:
+    """Latent checks on cells of the classifier's validation wells (never seen by the autoencoder)."""
+    model = trained.autoencoder.model
+    held_out = np.flatnonzero(validation_rows(table, trained.classifier.split))
+    pick = np.random.default_rng(settings.seed).permutation(held_out)[:settings.check_cells]
+    history = trained.autoencoder.history
+    summary = {"final_loss": history[-1]["loss"], "final_val_loss": history[-1].get("val_loss"),
+               "n_check_cells": len(pick), "check_steps": settings.check_steps}
+    if len(pick) >= 2:
+        use = latent_checks.latent_use(model, crops[pick], steps=settings.check_steps, seed=settings.seed)
+        summary["latent_use"] = use.to_dict()
+        summary["reconstruction_mae"] = latent_checks.reconstruction_error(model, crops[pick],
+                                                                           settings.check_steps)
+    return summary
+
+
+def _as_progress(message: dict) -> Progress:
+    """A ``Progress`` from an event message (distributed adds the sending worker's address)."""
+    return Progress(**{k: message[k] for k in Progress.__dataclass_fields__})
+
+
+def _gpu_resources(client: Client) -> dict | None:
+    """``{"GPU": 1}`` when some worker declares a GPU resource, else None (any worker)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers) else None
+
+
+def train(plates: Sequence[Plate], out: str | Path, client: Client, settings: TrainSettings = TrainSettings(),
+          on_field: Callable[[dict], None] | None = None, on_progress: Callable[[Progress], None] | None = None,
+          keep_work: bool = False) -> TrainResult:
+    """Cut the training cells of ``plates`` into a crop cache, train on a worker, write the bundle at ``out``.
+
+    Resumes an interrupted job with the same settings from its work folder.
+    """
+    start = time.perf_counter()
+    out = Path(out).absolute()
+    check_stages(settings.stages)
+    if "classifier" not in settings.stages and not (out / "config.json").exists():
+        raise TrainJobError(f"stages {list(settings.stages)} need the classifier of an existing bundle at {out}")
+    wells = wells_to_sample(plates, settings)
+    work = work_folder(out)
+    _claim_work_folder(work, out, settings, plates)
+    fields: list[dict] = []
+
+    def field_done(row: dict) -> None:
+        fields.append(row)
+        if on_field is not None:
+            on_field(row)
+
+    cache = build_crop_cache(plates, work / "cache", client, wells, get_preset(settings.preset).crop_size,
+                             settings.nuclear_channel, settings.max_cells_per_well, settings.seed, field_done)
+    if on_progress is not None:
+        client.subscribe_topic(TRAIN_TOPIC, lambda event: on_progress(_as_progress(event[1])))
+    try:
+        future = client.submit(run_training, str(cache), str(out), str(work), settings, pure=False,
+                               resources=_gpu_resources(client), key=f"train-{out.name}-{uuid.uuid4().hex[:8]}")
+        summary = future.result()
+    finally:
+        if on_progress is not None:
+            client.unsubscribe_topic(TRAIN_TOPIC)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(out, summary, time.perf_counter() - start, fields)
