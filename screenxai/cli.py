@@ -207,6 +207,59 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
     _print_training_summary(result)
 
 
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("plates", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
+@click.option("--max-cells-per-well", default=500, show_default=True, help="Cells sampled per well at most.")
+@click.option("--seed", default=0, show_default=True, help="Seed of sampling and fitting.")
+@click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
+def interpret(bundle: Path, plates: tuple[Path, ...], layout: Path | None, max_cells_per_well: int, seed: int,
+              scheduler: str | None, workers: int | None) -> None:
+    """Fit a readable formula that mimics BUNDLE's classifier on the training wells of PLATES.
+
+    A beta-TCVAE learns disentangled features of the crops, a sparse network
+    keeps at most 5 of them, and symbolic regression turns it into a short
+    formula, judged against the classifier on its validation wells. The
+    result is stored in BUNDLE/interpretable/.
+    """
+    from screenxai.models.bundle import load_bundle
+    from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.run import open_plates
+    from screenxai.pipeline.train_job import TrainSettings
+    from screenxai.pipeline.train_job import train as train_job
+
+    loaded = load_bundle(bundle)
+    provenance = loaded.config["provenance"]
+    opened = open_plates(plates, layout=layout)
+    wells: dict[str, list[str]] = {}
+    for key in provenance["wells"]:
+        plate, well = key.split("/", 1)
+        wells.setdefault(plate, []).append(well)
+    missing = sorted({p.name for p in opened} - set(wells))
+    if missing:
+        raise click.UsageError(f"plate(s) {missing} were not used to train {bundle} "
+                               f"(its plates: {sorted(wells)}); interpret on the training plates")
+    settings = TrainSettings(preset=provenance["preset"], stages=("interpretable",),
+                             class_column=loaded.config["class_column"], class_names=loaded.class_names,
+                             seed=seed, max_cells_per_well=max_cells_per_well, wells=wells)
+    with connect(scheduler, workers) as client:
+        click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
+        result = train_job(opened, bundle, client, settings)
+    _print_interpretable(result.summary["interpretable"])
+
+
+def _print_interpretable(report: dict) -> None:
+    held = report["heldout"]
+    accuracy = held["accuracy"]
+    click.echo(f"formula ({report['complexity']} nodes; > 0 means {report['positive_class']}): {report['formula']}")
+    click.echo(f"on {report['cells']['heldout']} cells of {report['wells']['heldout']} held-out wells: accuracy "
+               f"black box {accuracy['blackbox']:.3f}, sparse model {accuracy['sparse']:.3f}, "
+               f"formula {accuracy['formula']:.3f}; fidelity {held['fidelity']:.3f}, "
+               f"agreement with the black box {held['agreement']:.3f}")
+
+
 def _print_training_summary(result) -> None:
     summary = result.summary
     metrics = summary["classifier"]
@@ -225,6 +278,8 @@ def _print_training_summary(result) -> None:
                      f"{100 * autoencoder['latent_use']['improvement']:.0f}% closer than another cell's, "
                      f"reconstruction MAE {autoencoder['reconstruction_mae']:.3f}")
         click.echo(line)
+    if "interpretable" in summary:
+        _print_interpretable(summary["interpretable"])
 
 
 def _print_summary(result) -> None:

@@ -103,11 +103,11 @@ def test_running_the_same_job_again_resumes_from_its_cache_and_checkpoints(first
             assert torch.equal(value, after[role].state_dict()[name]), (role, name)
 
 
-def test_a_work_folder_of_other_settings_is_refused(plate, client, tmp_path):
+def test_a_work_folder_of_other_cells_is_refused(plate, client, tmp_path):
     out = tmp_path / "models"
     work_folder(out).mkdir()
-    (work_folder(out) / "settings.json").write_text(json.dumps({"settings": {"preset": "other"}}))
-    with pytest.raises(TrainJobError, match="other settings"):
+    (work_folder(out) / "settings.json").write_text(json.dumps({"cells": {"preset": "other"}}))
+    with pytest.raises(TrainJobError, match="on other cells"):
         train([plate], out, client, SETTINGS)
 
 
@@ -169,3 +169,33 @@ def test_train_command_reports_bad_input_in_one_line(tmp_path):
     assert result.output.startswith("error: ") and "missing.zarr" in result.output
     result = CliRunner().invoke(main, ["train", str(tmp_path / "missing.zarr"), "-o", "b", "--preset", "huge"])
     assert result.exit_code == 2 and "known presets" in result.output
+
+
+def test_interpret_command_fits_a_formula_into_the_bundle(plate, client, tmp_path):
+    import pandas as pd
+
+    from screenxai.interpret import load_interpretable
+    from screenxai.pipeline.crop_cache import read_crop_cache
+
+    out = tmp_path / "bundle"
+    train([plate], out, client, TrainSettings(preset="mini", stages=("classifier",), seed=3, max_cells_per_well=40),
+          keep_work=True)
+    crops, _, _ = read_crop_cache(work_folder(out) / "cache")
+    result = CliRunner().invoke(main, ["interpret", str(out), plate.url, "--scheduler", client.scheduler.address,
+                                       "--max-cells-per-well", "40", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    assert "formula (" in result.output and "fidelity" in result.output
+    model = load_interpretable(out / "interpretable")
+    table = pd.read_parquet(out / "interpretable" / "interpretable.parquet")
+    assert table["formula"].iloc[0] == model.formula and table["complexity"].iloc[0] <= 15
+    assert 0 <= table["agreement"].iloc[0] <= 1
+    assert model.predict(crops[:8]).shape == (8,)
+    assert set(load_bundle(out).models) == {"classifier"}  # the bundle's own models are untouched
+
+
+def test_interpret_command_refuses_plates_the_bundle_was_not_trained_on(first_run, tmp_path):
+    other = tmp_path / "other.zarr"
+    simulate_screen(other, rows=2, columns=4, fields=1, size=128, seed=9)
+    result, _, _ = first_run
+    outcome = CliRunner().invoke(main, ["interpret", str(result.bundle), str(other)])
+    assert outcome.exit_code == 2 and "were not used to train" in outcome.output

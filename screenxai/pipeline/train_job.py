@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from distributed import Client, get_worker
 
 from screenxai import __version__
@@ -33,13 +34,15 @@ from screenxai.models import latent_checks
 from screenxai.models.bundle import load_bundle
 from screenxai.models.presets import get_preset
 from screenxai.models.progress import Progress
-from screenxai.models.training import (STAGES, check_stages, classifier_from_bundle, save_trained, train_models,
-                                       validation_rows)
+from screenxai.models.training import STAGES, classifier_from_bundle, save_trained, train_models, validation_rows
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
+from screenxai.pipeline.sinks import write_parquet_atomic
 from screenxai.plate.layout import wells_with
 from screenxai.plate.reader import Plate
 
 TRAIN_TOPIC = "screenxai-train"
+JOB_STAGES = (*STAGES, "interpretable")
+INTERPRETABLE_FOLDER = "interpretable"
 SETTINGS_NAME = "settings.json"
 
 
@@ -111,17 +114,40 @@ def wells_to_sample(plates: Sequence[Plate], settings: TrainSettings) -> dict[st
     return chosen
 
 
-def _claim_work_folder(work: Path, out: Path, settings: TrainSettings, plates: Sequence[Plate]) -> None:
-    """Create the work folder, or check that the one found was made by the same command."""
-    record = {"settings": settings.to_dict(), "plates": [p.url for p in plates], "screenxai": __version__}
+def check_job_stages(stages: Sequence[str]) -> tuple[str, ...]:
+    """``stages`` in the order they run; ``TrainJobError`` naming an unknown one."""
+    unknown = [s for s in stages if s not in JOB_STAGES]
+    if unknown or not stages:
+        raise TrainJobError(f"unknown or no training stages {list(unknown) or list(stages)}; "
+                            f"the stages are {list(JOB_STAGES)}")
+    return tuple(s for s in JOB_STAGES if s in stages)
+
+
+def _claim_work_folder(work: Path, out: Path, settings: TrainSettings, plates: Sequence[Plate],
+                       wells: dict[str, list[str]]) -> None:
+    """Create the work folder, or check that the one found holds this job's cells.
+
+    A folder whose cells were cut from other plates or wells, or with other
+    sampling, is refused. Checkpoints made with other training settings
+    (preset, classes, seed) cannot be resumed and are removed; stages of
+    one job (``train`` then ``interpret``) share the folder's crop cache.
+    """
+    cells = {"plates": [p.url for p in plates], "wells": wells, "preset": settings.preset,
+             "max_cells_per_well": settings.max_cells_per_well, "nuclear_channel": settings.nuclear_channel,
+             "seed": settings.seed, "screenxai": __version__}
+    training = {"class_column": settings.class_column, "class_names": list(settings.class_names)}
     path = work / SETTINGS_NAME
     if path.exists():
-        if json.loads(path.read_text()) != record:
-            raise TrainJobError(f"{work} holds an interrupted training of {out} with other settings or plates; "
-                                "delete it to start afresh, or run the same command to resume")
-        return
+        found = json.loads(path.read_text())
+        if found.get("cells") != cells:
+            raise TrainJobError(f"{work} holds an interrupted training of {out} on other cells (plates, wells, "
+                                "sampling or preset); delete it to start afresh, or run the same command to resume")
+        if found.get("training") != training:
+            shutil.rmtree(work / "checkpoints", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
+    tmp = path.with_name(".settings.json.tmp")
+    tmp.write_text(json.dumps({"cells": cells, "training": training}, indent=2))
+    tmp.replace(path)
 
 
 def _report(progress: Progress) -> None:
@@ -137,7 +163,8 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
     """Train the asked stages on the cached crops and write the bundle; runs as one task on a worker.
 
     Returns the closing summary: the classifier's validation figures by well
-    split and the latent checks on held-out cells.
+    split, the latent checks on held-out cells and, with the
+    ``interpretable`` stage, the interpretable model's report.
     """
     import torch
 
@@ -147,26 +174,61 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
     if crops.shape[-1] != preset.crop_size:
         raise TrainJobError(f"crop cache {cache} holds {crops.shape[-1]} px crops; preset {preset.name!r} "
                             f"needs {preset.crop_size} px")
-    stages = check_stages(settings.stages)
-    earlier = None
+    stages = check_job_stages(settings.stages)
+    model_stages = tuple(s for s in stages if s in STAGES)
+    torch.manual_seed(settings.seed)
+    classifier, summary = None, {}
     if "classifier" not in stages:
         bundle = load_bundle(out_path)
         if tuple(bundle.channel_names) != tuple(description["channel_names"]):
             raise TrainJobError(f"bundle {out_path} was trained on channels {list(bundle.channel_names)}, "
                                 f"the plates have {description['channel_names']}")
-        earlier = classifier_from_bundle(bundle, table)
-    torch.manual_seed(settings.seed)
-    trained = train_models(crops, table, preset, settings.class_column, settings.class_names, settings.seed,
-                           progress=_report, checkpoint_dir=checkpoints, stages=stages, classifier=earlier)
-    summary = {"classifier": trained.classifier.metrics.to_dict(),
-               "validation_wells": [f"{p}/{w}" for p, w in trained.classifier.split.val_wells],
-               "n_cells": len(table), "n_wells": int(table[["plate", "well"]].drop_duplicates().shape[0])}
-    if trained.autoencoder is not None:
-        summary["autoencoder"] = _latent_summary(trained, crops, table, settings)
-    save_trained(out_path, trained, table, description["channel_names"],
-                 {"method": "negative-control percentiles", "plates": description["normalisation"]},
-                 overwrite=True, extra={"training_summary": summary, "stages": list(stages)})
+        classifier = classifier_from_bundle(bundle, table)
+        summary = dict(bundle.config["provenance"].get("training_summary", {}))
+    if model_stages:
+        trained = train_models(crops, table, preset, settings.class_column, settings.class_names, settings.seed,
+                               progress=_report, checkpoint_dir=checkpoints, stages=model_stages,
+                               classifier=classifier)
+        classifier = trained.classifier
+        summary = {"classifier": classifier.metrics.to_dict(),
+                   "validation_wells": [f"{p}/{w}" for p, w in classifier.split.val_wells],
+                   "n_cells": len(table), "n_wells": int(table[["plate", "well"]].drop_duplicates().shape[0])}
+        if trained.autoencoder is not None:
+            summary["autoencoder"] = _latent_summary(trained, crops, table, settings)
+        save_trained(out_path, trained, table, description["channel_names"],
+                     {"method": "negative-control percentiles", "plates": description["normalisation"]},
+                     overwrite=True, extra={"training_summary": summary, "stages": list(model_stages)})
+    if "interpretable" in stages:
+        summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings)
     return summary
+
+
+def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings: TrainSettings) -> dict:
+    """Fit the interpretable model on the classifier's training wells, score it on its validation wells."""
+    from screenxai.interpret import InterpretConfig, fit_interpretable, save_interpretable
+
+    held_out = validation_rows(table, classifier.split)
+    model = fit_interpretable(crops[~held_out], table[~held_out].reset_index(drop=True), classifier.model,
+                              InterpretConfig(seed=settings.seed), settings.class_column, settings.class_names,
+                              heldout=(crops[held_out], table[held_out].reset_index(drop=True)))
+    folder = save_interpretable(model, out / INTERPRETABLE_FOLDER, overwrite=True)
+    write_parquet_atomic(interpretable_table(model.report), folder / "interpretable.parquet")
+    return model.report
+
+
+def interpretable_table(report: dict) -> pd.DataFrame:
+    """One row: the formula and its held-out figures beside the black box's (the ``interpretable`` table)."""
+    held = report["heldout"]
+    return pd.DataFrame([{
+        "formula": report["formula"], "complexity": int(report["complexity"]),
+        "positive_class": report["positive_class"], "inputs": ",".join(report["formula_variables"]),
+        "accuracy_blackbox": held["accuracy"]["blackbox"], "accuracy_sparse": held["accuracy"]["sparse"],
+        "accuracy_formula": held["accuracy"]["formula"], "fidelity": held["fidelity"],
+        "agreement": held["agreement"], "n_heldout_cells": int(report["cells"]["heldout"]),
+        "n_heldout_wells": int(report["wells"]["heldout"]),
+        "parameters_blackbox": int(report["parameters"]["blackbox"]),
+        "parameters_sparse": int(report["parameters"]["sparse_nonzero"]),
+    }])
 
 
 def _latent_summary(trained, crops: np.ndarray, table, settings: TrainSettings) -> dict:
@@ -205,12 +267,12 @@ def train(plates: Sequence[Plate], out: str | Path, client: Client, settings: Tr
     """
     start = time.perf_counter()
     out = Path(out).absolute()
-    check_stages(settings.stages)
+    check_job_stages(settings.stages)
     if "classifier" not in settings.stages and not (out / "config.json").exists():
         raise TrainJobError(f"stages {list(settings.stages)} need the classifier of an existing bundle at {out}")
     wells = wells_to_sample(plates, settings)
     work = work_folder(out)
-    _claim_work_folder(work, out, settings, plates)
+    _claim_work_folder(work, out, settings, plates, wells)
     fields: list[dict] = []
 
     def field_done(row: dict) -> None:
