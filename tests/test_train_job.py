@@ -191,6 +191,21 @@ def test_interpret_command_fits_a_formula_into_the_bundle(plate, client, tmp_pat
     assert 0 <= table["agreement"].iloc[0] <= 1
     assert model.predict(crops[:8]).shape == (8,)
     assert set(load_bundle(out).models) == {"classifier"}  # the bundle's own models are untouched
+    documented = _documented("bundle.md", "interpretable.parquet")
+    assert list(table.columns) == list(documented)
+    for column, dtype in documented.items():
+        kind = "string" if pd.api.types.is_string_dtype(table[column].dtype) else str(table[column].dtype)
+        assert kind == dtype, column
+
+
+def _documented(doc: str, table: str) -> dict[str, str]:
+    """Columns and dtypes of a ``## table`` section of docs/<doc>."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
+    section = text.split(f"\n## {table}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    return {name.strip(): dtype.strip() for name, dtype in rows[1:]}
 
 
 def test_interpret_command_refuses_plates_the_bundle_was_not_trained_on(first_run, tmp_path):
