@@ -101,17 +101,25 @@ def info(plate_path: Path) -> None:
 @click.argument("plates", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("screenxai-run"), show_default=True,
               help="Output folder.")
+@click.option("--bundle", type=click.Path(path_type=Path),
+              help="Model bundle to score the cells with (default: train one into OUT/bundle first).")
+@click.option("--preset", default="small", show_default=True, help="Preset of the bundle trained when none is given.")
+@click.option("--cells-only", is_flag=True, help="Only the cell stage: no models, no training.")
 @click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @click.option("--wells", help="Comma-separated wells to process, e.g. 'A01,B03' (default: all).")
-@click.option("--crop-size", default=32, show_default=True, help="Side of the single-cell crops, pixels.")
+@click.option("--crop-size", default=32, show_default=True,
+              help="Side of the single-cell crops, pixels (with a bundle: the bundle's).")
 @click.option("--nuclear-channel", help="Channel to segment (default: the one named DNA, DAPI, Hoechst, ...).")
-def run(plates: tuple[Path, ...], out: Path, layout: Path | None, scheduler: str | None, workers: int | None,
-        wells: str | None, crop_size: int, nuclear_channel: str | None) -> None:
-    """Find, crop and measure the cells of PLATES and write per-cell and per-well tables to OUT.
+def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
+        layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
+        nuclear_channel: str | None) -> None:
+    """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
+    Without --bundle, a bundle is trained on the plates' controls into
+    OUT/bundle first (as `screenxai train` with --preset).
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -135,11 +143,42 @@ def run(plates: tuple[Path, ...], out: Path, layout: Path | None, scheduler: str
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
     with connect(scheduler, workers) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
+        if bundle is None and not cells_only:
+            bundle = _train_for_run(opened, out / "bundle", client, preset, nuclear_channel, console)
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task("fields", total=n_fields)
-            result = run_cells(opened, out, client, config, selected, on_field=lambda _: progress.advance(bar))
+            result = run_cells(opened, out, client, config, selected, on_field=lambda _: progress.advance(bar),
+                               bundle=None if cells_only else bundle)
     _print_summary(result)
+
+
+def _epoch_printer(console):
+    """A progress callback printing one line per finished training epoch."""
+    def epoch_line(p) -> None:
+        val = "" if p.val_loss is None else f", validation {p.val_loss:.4f}"
+        console.print(f"{p.stage} epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}{val}, "
+                      f"{p.eta_s:.0f} s left in this stage")
+    return epoch_line
+
+
+def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str | None, console) -> Path:
+    """Train a bundle with ``screenxai train``'s defaults on the plates' controls (reused when complete)."""
+    from screenxai.models.bundle import load_bundle
+    from screenxai.pipeline.train_job import JOB_STAGES, TrainSettings
+    from screenxai.pipeline.train_job import train as train_job
+
+    if (out / "config.json").exists() and not out.with_name(out.name + ".work").exists():
+        load_bundle(out)
+        console.print(f"using the bundle trained earlier at {out}")
+        return out
+    console.print(f"no bundle given: training one ({preset} preset) on the plates' controls into {out}")
+
+    result = train_job(plates, out, client, TrainSettings(preset=preset, stages=JOB_STAGES,
+                                                          nuclear_channel=nuclear_channel),
+                       on_progress=_epoch_printer(console))
+    _print_training_summary(result)
+    return result.bundle
 
 
 @main.command()
@@ -192,18 +231,13 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
         wells={p.name: selected for p in opened} if selected else None)
 
-    def epoch_line(p) -> None:
-        val = "" if p.val_loss is None else f", validation {p.val_loss:.4f}"
-        console.print(f"{p.stage} epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}{val}, "
-                      f"{p.eta_s:.0f} s left in this stage")
-
     with connect(scheduler, workers) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task("cutting cells", total=None)
             result = train_job(opened, out, client, settings, on_field=lambda _: progress.advance(bar),
-                               on_progress=epoch_line, keep_work=keep_work)
+                               on_progress=_epoch_printer(console), keep_work=keep_work)
     _print_training_summary(result)
 
 
@@ -287,6 +321,7 @@ def _print_summary(result) -> None:
 
     wells = result.wells
     ratios = [c for c in wells.columns if c.startswith("median_") and c.endswith("_ratio")]
+    ratios += [c for c in wells.columns if c.startswith("mean_p_") or c == "mean_formula_value"]
     click.echo(f"{len(wells)} wells, {int(wells['n_cells'].sum())} cells in {result.seconds:.1f} s -> {result.out}")
     click.echo(condition_summary(wells, ["n_cells", *ratios]).round(3).to_string())
     for column in ratios:

@@ -48,7 +48,8 @@ def test_simulate_then_run_end_to_end(tmp_path):
                                   "--size", "256", "--seed", "3"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "sim.truth.parquet").exists()
-    result = runner.invoke(main, ["run", str(plate), "-o", str(tmp_path / "out"), "--workers", "1"])
+    result = runner.invoke(main, ["run", str(plate), "-o", str(tmp_path / "out"), "--workers", "1",
+                                   "--cells-only"])
     assert result.exit_code == 0, result.output
     assert "6 wells" in result.output and "median_reporter_ratio" in result.output
     wells = pd.read_parquet(tmp_path / "out" / "wells.parquet")

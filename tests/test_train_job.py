@@ -15,7 +15,8 @@ from screenxai.models.bundle import load_bundle
 from screenxai.models.classifier import predict_proba
 from screenxai.models.presets import PRESETS
 from screenxai.pipeline.crop_cache import CropCacheError, read_crop_cache
-from screenxai.pipeline.train_job import TrainJobError, TrainSettings, _gpu_resources, train, work_folder
+from screenxai.pipeline.cluster import gpu_resources
+from screenxai.pipeline.train_job import TrainJobError, TrainSettings, train, work_folder
 from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import simulate_screen
 from test_models_training import MINI
@@ -146,10 +147,10 @@ def test_unknown_wells_and_missing_classes_are_named(plate, client, tmp_path):
 
 
 def test_training_goes_to_a_gpu_worker_when_the_cluster_declares_one(client):
-    assert _gpu_resources(client) is None
+    assert gpu_resources(client) is None
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
                       resources={"GPU": 1}) as cluster, Client(cluster) as gpu_client:
-        assert _gpu_resources(gpu_client) == {"GPU": 1}
+        assert gpu_resources(gpu_client) == {"GPU": 1}
 
 
 def test_train_command_trains_on_a_scheduler_and_prints_the_summary(plate, client, tmp_path):

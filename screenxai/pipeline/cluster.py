@@ -31,3 +31,9 @@ def connect(scheduler: str | None = None, n_workers: int | None = None) -> Itera
     with LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
                       dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
+
+
+def gpu_resources(client: Client) -> dict | None:
+    """``{"GPU": 1}`` when some worker declares a GPU resource, else None (any worker may run the task)."""
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    return {"GPU": 1} if any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers) else None

@@ -1,8 +1,12 @@
 """``screenxai run``: plates in, per-cell and per-well Parquet tables out, on a Dask cluster.
 
-Today the run is the cell stage (segmentation or plate labels, crops,
-morphology features, QC) followed by the per-well gather; the model stages
-slot in after the cell stage.
+Without a bundle the run is the cell stage (segmentation or plate labels,
+crops, morphology features, QC) with one task per field writing its file.
+With a bundle, cell-stage tasks hand their crops to model-stage tasks, one
+per group of ``fields_per_batch`` fields (so the device sees full batches),
+submitted with ``resources={"GPU": 1}`` when a worker declares a GPU; the
+models reach the workers through a ``BundlePlugin``. The per-well gather
+follows.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import json
 import platform
 import time
+import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
@@ -19,13 +24,18 @@ import pandas as pd
 from distributed import Client, as_completed
 
 from screenxai import __version__
-from screenxai.cells import CellConfig
+from screenxai.cells import CellConfig, fit_normalisation
 from screenxai.errors import ScreenxaiError
 from screenxai.plate.reader import Plate, open_plate
+from screenxai.models.bundle import Bundle, check_channels, load_bundle
+from screenxai.pipeline.bundle_plugin import BundlePlugin
 from screenxai.pipeline.cell_stage import FieldTask, run_field
+from screenxai.pipeline.cluster import gpu_resources
+from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import write_parquet_atomic
 from screenxai.pipeline.summary import well_table
 
+FIELDS_PER_BATCH = 8
 DEPENDENCIES = ("dask", "distributed", "zarr", "ome-zarr", "xarray", "torch", "diffusers", "pandas", "pyarrow",
                 "scikit-image")
 
@@ -53,26 +63,38 @@ def field_tasks(plates: Sequence[Plate], out: Path, wells: Sequence[str] | None 
 
 def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellConfig | None = None,
               wells: Sequence[str] | None = None,
-              on_field: Callable[[dict], None] | None = None) -> RunResult:
-    """Run the cell stage of every field on ``client`` and gather the per-well table.
+              on_field: Callable[[dict], None] | None = None, bundle: str | Path | None = None,
+              fields_per_batch: int = FIELDS_PER_BATCH) -> RunResult:
+    """Run the cell stage (and, with ``bundle``, the model stage) of every field and gather the per-well table.
 
     ``on_field`` is called with each field's status row as it completes
-    (progress bars). Writes ``cells/``, ``fields.parquet``, ``wells.parquet``
-    (and ``failures.parquet`` when fields failed) and ``manifest.json``.
+    (progress bars). Writes ``cells/`` (and ``embeddings/`` with a bundle),
+    ``fields.parquet``, ``wells.parquet`` (and ``failures.parquet`` when
+    fields failed) and ``manifest.json``. A bundle whose channels or crop
+    size do not fit a plate is refused before any work starts.
     """
     config = config or CellConfig()
     out = Path(out)
+    loaded = None
+    if bundle is not None:
+        loaded = load_bundle(bundle)
+        for plate in plates:
+            check_channels(loaded, plate.channel_names)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tasks = field_tasks(plates, out, wells)
-    futures = client.map(run_field, tasks, config=config, key=[f"cells-{t.plate_name}-{t.well}-{t.field}"
-                                                                 for t in tasks])
+    if loaded is None:
+        futures = client.map(run_field, tasks, config=config,
+                             key=[f"cells-{t.plate_name}-{t.well}-{t.field}" for t in tasks])
+    else:
+        futures = _model_graph(plates, tasks, client, config, loaded, fields_per_batch)
     rows = []
     for future in as_completed(futures):
-        row = future.result()
-        rows.append(row)
-        if on_field is not None:
-            on_field(row)
+        result = future.result()
+        for row in result if isinstance(result, list) else [result]:
+            rows.append(row)
+            if on_field is not None:
+                on_field(row)
     fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
     failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
     fields = fields.drop(columns=[c for c in ("traceback",) if c in fields])
@@ -86,18 +108,41 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     if not failures.empty:
         write_parquet_atomic(failures, out / "failures.parquet")
     seconds = time.perf_counter() - start
-    write_manifest(out, plates, config, fields, seconds)
+    write_manifest(out, plates, config, fields, seconds, loaded)
     return RunResult(out, wells_table, fields, seconds, failures)
 
 
+def _model_graph(plates: Sequence[Plate], tasks: list[FieldTask], client: Client, config: CellConfig,
+                 bundle: Bundle, fields_per_batch: int) -> list:
+    """Cell tasks per field feeding model tasks per group of fields; returns the model tasks' futures."""
+    client.register_plugin(BundlePlugin.from_path(bundle.path))
+    configs = {p.name: replace(config, crop_size=bundle.crop_size, normalisation=fit_normalisation(p))
+               for p in plates}
+    training: dict[str, set[str]] = {}
+    for cell_id in bundle.config["provenance"].get("training_cells", []):
+        training.setdefault(cell_id.rsplit("/", 1)[0], set()).add(cell_id)
+    resources = gpu_resources(client)
+    token = uuid.uuid4().hex[:8]
+    futures = []
+    for first in range(0, len(tasks), fields_per_batch):
+        group = tasks[first:first + fields_per_batch]
+        cut = [client.submit(cut_field, t, configs[t.plate_name], pure=False,
+                             key=f"cut-{t.plate_name}-{t.well}-{t.field}-{token}") for t in group]
+        seen = frozenset().union(*(training.get(f"{t.plate_name}/{t.well}/{t.field}", set()) for t in group))
+        futures.append(client.submit(score_fields, cut, group, seen, resources=resources, pure=False,
+                                     key=f"score-{group[0].plate_name}-{group[0].well}-{group[0].field}-{token}"))
+    return futures
+
+
 def write_manifest(out: Path, plates: Sequence[Plate], config: CellConfig, fields: pd.DataFrame,
-                   seconds: float) -> Path:
-    """``manifest.json``: versions, config, plates, timings and per-field status."""
+                   seconds: float, bundle: Bundle | None = None) -> Path:
+    """``manifest.json``: versions, config, bundle hash, plates, timings and per-field status."""
     manifest = {
         "screenxai": __version__,
         "python": platform.python_version(),
         "dependencies": {name: version(name) for name in DEPENDENCIES},
         "config": {"cells": _jsonable(asdict(config))},
+        "bundle": None if bundle is None else {"path": str(bundle.path), "content_hash": bundle.content_hash},
         "plates": [{"name": p.name, "url": p.url, "ngff_version": p.ngff_version, "wells": len(p.wells),
                     "fields": len(p.field_keys()), "channels": p.channel_names} for p in plates],
         "seconds": round(seconds, 3),

@@ -17,15 +17,26 @@ def well_table(cells: pd.DataFrame, fields: pd.DataFrame, layouts: dict[str, pd.
     cells = cells.assign(plate=cells["plate"].astype(str), well=cells["well"].astype(str))
     feature_columns = [c for c in cells.columns
                        if c in SHAPE_COLUMNS or any(c.endswith("_" + s) for s in CHANNEL_SUFFIXES)]
-    medians = cells.groupby(["plate", "well"])[feature_columns].median().add_prefix("median_")
-    counts = cells.groupby(["plate", "well"]).size().rename("n_cells")
+    by_well = cells.groupby(["plate", "well"])
+    medians = by_well[feature_columns].median().add_prefix("median_")
+    counts = by_well.size().rename("n_cells")
+    model = model_columns(cells)
+    means = by_well[model].mean().add_prefix("mean_") if model else None
     field_stats = fields.groupby(["plate", "well"]).agg(
         n_fields=("field", "size"),
         n_failed_fields=("status", lambda s: int((s == "failed").sum())),
         saturated_fraction=("saturated_fraction", "max"),
         focus=("focus", "mean"),
     )
-    wells = field_stats.join(counts).join(medians).reset_index()
+    wells = field_stats.join(counts).join(medians)
+    if means is not None:
+        wells = wells.join(means)
+    if "formula_value" in cells:
+        wells = wells.join(by_well["formula_value"].apply(lambda v: float((v > 0).mean()))
+                           .rename("fraction_formula_positive"))
+    if "in_training" in cells:
+        wells = wells.join(by_well["in_training"].sum().astype("int64").rename("n_training_cells"))
+    wells = wells.reset_index()
     wells["n_cells"] = wells["n_cells"].fillna(0).astype("int64")
     for plate, rows in wells.groupby("plate").groups.items():
         median_count = wells.loc[rows, "n_cells"].median()
@@ -41,6 +52,11 @@ def well_table(cells: pd.DataFrame, fields: pd.DataFrame, layouts: dict[str, pd.
         layout = layouts.get(plate)
         with_layout.append(rows.merge(layout, on="well", how="left") if layout is not None else rows)
     return pd.concat(with_layout, ignore_index=True)
+
+
+def model_columns(cells: pd.DataFrame) -> list[str]:
+    """Per-cell outputs of the model stage that are averaged per well: class probabilities, formula value."""
+    return [c for c in cells.columns if c.startswith("p_") or c == "formula_value"]
 
 
 def dose_trend(wells: pd.DataFrame, column: str, dose: str = "dose_index") -> float | None:

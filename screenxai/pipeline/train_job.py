@@ -35,6 +35,7 @@ from screenxai.models.bundle import load_bundle
 from screenxai.models.presets import get_preset
 from screenxai.models.progress import Progress
 from screenxai.models.training import STAGES, classifier_from_bundle, save_trained, train_models, validation_rows
+from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
 from screenxai.pipeline.sinks import write_parquet_atomic
 from screenxai.plate.layout import wells_with
@@ -197,7 +198,8 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
             summary["autoencoder"] = _latent_summary(trained, crops, table, settings)
         save_trained(out_path, trained, table, description["channel_names"],
                      {"method": "negative-control percentiles", "plates": description["normalisation"]},
-                     overwrite=True, extra={"training_summary": summary, "stages": list(model_stages)})
+                     overwrite=True, extra={"training_summary": summary, "stages": list(model_stages),
+                                            "training_cells": table["cell_id"].astype(str).tolist()})
     if "interpretable" in stages:
         summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings)
     return summary
@@ -252,12 +254,6 @@ def _as_progress(message: dict) -> Progress:
     return Progress(**{k: message[k] for k in Progress.__dataclass_fields__})
 
 
-def _gpu_resources(client: Client) -> dict | None:
-    """``{"GPU": 1}`` when some worker declares a GPU resource, else None (any worker)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return {"GPU": 1} if any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers) else None
-
-
 def train(plates: Sequence[Plate], out: str | Path, client: Client, settings: TrainSettings = TrainSettings(),
           on_field: Callable[[dict], None] | None = None, on_progress: Callable[[Progress], None] | None = None,
           keep_work: bool = False) -> TrainResult:
@@ -286,7 +282,7 @@ def train(plates: Sequence[Plate], out: str | Path, client: Client, settings: Tr
         client.subscribe_topic(TRAIN_TOPIC, lambda event: on_progress(_as_progress(event[1])))
     try:
         future = client.submit(run_training, str(cache), str(out), str(work), settings, pure=False,
-                               resources=_gpu_resources(client), key=f"train-{out.name}-{uuid.uuid4().hex[:8]}")
+                               resources=gpu_resources(client), key=f"train-{out.name}-{uuid.uuid4().hex[:8]}")
         summary = future.result()
     finally:
         if on_progress is not None:

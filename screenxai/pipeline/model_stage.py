@@ -1,0 +1,128 @@
+"""The model stage: score the cells of several fields in one batch on a (GPU) worker and write their files.
+
+Cell-stage tasks (``cut_field``) return each field's crops and table in
+memory; a model task receives the results of a group of fields (gathered
+across fields so the device sees full batches), runs the classifier, the
+semantic encoder and, when the bundle has one, the interpretable formula,
+then writes for each field of its group:
+
+- ``cells/plate=P/well=W/field-F.parquet``: the cell table with class
+  probabilities, the formula's value and ``in_training``;
+- ``embeddings/plate=P/well=W/field-F.parquet``: ``z_sem`` per cell
+  (``z_0`` ... ``z_{d-1}``), apart from the narrow cell table.
+
+Both are written under a temporary name, renamed, then marked done; the
+cells file's marker is written last, so a field counts as done only once
+both files are complete.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from screenxai.cells import CellConfig, process_field
+from screenxai.models.classifier import predict_proba
+from screenxai.pipeline.bundle_plugin import worker_models
+from screenxai.pipeline.cell_stage import PARTITION_COLUMNS, FieldTask, cached_plate
+from screenxai.pipeline.sinks import write_parquet_atomic
+
+EMBEDDINGS = "embeddings"
+
+
+@dataclass
+class FieldCells:
+    """One field's outcome of the cell stage, held in memory until its model task scores it."""
+
+    status: dict
+    table: pd.DataFrame | None = None
+    crops: np.ndarray | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def cut_field(task: FieldTask, config: CellConfig) -> FieldCells:
+    """Read, segment, crop and measure one field; failures are kept as the field's status."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    status = {"plate": task.plate_name, "well": task.well, "field": task.field}
+    try:
+        batch = process_field(cached_plate(task.plate_url, task.plate_name), task.well, task.field, config)
+        status.update(status="done", error="", **{k: v for k, v in batch.qc.items() if k not in status})
+        return FieldCells(status, batch.table, batch.crops, time.perf_counter() - start)
+    except Exception as err:  # recorded per field; the rest of the plate goes on
+        status.update(status="failed", error=f"{type(err).__name__}: {err}",
+                      traceback=traceback.format_exc(limit=5), seconds=time.perf_counter() - start)
+        return FieldCells(status)
+
+
+def class_column_name(name: str) -> str:
+    """``p_<class>`` with the class name's non-word characters replaced by ``_``."""
+    return "p_" + re.sub(r"\W", "_", str(name))
+
+
+def embeddings_path(out: str | Path, plate: str, well: str, field_index: int) -> Path:
+    """Where a field's ``z_sem`` rows go."""
+    return Path(out) / EMBEDDINGS / f"plate={plate}" / f"well={well}" / f"field-{field_index}.parquet"
+
+
+def _encode(autoencoder, crops: np.ndarray, batch_size: int) -> np.ndarray:
+    import torch
+
+    device = next(autoencoder.parameters()).device
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(crops), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size])).to(device)
+            parts.append(autoencoder.encode(x).float().cpu().numpy())
+    return np.concatenate(parts) if parts else np.zeros((0, autoencoder.config.z_dim), np.float32)
+
+
+def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], training_cells: frozenset[str],
+                 batch_size: int = 256) -> list[dict]:
+    """Score the cells of ``results`` in batches and write each field's cell and embedding files.
+
+    Returns each field's status row (failed fields pass through untouched).
+    """
+    models = worker_models()
+    bundle = models.bundle
+    done = [(r, t) for r, t in zip(results, tasks, strict=True) if r.status["status"] == "done"]
+    start = time.perf_counter()
+    crops = (np.concatenate([r.crops for r, _ in done]) if done
+             else np.zeros((0, len(bundle.channel_names), bundle.crop_size, bundle.crop_size), np.float32))
+    probabilities = (predict_proba(bundle["classifier"], crops, batch_size) if len(crops)
+                     else np.zeros((0, len(bundle.class_names)), np.float32))
+    z = _encode(bundle["autoencoder"], crops, batch_size) if "autoencoder" in bundle.models else None
+    formula = models.interpretable.logit(crops) if models.interpretable is not None and len(crops) else None
+    seconds = (time.perf_counter() - start) / max(len(done), 1)
+    offset = 0
+    for result, task in done:
+        n = len(result.table)
+        rows = slice(offset, offset + n)
+        offset += n
+        table = result.table.drop(columns=list(PARTITION_COLUMNS)).reset_index(drop=True)
+        for k, name in enumerate(bundle.class_names):
+            table[class_column_name(name)] = probabilities[rows, k].astype(np.float32)
+        if models.interpretable is not None:
+            table["formula_value"] = formula[rows].astype(np.float64)
+        table["in_training"] = table["cell_id"].isin(training_cells)
+        if z is not None:
+            embedding = pd.DataFrame(z[rows], columns=[f"z_{i}" for i in range(z.shape[1])])
+            embedding.insert(0, "cell_id", table["cell_id"].to_numpy())
+            embedding.insert(0, "label", table["label"].to_numpy())
+            embedding.insert(0, "field", table["field"].to_numpy())
+            write_parquet_atomic(embedding, embeddings_path(task.out, task.plate_name, task.well, task.field))
+        write_parquet_atomic(table, task.cells_path)
+        result.status["seconds"] = result.seconds + seconds
+    for result in results:
+        result.status.setdefault("seconds", result.seconds)
+    return [r.status for r in results]

@@ -1,0 +1,162 @@
+"""The model stage of ``screenxai run``: bundle plugin, batched scoring on (GPU) workers, cell and embedding files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from distributed import Client, Scheduler, SpecCluster, Worker, get_task_stream
+
+from screenxai.cells import CellConfig, fit_normalisation, process_field
+from screenxai.errors import ScreenxaiError
+from screenxai.models.bundle import BundleError, load_bundle
+from screenxai.models.classifier import predict_proba
+from screenxai.models.presets import PRESETS
+from screenxai.pipeline.bundle_plugin import BundlePlugin
+from screenxai.pipeline.run import run_cells
+from screenxai.pipeline.train_job import TrainSettings, train
+from screenxai.plate.reader import open_plate
+from screenxai.plate.simulate import simulate_screen
+from test_models_training import MINI
+
+
+@pytest.fixture(scope="module")
+def cluster_client():
+    """A real scheduler with two in-process workers, one declaring a GPU."""
+    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 1}},
+               "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model-stage") / "plate.zarr"
+    simulate_screen(path, rows=2, columns=4, fields=2, size=192, seed=7)
+    return open_plate(path)
+
+
+@pytest.fixture(scope="module")
+def bundle(plate, cluster_client, tmp_path_factory):
+    PRESETS["mini"] = MINI
+    try:
+        out = tmp_path_factory.mktemp("bundle") / "bundle"
+        train([plate], out, cluster_client, TrainSettings(preset="mini", seed=1, max_cells_per_well=30,
+                                                           stages=("classifier", "autoencoder", "interpretable"),
+                                                           check_cells=8, check_steps=2))
+        return out
+    finally:
+        del PRESETS["mini"]
+
+
+@pytest.fixture(scope="module")
+def scored(plate, bundle, cluster_client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    with get_task_stream(cluster_client) as stream:
+        result = run_cells([plate], out, cluster_client, bundle=bundle, fields_per_batch=3)
+    return result, stream.data
+
+
+def test_every_field_is_scored_once_and_written_with_class_probabilities(scored, plate, bundle):
+    result, _ = scored
+    assert (result.fields["status"] == "done").all() and len(result.fields) == len(plate.field_keys())
+    cells = pd.read_parquet(result.out / "cells")
+    assert cells["cell_id"].is_unique
+    np.testing.assert_allclose(cells["p_negative"] + cells["p_positive"], 1, atol=1e-5)
+    assert cells["formula_value"].notna().all()
+    # the per-cell probabilities are those of the bundle's classifier on the field's normalised crops
+    loaded = load_bundle(bundle)
+    field = process_field(plate, "A02", 1, CellConfig(crop_size=16, normalisation=fit_normalisation(plate)))
+    want = predict_proba(loaded["classifier"], field.crops)[:, 1]
+    got = cells[(cells["well"] == "A02") & (cells["field"] == 1)].sort_values("label")["p_positive"]
+    np.testing.assert_allclose(got.to_numpy(), want[np.argsort(field.table["label"].to_numpy())], atol=1e-5)
+
+
+def test_embeddings_have_their_own_table_keyed_like_the_cells(scored, bundle):
+    result, _ = scored
+    cells = pd.read_parquet(result.out / "cells")
+    embeddings = pd.read_parquet(result.out / "embeddings")
+    z_dim = load_bundle(bundle).config["models"]["autoencoder"]["config"]["z_dim"]
+    assert [c for c in embeddings.columns if c.startswith("z_")] == [f"z_{i}" for i in range(z_dim)]
+    assert set(embeddings["cell_id"]) == set(cells["cell_id"])
+    assert not any(c.startswith("z_") for c in cells.columns)
+
+
+def test_cells_the_models_saw_are_marked_in_training(scored, bundle):
+    result, _ = scored
+    cells = pd.read_parquet(result.out / "cells")
+    trained_on = set(load_bundle(bundle).config["provenance"]["training_cells"])
+    assert cells["in_training"].sum() == len(trained_on & set(cells["cell_id"])) > 0
+    assert not cells.loc[cells["well"].isin(["A02", "A03"]), "in_training"].any()  # dose wells
+
+
+def test_wells_carry_mean_probabilities_and_the_formula(scored):
+    result, _ = scored
+    wells = pd.read_parquet(result.out / "wells.parquet")
+    assert {"mean_p_negative", "mean_p_positive", "mean_formula_value", "fraction_formula_positive",
+            "n_training_cells"} <= set(wells.columns)
+    assert json.loads((result.out / "manifest.json").read_text())["bundle"]["content_hash"]
+
+
+def test_model_tasks_run_only_on_the_gpu_worker(scored, cluster_client):
+    _, stream = scored
+    gpu = [a for a, w in cluster_client.scheduler_info()["workers"].items() if w["resources"].get("GPU")]
+    scoring = [t for t in stream if str(t["key"]).startswith("score-")]
+    assert scoring and {t["worker"] for t in scoring} == set(gpu)
+
+
+def test_a_bundle_of_other_channels_is_refused_before_any_work(plate, bundle, cluster_client, tmp_path):
+    other = tmp_path / "other-bundle"
+    shutil.copytree(bundle, other)
+    config = json.loads((other / "config.json").read_text())
+    config["channel_names"] = ["GFP", "DNA"]
+    (other / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "run"
+    with pytest.raises(BundleError, match="are not those the bundle"):
+        run_cells([plate], out, cluster_client, bundle=other)
+    assert not out.exists()
+
+
+def test_the_plugin_refuses_a_folder_that_is_not_a_bundle(tmp_path):
+    with pytest.raises(ScreenxaiError, match="config.json is missing"):
+        BundlePlugin.from_path(tmp_path)
+
+
+@pytest.mark.parametrize("section, path", [("cells/ with a bundle", "cells"), ("embeddings/", "embeddings"),
+                                           ("wells.parquet with a bundle", "wells.parquet")])
+def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle, section, path):
+    from test_train_job import _documented
+
+    result, _ = scored
+    data = pd.read_parquet(result.out / path)
+    loaded = load_bundle(bundle)
+    z_dim = loaded.config["models"]["autoencoder"]["config"]["z_dim"]
+    for name, dtype in _documented("outputs.md", section).items():
+        columns = ([name.replace("{class}", c) for c in loaded.class_names] if "{class}" in name
+                   else [f"z_{i}" for i in range(z_dim)] if name == "z_{i}" else [name])
+        for column in columns:
+            assert column in data, f"{section}: documented column {column} missing"
+            kind = "string" if pd.api.types.is_string_dtype(data[column].dtype) else str(data[column].dtype)
+            assert kind == dtype, f"{section}: {column} is {data[column].dtype}, docs say {dtype}"
+
+
+def test_run_command_without_a_bundle_trains_one_then_scores(plate, cluster_client, tmp_path):
+    from click.testing import CliRunner
+
+    from screenxai.cli import main
+
+    PRESETS["mini"] = MINI
+    try:
+        result = CliRunner().invoke(main, ["run", plate.url, "-o", str(tmp_path / "out"), "--preset", "mini",
+                                           "--scheduler", cluster_client.scheduler.address])
+    finally:
+        del PRESETS["mini"]
+    assert result.exit_code == 0, result.output
+    assert "no bundle given: training one (mini preset)" in result.output
+    assert "formula (" in result.output and "mean_p_positive" in result.output
+    assert set(load_bundle(tmp_path / "out" / "bundle").models) == {"classifier", "autoencoder"}
+    assert "p_positive" in pd.read_parquet(tmp_path / "out" / "cells").columns
