@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+PRESET ?= small
 
 .PHONY: setup run test clean
 
@@ -15,8 +16,8 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
-run: $(BIN)/.installed  ## the main job on the embedded default: a synthetic plate, a local Dask cluster
-	$(BIN)/screenxai run -o runs/demo
+run: $(BIN)/.installed  ## the main job: a synthetic plate, models trained on its controls, a local Dask cluster
+	$(BIN)/screenxai run -o runs/demo --preset $(PRESET) --resume
 
 test: $(BIN)/.installed
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -112,9 +112,12 @@ def info(plate_path: Path) -> None:
 @click.option("--crop-size", default=32, show_default=True,
               help="Side of the single-cell crops, pixels (with a bundle: the bundle's).")
 @click.option("--nuclear-channel", help="Channel to segment (default: the one named DNA, DAPI, Hoechst, ...).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in OUT: compute only fields without a complete file (same settings only).")
+@click.option("--strict", is_flag=True, help="Stop at the first failed field instead of recording it.")
 def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
         layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
-        nuclear_channel: str | None) -> None:
+        nuclear_channel: str | None, resume: bool, strict: bool) -> None:
     """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
@@ -149,7 +152,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
         with Progress(*columns, console=console) as progress:
             bar = progress.add_task("fields", total=n_fields)
             result = run_cells(opened, out, client, config, selected, on_field=lambda _: progress.advance(bar),
-                               bundle=None if cells_only else bundle)
+                               bundle=None if cells_only else bundle, resume=resume, strict=strict)
     _print_summary(result)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from screenxai.cells import CellConfig
 from screenxai.cli import main
+from screenxai.errors import ScreenxaiError
 from screenxai.pipeline.cluster import connect
 from screenxai.pipeline.run import open_plates, run_cells
 from screenxai.plate import open_plate
@@ -64,6 +66,9 @@ def test_unreadable_field_is_recorded_and_the_rest_completes(bbbc013_plate, clie
     assert (result.fields.set_index("well").loc[["A01", "B02", "B12"], "status"] == "done").all()
     assert pd.read_parquet(tmp_path / "out" / "failures.parquet")["well"].tolist() == ["A12"]
     assert bool(result.wells.set_index("well").loc["A12", "qc_failed_fields"])
+    with pytest.raises(ScreenxaiError, match=r"field bbbc013/A12/0 failed \(--strict\): "):
+        run_cells(open_plates([plate_copy]), tmp_path / "strict", client, CellConfig(), wells=WELLS, strict=True)
+    assert not (tmp_path / "strict" / "wells.parquet").exists()
 
 
 def test_cli_run_reports_bad_plate_in_one_line(tmp_path):
@@ -117,3 +122,38 @@ def test_every_documented_column_reads_back_with_its_dtype(bbbc013_run, table, p
         for column in _expand(name):
             assert column in data, f"{table}: documented column {column} missing"
             assert _dtype_matches(data[column], dtype), f"{table}: {column} is {data[column].dtype}, docs say {dtype}"
+
+
+def _cells_without_timings(out: Path) -> pd.DataFrame:
+    cells = pd.read_parquet(out / "cells")
+    return cells.assign(plate=cells["plate"].astype(str), well=cells["well"].astype(str)) \
+        .sort_values("cell_id").reset_index(drop=True)
+
+
+def test_an_interrupted_run_resumes_only_unfinished_fields_and_ends_as_an_uninterrupted_one(
+        bbbc013_plate, bbbc013_run, client, tmp_path):
+    from distributed import get_task_stream
+
+    plates = open_plates([bbbc013_plate])
+    seen = []
+
+    def interrupt(row):
+        seen.append(row)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cells(plates, tmp_path, client, CellConfig(), wells=WELLS, on_field=interrupt)
+    with pytest.raises(ScreenxaiError, match="already holds a run; pass --resume"):
+        run_cells(plates, tmp_path, client, CellConfig(), wells=WELLS)
+    with pytest.raises(ScreenxaiError, match="its cells differ"):
+        run_cells(plates, tmp_path, client, CellConfig(crop_size=48), wells=WELLS, resume=True)
+    while any(client.processing().values()):  # tasks still running from the interrupted run finish first
+        time.sleep(0.05)
+    with get_task_stream(client) as stream:
+        resumed = run_cells(plates, tmp_path, client, CellConfig(), wells=WELLS, resume=True)
+    computed = [t for t in stream.data if str(t["key"]).startswith("cells-")]
+    assert len(computed) <= len(WELLS) - 2
+    pd.testing.assert_frame_equal(_cells_without_timings(tmp_path), _cells_without_timings(bbbc013_run.out))
+    assert list(resumed.wells["n_cells"]) == list(bbbc013_run.wells["n_cells"])
+    assert (resumed.fields["status"] == "done").all() and len(resumed.fields) == len(WELLS)

@@ -52,9 +52,10 @@ def run_field(task: FieldTask, config: CellConfig) -> dict:
         torch.set_num_threads(1)
         batch = process_field(cached_plate(task.plate_url, task.plate_name), task.well, task.field, config)
         table = batch.table.drop(columns=list(PARTITION_COLUMNS))
-        write_parquet_atomic(table, task.cells_path)
         qc = {k: v for k, v in batch.qc.items() if k not in status}
-        status.update(status="done", error="", **qc)
+        status.update(status="done", error="", **qc, seconds=time.perf_counter() - start)
+        write_parquet_atomic(table, task.cells_path, marker=status)
+        return status
     except Exception as err:  # recorded per field; the rest of the plate goes on
         status.update(status="failed", error=f"{type(err).__name__}: {err}",
                       traceback=traceback.format_exc(limit=5))

@@ -121,8 +121,8 @@ def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], trai
             embedding.insert(0, "label", table["label"].to_numpy())
             embedding.insert(0, "field", table["field"].to_numpy())
             write_parquet_atomic(embedding, embeddings_path(task.out, task.plate_name, task.well, task.field))
-        write_parquet_atomic(table, task.cells_path)
         result.status["seconds"] = result.seconds + seconds
+        write_parquet_atomic(table, task.cells_path, marker=result.status)
     for result in results:
         result.status.setdefault("seconds", result.seconds)
     return [r.status for r in results]

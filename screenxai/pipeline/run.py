@@ -32,7 +32,7 @@ from screenxai.pipeline.bundle_plugin import BundlePlugin
 from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.model_stage import cut_field, score_fields
-from screenxai.pipeline.sinks import write_parquet_atomic
+from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
 from screenxai.pipeline.summary import well_table
 
 FIELDS_PER_BATCH = 8
@@ -64,7 +64,7 @@ def field_tasks(plates: Sequence[Plate], out: Path, wells: Sequence[str] | None 
 def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellConfig | None = None,
               wells: Sequence[str] | None = None,
               on_field: Callable[[dict], None] | None = None, bundle: str | Path | None = None,
-              fields_per_batch: int = FIELDS_PER_BATCH) -> RunResult:
+              fields_per_batch: int = FIELDS_PER_BATCH, resume: bool = False, strict: bool = False) -> RunResult:
     """Run the cell stage (and, with ``bundle``, the model stage) of every field and gather the per-well table.
 
     ``on_field`` is called with each field's status row as it completes
@@ -72,6 +72,11 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     ``fields.parquet``, ``wells.parquet`` (and ``failures.parquet`` when
     fields failed) and ``manifest.json``. A bundle whose channels or crop
     size do not fit a plate is refused before any work starts.
+
+    An output folder holding a run is refused unless ``resume``: then only
+    the fields without a complete file are computed (failed fields are
+    tried again), provided the plates, wells, cell configuration and bundle
+    are those of the run found. ``strict`` stops at the first failed field.
     """
     config = config or CellConfig()
     out = Path(out)
@@ -80,18 +85,33 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         loaded = load_bundle(bundle)
         for plate in plates:
             check_channels(loaded, plate.channel_names)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     tasks = field_tasks(plates, out, wells)
-    if loaded is None:
-        futures = client.map(run_field, tasks, config=config,
-                             key=[f"cells-{t.plate_name}-{t.well}-{t.field}" for t in tasks])
+    claim_output(out, run_record(plates, wells, config, loaded), resume)
+    start = time.perf_counter()
+    rows, todo = [], []
+    for task in tasks:
+        finished = read_marker(task.cells_path) if resume else None
+        if finished:
+            rows.append(finished)
+            if on_field is not None:
+                on_field(finished)
+        else:
+            todo.append(task)
+    if not todo:
+        futures = []
+    elif loaded is None:
+        token = uuid.uuid4().hex[:8]
+        futures = client.map(run_field, todo, config=config, pure=False,
+                             key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
     else:
-        futures = _model_graph(plates, tasks, client, config, loaded, fields_per_batch)
-    rows = []
+        futures = _model_graph(plates, todo, client, config, loaded, fields_per_batch)
     for future in as_completed(futures):
         result = future.result()
         for row in result if isinstance(result, list) else [result]:
+            if strict and row["status"] == "failed":
+                client.cancel(futures)
+                raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
+                                     f"{row['error']}")
             rows.append(row)
             if on_field is not None:
                 on_field(row)
@@ -110,6 +130,35 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     seconds = time.perf_counter() - start
     write_manifest(out, plates, config, fields, seconds, loaded)
     return RunResult(out, wells_table, fields, seconds, failures)
+
+
+RUN_RECORD = ".screenxai-run.json"
+
+
+def run_record(plates: Sequence[Plate], wells: Sequence[str] | None, config: CellConfig,
+               bundle: Bundle | None) -> dict:
+    """What a run's outputs depend on; a resumed run must match it."""
+    return {"plates": [p.url for p in plates], "wells": list(wells) if wells else None,
+            "cells": _jsonable(asdict(config)), "bundle": None if bundle is None else bundle.content_hash}
+
+
+def claim_output(out: Path, record: dict, resume: bool) -> None:
+    """Refuse a folder holding another run (or any run, without ``resume``); record this run's settings."""
+    path = out / RUN_RECORD
+    if path.exists():
+        found = json.loads(path.read_text())
+        if not resume:
+            raise ScreenxaiError(f"{out} already holds a run; pass --resume to continue it, or choose another "
+                                 "output folder")
+        changed = sorted(k for k in record if found.get(k) != record[k])
+        if changed:
+            raise ScreenxaiError(f"cannot resume the run in {out}: its {', '.join(changed)} differ from this "
+                                 "run's (another bundle, configuration, plates or wells)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(RUN_RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
 
 
 def _model_graph(plates: Sequence[Plate], tasks: list[FieldTask], client: Client, config: CellConfig,
