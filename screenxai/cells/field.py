@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -135,17 +135,35 @@ def process_field(plate: Plate, well: str, field: int, config: CellConfig) -> Ce
     if config.normalisation is not None:
         _check_channels(config.normalisation, plate)
     image, labels, source = read_field(plate, well, field, config, nuclear)
+    well_id = plate.well(well).id
+    crops, table = measure_cells(image, labels, plate.channel_names, config, plate.name, well_id, field, source)
+    qc = {"plate": plate.name, "well": well_id, "field": field, "label_source": source,
+          **field_qc(image, image[nuclear], len(table))}
+    return CellBatch(crops, table, qc)
+
+
+def measure_cells(image: np.ndarray, labels: np.ndarray, channel_names: Sequence[str], config: CellConfig,
+                  plate: str, well: str, field: int, source: str) -> tuple[np.ndarray, pd.DataFrame]:
+    """Crops and cell table of a (c, y, x) image and its nucleus labels, with the cells' stable ids."""
     crops, cells = crop_cells(image, labels, config.crop_size)
-    features = measure_features(image, labels, plate.channel_names, ring_width=config.ring_width)
-    well_name = plate.well(well).id
-    identity = pd.DataFrame({"plate": plate.name, "well": well_name, "field": field}, index=cells.index)
+    features = measure_features(image, labels, channel_names, ring_width=config.ring_width)
+    identity = pd.DataFrame({"plate": plate, "well": well, "field": field}, index=cells.index)
     identity["label"] = cells["label"]
-    identity["cell_id"] = [f"{plate.name}/{well_name}/{field}/{label}" for label in cells["label"]]
+    identity["cell_id"] = [f"{plate}/{well}/{field}/{label}" for label in cells["label"]]
     measured = features.drop(columns=[c for c in SHAPE_COLUMNS if c in cells.columns])
     table = identity.join(cells.drop(columns="label")).merge(measured, on="label", how="left")
     table["label_source"] = source
     if config.normalisation is not None:
         crops = normalise(crops, config.normalisation)
-    qc = {"plate": plate.name, "well": well_name, "field": field, "label_source": source,
-          **field_qc(image, image[nuclear], len(table))}
-    return CellBatch(crops, table, qc)
+    return crops, table
+
+
+def empty_cell_table(channel_names: Sequence[str], config: CellConfig) -> pd.DataFrame:
+    """A cell table with no rows but every column and dtype ``process_field`` gives (dask's ``meta``)."""
+    image = np.zeros((len(channel_names), 4 * config.crop_size, 4 * config.crop_size), np.uint16)
+    labels = np.zeros(image.shape[1:], np.int32)
+    centre = slice(2 * config.crop_size - 4, 2 * config.crop_size + 4)
+    labels[centre, centre] = 1
+    image[:, centre, centre] = 100
+    _, table = measure_cells(image, labels, channel_names, replace(config, normalisation=None), "", "", 0, "")
+    return table.iloc[:0]
