@@ -99,7 +99,9 @@ def test_wells_carry_mean_probabilities_and_the_formula(scored):
     wells = pd.read_parquet(result.out / "wells.parquet")
     assert {"mean_p_negative", "mean_p_positive", "mean_formula_value", "fraction_formula_positive",
             "n_training_cells"} <= set(wells.columns)
-    assert json.loads((result.out / "manifest.json").read_text())["bundle"]["content_hash"]
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    assert manifest["bundle"]["content_hash"] == load_bundle(result.out / "bundle").content_hash
+    assert len(manifest["config_hash"]) == 64
 
 
 def test_model_tasks_run_only_on_the_gpu_worker(scored, cluster_client):

@@ -11,7 +11,10 @@ follows.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import platform
 import time
 import uuid
@@ -128,6 +131,8 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     if not failures.empty:
         write_parquet_atomic(failures, out / "failures.parquet")
     seconds = time.perf_counter() - start
+    if loaded is not None and loaded.path.resolve() != (out / "bundle").resolve():
+        copy_bundle(loaded.path, out / "bundle")
     write_manifest(out, plates, config, fields, seconds, loaded)
     return RunResult(out, wells_table, fields, seconds, failures)
 
@@ -183,6 +188,16 @@ def _model_graph(plates: Sequence[Plate], tasks: list[FieldTask], client: Client
     return futures
 
 
+def copy_bundle(source: Path, target: Path) -> None:
+    """Put the run's bundle in its output folder (replacing an older copy) so the run is self-contained."""
+    tmp = target.with_name(f".{target.name}.copy")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
 def write_manifest(out: Path, plates: Sequence[Plate], config: CellConfig, fields: pd.DataFrame,
                    seconds: float, bundle: Bundle | None = None) -> Path:
     """``manifest.json``: versions, config, bundle hash, plates, timings and per-field status."""
@@ -192,6 +207,8 @@ def write_manifest(out: Path, plates: Sequence[Plate], config: CellConfig, field
         "dependencies": {name: version(name) for name in DEPENDENCIES},
         "config": {"cells": _jsonable(asdict(config))},
         "bundle": None if bundle is None else {"path": str(bundle.path), "content_hash": bundle.content_hash},
+        "config_hash": hashlib.sha256(json.dumps(run_record(plates, None, config, bundle),
+                                                 sort_keys=True).encode()).hexdigest(),
         "plates": [{"name": p.name, "url": p.url, "ngff_version": p.ngff_version, "wells": len(p.wells),
                     "fields": len(p.field_keys()), "channels": p.channel_names} for p in plates],
         "seconds": round(seconds, 3),
