@@ -162,3 +162,20 @@ def test_run_command_without_a_bundle_trains_one_then_scores(plate, cluster_clie
     assert "formula (" in result.output and "mean_p_positive" in result.output
     assert set(load_bundle(tmp_path / "out" / "bundle").models) == {"classifier", "autoencoder"}
     assert "p_positive" in pd.read_parquet(tmp_path / "out" / "cells").columns
+
+
+def test_the_default_local_cluster_has_one_single_threaded_worker_per_core_without_a_gpu():
+    import os
+
+    import torch
+
+    from screenxai.pipeline.bundle_plugin import worker_device
+    from screenxai.pipeline.cluster import local_cluster_size
+
+    if torch.cuda.is_available():
+        assert local_cluster_size() == (torch.cuda.device_count(), max(1, len(os.sched_getaffinity(0))
+                                                                       // torch.cuda.device_count()), {"GPU": 1})
+        assert worker_device(1) == f"cuda:{1 % torch.cuda.device_count()}"
+    else:
+        assert local_cluster_size() == (len(os.sched_getaffinity(0)), 1, None)
+        assert worker_device(0) == "cpu"

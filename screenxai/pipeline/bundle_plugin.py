@@ -77,7 +77,7 @@ class BundlePlugin(WorkerPlugin):
             target = self.folder / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        bundle = load_bundle(self.folder, device=None)
+        bundle = load_bundle(self.folder, device=worker_device(worker.name))
         if bundle.content_hash != self.content_hash:
             raise ScreenxaiError(f"bundle on worker {worker.address} has hash {bundle.content_hash}, "
                                  f"expected {self.content_hash}")
@@ -91,6 +91,20 @@ class BundlePlugin(WorkerPlugin):
     def teardown(self, worker) -> None:
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def worker_device(name: object) -> str:
+    """The device of a worker: CUDA device ``name % GPUs`` for numbered local workers, else CPU.
+
+    A local cluster on a machine with GPUs has one worker per GPU, named
+    0, 1, ...; each takes its own device.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    index = int(name) if str(name).isdigit() else 0
+    return f"cuda:{index % torch.cuda.device_count()}"
 
 
 def worker_models() -> WorkerModels:

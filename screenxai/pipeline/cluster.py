@@ -10,14 +10,21 @@ from collections.abc import Iterator
 from distributed import Client, LocalCluster
 
 
-def local_cluster_size() -> tuple[int, int]:
-    """(workers, threads per worker) for a local cluster on this machine.
+def local_cluster_size() -> tuple[int, int, dict | None]:
+    """(workers, threads per worker, resources per worker) for a local cluster on this machine.
 
-    One single-threaded worker process per core keeps torch and NumPy from
-    oversubscribing the CPU (each task sets its own thread count to 1 too).
+    Without a GPU: one single-threaded worker process per core keeps torch
+    and NumPy from oversubscribing the CPU (each task sets its own thread
+    count to 1 too). With GPUs: one worker per GPU, each declaring
+    ``GPU=1`` and sharing the cores, so model tasks go to them.
     """
+    import torch
+
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores), 1
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if gpus:
+        return gpus, max(1, cores // gpus), {"GPU": 1}
+    return max(1, cores), 1, None
 
 
 @contextmanager
@@ -27,9 +34,10 @@ def connect(scheduler: str | None = None, n_workers: int | None = None) -> Itera
         with Client(scheduler) as client:
             yield client
         return
-    workers, threads = local_cluster_size()
+    workers, threads, resources = local_cluster_size()
     with LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
-                      dashboard_address=":0", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+                      resources=resources, dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
+            Client(cluster) as client:
         yield client
 
 
