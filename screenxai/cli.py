@@ -193,7 +193,7 @@ def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str 
               help="Comma-separated classes of that column for the classifier to tell apart.")
 @click.option("--preset", default="small", show_default=True,
               help="Model size: tiny (tests), small (CPU demo), base (GPU).")
-@click.option("--stages", default=",".join(("classifier", "autoencoder")), show_default=True,
+@click.option("--stages", default="classifier,autoencoder,interpretable", show_default=True,
               help="Comma-separated training stages to run; later stages reuse the bundle at OUT.")
 @click.option("--wells", help="Comma-separated wells to sample (default: the wells of the classes).")
 @click.option("--max-cells-per-well", default=500, show_default=True, help="Cells sampled per well at most.")

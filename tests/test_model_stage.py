@@ -94,11 +94,13 @@ def test_cells_the_models_saw_are_marked_in_training(scored, bundle):
     assert not cells.loc[cells["well"].isin(["A02", "A03"]), "in_training"].any()  # dose wells
 
 
-def test_wells_carry_mean_probabilities_and_the_formula(scored):
+def test_wells_carry_mean_probabilities_and_the_formula(scored, bundle):
     result, _ = scored
     wells = pd.read_parquet(result.out / "wells.parquet")
     assert {"mean_p_negative", "mean_p_positive", "mean_formula_value", "fraction_formula_positive",
             "n_training_cells"} <= set(wells.columns)
+    formula = pd.read_parquet(result.out / "interpretable.parquet")
+    assert formula["formula"].iloc[0] == pd.read_parquet(bundle / "interpretable" / "interpretable.parquet")["formula"].iloc[0]
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert manifest["bundle"]["content_hash"] == load_bundle(result.out / "bundle").content_hash
     assert len(manifest["config_hash"]) == 64

@@ -21,7 +21,8 @@ from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import simulate_screen
 from test_models_training import MINI
 
-SETTINGS = TrainSettings(preset="mini", seed=3, max_cells_per_well=40, check_cells=16, check_steps=2)
+SETTINGS = TrainSettings(preset="mini", stages=("classifier", "autoencoder"), seed=3, max_cells_per_well=40,
+                         check_cells=16, check_steps=2)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -191,6 +192,10 @@ def test_interpret_command_fits_a_formula_into_the_bundle(plate, client, tmp_pat
     assert table["formula"].iloc[0] == model.formula and table["complexity"].iloc[0] <= 15
     assert 0 <= table["agreement"].iloc[0] <= 1
     assert model.predict(crops[:8]).shape == (8,)
+    sweep = pd.read_parquet(out / "interpretable" / "adversarial.parquet")
+    assert set(sweep["target"]) == {"blackbox", "formula"}
+    for _, rows in sweep.groupby("target"):
+        assert rows["flip_rate"].is_monotonic_increasing
     assert set(load_bundle(out).models) == {"classifier"}  # the bundle's own models are untouched
     documented = _documented("bundle.md", "interpretable.parquet")
     assert list(table.columns) == list(documented)

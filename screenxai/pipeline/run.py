@@ -133,6 +133,9 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     seconds = time.perf_counter() - start
     if loaded is not None and loaded.path.resolve() != (out / "bundle").resolve():
         copy_bundle(loaded.path, out / "bundle")
+    interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
+    if loaded is not None and interpretable.exists():
+        write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
     write_manifest(out, plates, config, fields, seconds, loaded)
     return RunResult(out, wells_table, fields, seconds, failures)
 

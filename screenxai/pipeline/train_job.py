@@ -38,12 +38,15 @@ from screenxai.models.training import STAGES, classifier_from_bundle, save_train
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
 from screenxai.pipeline.sinks import write_parquet_atomic
+from screenxai.cells.field import nuclear_channel_index
+from screenxai.models.splits import class_labels
 from screenxai.plate.layout import wells_with
 from screenxai.plate.reader import Plate
 
 TRAIN_TOPIC = "screenxai-train"
 JOB_STAGES = (*STAGES, "interpretable")
 INTERPRETABLE_FOLDER = "interpretable"
+ADVERSARIAL_CELLS = 64
 SETTINGS_NAME = "settings.json"
 
 
@@ -63,7 +66,7 @@ class TrainSettings:
     """
 
     preset: str = "small"
-    stages: tuple[str, ...] = STAGES
+    stages: tuple[str, ...] = (*STAGES, "interpretable")
     class_column: str = "control"
     class_names: tuple[str, ...] = ("negative", "positive")
     seed: int = 0
@@ -201,19 +204,37 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
                      overwrite=True, extra={"training_summary": summary, "stages": list(model_stages),
                                             "training_cells": table["cell_id"].astype(str).tolist()})
     if "interpretable" in stages:
-        summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings)
+        summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings,
+                                                      description["channel_names"])
     return summary
 
 
-def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings: TrainSettings) -> dict:
-    """Fit the interpretable model on the classifier's training wells, score it on its validation wells."""
-    from screenxai.interpret import InterpretConfig, fit_interpretable, save_interpretable
+def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings: TrainSettings,
+                       channel_names: Sequence[str]) -> dict:
+    """Fit the interpretable model on the classifier's training wells, score and attack it on its validation wells.
+
+    Writes ``interpretable/`` into the bundle with the interpretable table and
+    the adversarial sweep (``adversarial.parquet``).
+    """
+    from screenxai.interpret import InterpretConfig, adversarial_check, fit_interpretable, flip_budgets
+    from screenxai.interpret import save_interpretable
 
     held_out = validation_rows(table, classifier.split)
+    held_table = table[held_out].reset_index(drop=True)
     model = fit_interpretable(crops[~held_out], table[~held_out].reset_index(drop=True), classifier.model,
                               InterpretConfig(seed=settings.seed), settings.class_column, settings.class_names,
-                              heldout=(crops[held_out], table[held_out].reset_index(drop=True)))
+                              heldout=(crops[held_out], held_table))
+    labels, _ = class_labels(held_table, settings.class_column, settings.class_names)
+    known = np.flatnonzero(labels >= 0)
+    attacked = np.random.default_rng(settings.seed).permutation(known)[:ADVERSARIAL_CELLS]
+    nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
+    reporter = next(i for i in range(len(channel_names)) if i != nuclear)
+    sweep = adversarial_check(model, classifier.model, crops[held_out][attacked], labels[attacked],
+                              nuclear_channel=nuclear, reporter_channel=reporter)
+    model.report["adversarial"] = {"cells": len(attacked), "reporter_channel": channel_names[reporter],
+                                   "half_flip_budget": flip_budgets(sweep)}
     folder = save_interpretable(model, out / INTERPRETABLE_FOLDER, overwrite=True)
+    write_parquet_atomic(sweep, folder / "adversarial.parquet")
     write_parquet_atomic(interpretable_table(model.report), folder / "interpretable.parquet")
     return model.report
 
@@ -230,6 +251,8 @@ def interpretable_table(report: dict) -> pd.DataFrame:
         "n_heldout_wells": int(report["wells"]["heldout"]),
         "parameters_blackbox": int(report["parameters"]["blackbox"]),
         "parameters_sparse": int(report["parameters"]["sparse_nonzero"]),
+        "flip_budget_blackbox": report["adversarial"]["half_flip_budget"].get("blackbox", float("nan")),
+        "flip_budget_formula": report["adversarial"]["half_flip_budget"].get("formula", float("nan")),
     }])
 
 
