@@ -1,0 +1,46 @@
+"""DiffEx explanations: attribute directions, cached ranking, counterfactuals, names, scores, screen statistics.
+
+Inputs are a ``DiffusionAutoencoder`` (with its frozen classifier), float32
+crops (N, C, H, W) in [-1, 1] and pandas tables; outputs are DataFrames,
+an ``xarray.Dataset`` of counterfactuals and files in a directory.
+"""
+
+from screenxai.explain.counterfactuals import make_counterfactuals, write_counterfactuals
+from screenxai.explain.directions import (DirectionConfig, Directions, decoder_features, learn_directions,
+                                          random_directions)
+from screenxai.explain.naming import crop_features, name_attributes
+from screenxai.explain.quality import direction_agreement, factor_tracking, flip_rates, localisation
+from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
+from screenxai.explain.scores import attribute_columns, attribute_scores, scores_from_latents
+from screenxai.explain.statistics import fit_dose_response, robust_z, ssmd, well_means, well_statistics, z_prime
+from screenxai.explain.store import load_directions, save_directions
+
+__all__ = [
+    "MAX_ALPHA",
+    "DirectionConfig",
+    "Directions",
+    "Ranking",
+    "RankingCache",
+    "attribute_columns",
+    "attribute_scores",
+    "crop_features",
+    "decoder_features",
+    "direction_agreement",
+    "factor_tracking",
+    "fit_dose_response",
+    "flip_rates",
+    "learn_directions",
+    "load_directions",
+    "localisation",
+    "make_counterfactuals",
+    "name_attributes",
+    "random_directions",
+    "rank_attributes",
+    "robust_z",
+    "save_directions",
+    "scores_from_latents",
+    "ssmd",
+    "well_means",
+    "well_statistics",
+    "write_counterfactuals",
+]

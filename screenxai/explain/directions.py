@@ -1,0 +1,243 @@
+"""Attribute directions in ``z_sem`` space, learned contrastively (LatentCLR-style); no UNet calls.
+
+K small MLPs ``g_k`` each propose, at every latent ``z``, a unit direction
+``d_k(z) = g_k(z) / ||g_k(z)||``; an edit is ``z + alpha * s_k * d_k(z)``.
+Directions live in the principal subspace of the cells' latents (the few
+dimensions they occupy; see ``Directions``), so edits stay on the data.
+A projector maps the change an edit makes to features, and an NT-Xent loss
+pulls together the changes one direction makes to different cells and pushes
+apart the changes of different directions, so the K directions become K
+distinct, consistent edits.
+
+By default the change is taken in whitened principal coordinates of
+``z_sem``, so every dimension the cells occupy counts alike. With ``features`` (for
+example ``decoder_features(autoencoder)``, the autoencoder's deterministic
+auxiliary decoder) it is taken on what the edit does to an image, as
+LatentCLR takes it on a generator's feature maps; the UNet is never called.
+
+``alpha`` is in standard-deviation units throughout: after learning,
+``calibrate`` records for each direction its mean axis ``a_k`` (the
+normalised average of ``d_k`` over the cells) and ``s_k``, the standard
+deviation of the cells' ``z_sem`` projected on ``a_k``. An edit of
+``alpha = 1`` therefore moves a cell by about one cell-to-cell spread along
+the attribute, whatever the direction.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from screenxai.models.autoencoder import DiffusionAutoencoder
+from screenxai.models.device import generator
+
+FeatureMap = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class DirectionConfig:
+    """How directions are learned.
+
+    ``n_directions`` is K; ``hidden`` the width of each direction MLP and of
+    the projector; ``alpha`` the edit size in training (in SD units of the
+    principal subspace); ``temperature`` that of NT-Xent;
+    ``subspace_variance`` the share of the latents' variance the principal
+    subspace keeps.
+    """
+
+    n_directions: int = 10
+    hidden: int = 64
+    projection_dim: int = 64
+    epochs: int = 20
+    steps_per_epoch: int = 20
+    batch_size: int = 64
+    temperature: float = 0.5
+    alpha: float = 2.0
+    lr: float = 1e-3
+    subspace_variance: float = 0.99
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_directions", "hidden", "projection_dim", "epochs", "steps_per_epoch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"DirectionConfig.{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_directions < 2:
+            raise ValueError(f"DirectionConfig.n_directions must be at least 2 to contrast, got {self.n_directions}")
+        if self.batch_size < 2:
+            raise ValueError(f"DirectionConfig.batch_size must be at least 2, got {self.batch_size}")
+        if self.temperature <= 0 or self.alpha <= 0 or self.lr <= 0:
+            raise ValueError("DirectionConfig.temperature, alpha and lr must be positive")
+        if not 0 < self.subspace_variance <= 1:
+            raise ValueError(f"DirectionConfig.subspace_variance must lie in (0, 1], got {self.subspace_variance}")
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                         nn.Linear(hidden, n_out))
+
+
+class Directions(nn.Module):
+    """K direction MLPs on the principal subspace of ``z_sem``, with their calibration.
+
+    The cells' latents occupy a few dimensions of ``z_sem``; an edit off that
+    subspace leaves the data. So each MLP reads the whitened principal
+    coordinates ``u = (z - mean) V^T / sd`` of a latent (``rank`` of them)
+    and proposes a change in those coordinates, mapped back to ``z_sem``.
+    """
+
+    def __init__(self, z_dim: int, n_directions: int, hidden: int = 64, rank: int | None = None) -> None:
+        super().__init__()
+        rank = z_dim if rank is None else rank
+        if not 1 <= rank <= z_dim:
+            raise ValueError(f"subspace rank must lie in 1..{z_dim}, got {rank}")
+        self.z_dim, self.n_directions, self.hidden, self.rank = z_dim, n_directions, hidden, rank
+        self.nets = nn.ModuleList(_mlp(rank, hidden, rank) for _ in range(n_directions))
+        self.register_buffer("mean", torch.zeros(z_dim))
+        self.register_buffer("components", torch.eye(rank, z_dim))
+        self.register_buffer("sd", torch.ones(rank))
+        self.register_buffer("axes", torch.zeros(n_directions, z_dim))
+        self.register_buffer("scales", torch.ones(n_directions))
+
+    def _check(self, z: torch.Tensor, k: int) -> None:
+        if z.ndim != 2 or z.shape[1] != self.z_dim:
+            raise ValueError(f"expected latents of shape (N, {self.z_dim}), got {tuple(z.shape)}")
+        if not 0 <= k < self.n_directions:
+            raise ValueError(f"direction {k} does not exist; there are {self.n_directions} "
+                             f"(0..{self.n_directions - 1})")
+
+    @torch.no_grad()
+    def fit_subspace(self, z: torch.Tensor) -> Directions:
+        """Set mean, principal components and their SDs from latents ``z``, keeping ``self.rank`` components."""
+        self._check(z, 0)
+        self.mean.copy_(z.mean(0))
+        _, singular, vt = torch.linalg.svd(z - self.mean, full_matrices=False)
+        self.components.copy_(vt[:self.rank])
+        self.sd.copy_((singular[:self.rank] / max(len(z) - 1, 1) ** 0.5).clamp_min(1e-8))
+        return self
+
+    def whiten(self, z: torch.Tensor) -> torch.Tensor:
+        """Whitened principal coordinates (N, rank) of latents."""
+        return (z - self.mean) @ self.components.T / self.sd
+
+    def direction(self, z: torch.Tensor, k: int) -> torch.Tensor:
+        """Unit vectors ``d_k(z)`` in ``z_sem`` (N, z_dim), inside the principal subspace."""
+        self._check(z, k)
+        change = F.normalize(self.nets[k](self.whiten(z)), dim=1)
+        return F.normalize((change * self.sd) @ self.components, dim=1)
+
+    def edit(self, z: torch.Tensor, k: int, alpha: float | torch.Tensor) -> torch.Tensor:
+        """``z + alpha * s_k * d_k(z)``: ``alpha`` in SD units, a number or one per latent."""
+        alpha = torch.as_tensor(alpha, dtype=z.dtype, device=z.device).reshape(-1, 1)
+        return z + alpha * self.scales[k] * self.direction(z, k)
+
+    def project(self, z: torch.Tensor) -> torch.Tensor:
+        """Each latent's position along every mean axis, in SD units from the mean: (N, K)."""
+        self._check(z, 0)
+        return (z - self.mean) @ self.axes.T / self.scales
+
+    @torch.no_grad()
+    def calibrate(self, z: torch.Tensor) -> Directions:
+        """Set the mean axis and the SD of the projection on it of each direction, from latents ``z``."""
+        self._check(z, 0)
+        for k in range(self.n_directions):
+            axis = F.normalize(self.direction(z, k).mean(0), dim=0)
+            self.axes[k].copy_(axis)
+            self.scales[k] = ((z - self.mean) @ axis).std().clamp_min(1e-8)
+        return self
+
+    def axis_agreement(self, z: torch.Tensor) -> torch.Tensor:
+        """Mean cosine of ``d_k(z)`` with its mean axis, per direction (1: the direction is the same everywhere)."""
+        with torch.no_grad():
+            return torch.stack([(self.direction(z, k) @ self.axes[k]).mean() for k in range(self.n_directions)])
+
+
+def subspace_rank(z: torch.Tensor, variance: float = 0.99) -> int:
+    """The number of principal components of latents ``z`` that explain ``variance`` of their variance."""
+    singular = torch.linalg.svdvals(z - z.mean(0))
+    explained = torch.cumsum(singular**2, 0) / (singular**2).sum()
+    rank = int(torch.searchsorted(explained, torch.tensor(variance, dtype=explained.dtype)).item()) + 1
+    return min(rank, z.shape[1])
+
+
+def decoder_features(autoencoder: DiffusionAutoencoder) -> FeatureMap:
+    """A frozen copy of the autoencoder's auxiliary decoder as a feature map (image of ``z_sem``, flattened)."""
+    if autoencoder.aux_decoder is None:
+        raise ValueError("the autoencoder has no auxiliary decoder to take features from")
+    decoder = copy.deepcopy(autoencoder.aux_decoder).eval().requires_grad_(False)
+
+    def features(z: torch.Tensor) -> torch.Tensor:
+        return decoder(z).flatten(1)
+
+    return features
+
+
+def nt_xent(changes: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent over changes (K, B, D): positives share the direction (first index), negatives do not.
+
+    The similarity is the absolute cosine, so a direction and its opposite
+    count as the same edit: K directions must make K different changes, not
+    K/2 changes and their reverses.
+    """
+    n_directions, batch, _ = changes.shape
+    h = F.normalize(changes.reshape(n_directions * batch, -1), dim=1)
+    logits = (h @ h.T).abs() / temperature
+    direction_of = torch.arange(n_directions, device=h.device).repeat_interleave(batch)
+    self_mask = torch.eye(len(h), dtype=torch.bool, device=h.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    same = (direction_of[:, None] == direction_of[None, :]) & ~self_mask
+    log_all = torch.logsumexp(logits, dim=1)
+    log_same = torch.logsumexp(logits.masked_fill(~same, float("-inf")), dim=1)
+    return (log_all - log_same).mean()
+
+
+def _subspace_directions(z: torch.Tensor, n_directions: int, hidden: int, variance: float) -> Directions:
+    return Directions(z.shape[1], n_directions, hidden, subspace_rank(z, variance)).to(z.device).fit_subspace(z)
+
+
+def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(),
+                     features: FeatureMap | None = None) -> Directions:
+    """Learn K directions on latents ``z`` (N, z_dim) with NT-Xent, then calibrate them on ``z``.
+
+    ``features`` (frozen, optional) maps latents to the space in which an
+    edit's change is measured; default: the whitened principal coordinates.
+    """
+    if z.ndim != 2 or len(z) < 2:
+        raise ValueError(f"expected latents of shape (N >= 2, z_dim), got {tuple(z.shape)}")
+    z = z.detach().float()
+    torch.manual_seed(config.seed)
+    directions = _subspace_directions(z, config.n_directions, config.hidden, config.subspace_variance)
+    feature_map = features or directions.whiten
+    with torch.no_grad():
+        feature_dim = feature_map(z[:2]).shape[1]
+    projector = _mlp(feature_dim, config.hidden, config.projection_dim).to(z.device)
+    optimiser = torch.optim.Adam([*directions.parameters(), *projector.parameters()], lr=config.lr)
+    step_size = config.alpha * directions.sd.pow(2).mean().sqrt()
+    gen = generator(config.seed)
+    batch = min(config.batch_size, len(z))
+    for _ in range(config.epochs * config.steps_per_epoch):
+        zb = z[torch.randperm(len(z), generator=gen)[:batch].to(z.device)]
+        base = feature_map(zb)
+        changes = torch.stack([feature_map(zb + step_size * directions.direction(zb, k)) - base
+                               for k in range(config.n_directions)])
+        loss = nt_xent(projector(changes), config.temperature)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+    return directions.eval().requires_grad_(False).calibrate(z)
+
+
+def random_directions(z: torch.Tensor, n_directions: int, hidden: int = 64, seed: int = 0,
+                      variance: float = 0.99) -> Directions:
+    """Untrained direction MLPs on the same subspace, calibrated on ``z``: the negative control."""
+    torch.manual_seed(seed)
+    directions = _subspace_directions(z.detach().float(), n_directions, hidden, variance)
+    return directions.eval().requires_grad_(False).calibrate(z.detach().float())

@@ -1,0 +1,132 @@
+"""Name each attribute by the morphology features its counterfactuals change most.
+
+The cells module's features (shape of the nucleus; per channel the nucleus
+mean, perinuclear ring mean, their ratio and texture) are measured on each
+cell's reconstruction (``alpha = 0``) and on its counterfactual at the
+largest positive alpha, segmenting the generated nucleus. A feature's effect
+is Cohen's d of the change: the difference of the means over the pooled
+standard deviation of the two sets of cells. The name is the feature with the
+largest |d| and its direction; ``changes`` lists the large effects and the
+reference readouts (nuclear area, each channel's nucleus/ring ratio) that
+stay put.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from screenxai.cells.features import column_prefix, feature_columns, measure_features
+from screenxai.cells.segment import segment_nuclei
+
+SHAPE_LABELS = {"area": "nuclear area", "perimeter": "nuclear perimeter", "eccentricity": "nuclear eccentricity",
+                "solidity": "nuclear solidity", "major_axis_length": "nuclear length",
+                "minor_axis_length": "nuclear width", "form_factor": "nuclear roundness"}
+CHANNEL_LABELS = {"nucleus_mean": "{} in the nucleus", "ring_mean": "{} in the perinuclear ring",
+                  "ratio": "{} nucleus/ring ratio", "texture": "{} texture"}
+LARGE_EFFECT = 0.8  # Cohen's conventional "large"
+NO_EFFECT = 0.2  # below Cohen's "small"
+MAX_LISTED = 3
+
+
+def feature_label(column: str, channel_names: Sequence[str]) -> str:
+    """Plain words for a feature column, e.g. ``reporter_ratio`` -> "reporter nucleus/ring ratio"."""
+    if column in SHAPE_LABELS:
+        return SHAPE_LABELS[column]
+    for name in channel_names:
+        prefix = column_prefix(name)
+        for suffix, label in CHANNEL_LABELS.items():
+            if column == f"{prefix}_{suffix}":
+                return label.format(name)
+    raise ValueError(f"unknown feature column {column!r}")
+
+
+def central_labels(nuclear: np.ndarray) -> tuple[np.ndarray, int]:
+    """Nuclei of a crop's nuclear channel (in [0, 1]) and the label of the central one (0 if none)."""
+    labels = segment_nuclei(nuclear)
+    if labels.max() == 0:
+        return labels, 0
+    centre = np.array(labels.shape) // 2
+    label = int(labels[tuple(centre)])
+    if label == 0:
+        ys, xs = np.nonzero(labels)
+        nearest = np.argmin((ys - centre[0]) ** 2 + (xs - centre[1]) ** 2)
+        label = int(labels[ys[nearest], xs[nearest]])
+    return labels, label
+
+
+def crop_features(crops: np.ndarray, channel_names: Sequence[str], nuclear_channel: int = 0) -> pd.DataFrame:
+    """Features of the central nucleus of each crop (N, C, H, W) in [-1, 1]; a row of NaN where none is found."""
+    columns = feature_columns(channel_names)
+    rows = []
+    for crop in crops:
+        image = (np.asarray(crop, np.float64) + 1) / 2
+        labels, label = central_labels(image[nuclear_channel])
+        if label == 0:
+            rows.append(dict.fromkeys(columns, np.nan))
+            continue
+        table = measure_features(image, labels, channel_names)
+        rows.append(table.loc[table["label"] == label, columns].iloc[0].to_dict())
+    return pd.DataFrame(rows, columns=columns)
+
+
+def cohens_d(before: np.ndarray, after: np.ndarray) -> float:
+    """Cohen's d of ``after`` vs ``before`` (pooled SD), over pairs where both are finite; NaN if undefined."""
+    keep = np.isfinite(before) & np.isfinite(after)
+    before, after = before[keep], after[keep]
+    if len(before) < 2:
+        return float("nan")
+    pooled = np.sqrt((before.var(ddof=1) + after.var(ddof=1)) / 2)
+    return float((after.mean() - before.mean()) / pooled) if pooled > 0 else float("nan")
+
+
+def describe(effects: pd.Series, channel_names: Sequence[str]) -> tuple[str, str]:
+    """The name and the ``changes`` text of one attribute from its Cohen's d per feature."""
+    finite = effects.dropna()
+    if finite.empty:
+        return "unnamed (no nucleus found in the counterfactuals)", "no feature could be measured"
+    order = finite.abs().sort_values(ascending=False).index
+
+    def phrase(column: str) -> str:
+        d = finite[column]
+        return f"{feature_label(column, channel_names)} {'up' if d > 0 else 'down'} (d = {d:+.1f})"
+
+    listed = [c for c in order if abs(finite[c]) >= LARGE_EFFECT][:MAX_LISTED] or [order[0]]
+    readouts = ["area", *(f"{column_prefix(n)}_ratio" for n in channel_names)]
+    unchanged = [f"{feature_label(c, channel_names)} unchanged" for c in readouts
+                 if c in finite.index and abs(finite[c]) < NO_EFFECT]
+    name = f"{feature_label(order[0], channel_names)} {'up' if finite[order[0]] > 0 else 'down'}"
+    return name, "; ".join([phrase(c) for c in listed] + unchanged)
+
+
+def attribute_effects(counterfactuals: xr.Dataset, channel_names: Sequence[str],
+                      nuclear_channel: int = 0) -> pd.DataFrame:
+    """Cohen's d of every feature between ``alpha = 0`` and the largest positive alpha, one row per attribute."""
+    alphas = counterfactuals["alpha"].to_numpy()
+    if 0.0 not in alphas or not (alphas > 0).any():
+        raise ValueError(f"naming needs alpha 0 and a positive alpha among the counterfactuals, got {list(alphas)}")
+    images = counterfactuals["image"]
+    rows = []
+    for attribute in counterfactuals["attribute"].to_numpy():
+        sweep = images.sel(attribute=attribute)
+        before = crop_features(sweep.sel(alpha=0.0).to_numpy(), channel_names, nuclear_channel)
+        after = crop_features(sweep.sel(alpha=alphas.max()).to_numpy(), channel_names, nuclear_channel)
+        rows.append({"rank": int(attribute), **{f"d_{c}": cohens_d(before[c].to_numpy(), after[c].to_numpy())
+                                                for c in before.columns}})
+    return pd.DataFrame(rows)
+
+
+def name_attributes(attributes: pd.DataFrame, counterfactuals: xr.Dataset, channel_names: Sequence[str],
+                    nuclear_channel: int = 0) -> pd.DataFrame:
+    """``attributes`` with ``name``, ``changes`` and one ``d_{feature}`` column per morphology feature."""
+    effects = attribute_effects(counterfactuals, channel_names, nuclear_channel)
+    columns = [c for c in effects.columns if c.startswith("d_")]
+    described = [describe(row[columns].rename(lambda c: c[2:]).astype(float), channel_names)
+                 for _, row in effects.iterrows()]
+    effects["name"] = [name for name, _ in described]
+    effects["changes"] = [changes for _, changes in described]
+    named = attributes.drop(columns=[c for c in [*columns, "name", "changes"] if c in attributes.columns])
+    return named.merge(effects[["rank", "name", "changes", *columns]], on="rank", how="left")

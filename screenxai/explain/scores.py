@@ -1,0 +1,43 @@
+"""Per-cell attribute scores: each cell's ``z_sem`` projected on each kept attribute (encoder only, no UNet).
+
+The score of a cell on an attribute is its position along the direction's
+mean axis, in SD units from the training cells' mean, signed so that a
+higher score points toward the attribute's target class. Cheap enough for
+every cell of a plate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from screenxai.explain.directions import Directions
+from screenxai.models.autoencoder import DiffusionAutoencoder
+from screenxai.models.latent_checks import encode
+
+
+def attribute_columns(attributes: pd.DataFrame) -> list[str]:
+    """Column names of the scores: ``attribute_{rank}``."""
+    return [f"attribute_{int(rank)}" for rank in attributes["rank"]]
+
+
+def scores_from_latents(directions: Directions, attributes: pd.DataFrame, z: torch.Tensor) -> pd.DataFrame:
+    """Scores (one column per attribute, ``attribute_columns``) of latents ``z`` (N, z_dim)."""
+    for column in ("rank", "direction", "sign"):
+        if column not in attributes.columns:
+            raise ValueError(f"attribute table lacks the column {column!r}")
+    with torch.no_grad():
+        projection = directions.project(z.to(directions.mean.device).float()).cpu().numpy()
+    values = projection[:, attributes["direction"].to_numpy()] * attributes["sign"].to_numpy()[None, :]
+    return pd.DataFrame(values.astype(np.float32), columns=attribute_columns(attributes))
+
+
+def attribute_scores(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
+                     crops: np.ndarray, batch_size: int = 256) -> pd.DataFrame:
+    """Scores of crops (N, C, H, W) in [-1, 1]: one row per crop, one ``attribute_{rank}`` column per attribute."""
+    config = autoencoder.config
+    expected = (config.in_channels, config.image_size, config.image_size)
+    if crops.ndim != 4 or tuple(crops.shape[1:]) != expected:
+        raise ValueError(f"expected crops of shape (N, {', '.join(map(str, expected))}), got {crops.shape}")
+    return scores_from_latents(directions, attributes, encode(autoencoder, crops, batch_size))

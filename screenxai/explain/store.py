@@ -1,0 +1,55 @@
+"""Save and load learned directions with their attribute table: safetensors weights plus one JSON file.
+
+The directory (e.g. a bundle's ``explain/``) holds ``directions.safetensors``
+and ``directions.json`` (the shape of the directions, the config they were
+learned with, and the attribute table as records).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from safetensors.torch import load_file, save_file
+
+from screenxai.explain.directions import DirectionConfig, Directions
+
+WEIGHTS = "directions.safetensors"
+CONFIG = "directions.json"
+FORMAT_VERSION = 1
+
+
+def _plain(value: object) -> object:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def save_directions(directions: Directions, attributes: pd.DataFrame, directory: str | Path,
+                    config: DirectionConfig | None = None) -> Path:
+    """Write ``directions`` and ``attributes`` (e.g. ``Ranking.attributes``) into ``directory``; returns it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in directions.state_dict().items()}
+    save_file(tensors, directory / WEIGHTS)
+    records = [{k: _plain(v) for k, v in row.items()} for row in attributes.to_dict(orient="records")]
+    meta = {"format_version": FORMAT_VERSION, "z_dim": directions.z_dim, "n_directions": directions.n_directions,
+            "hidden": directions.hidden, "rank": directions.rank,
+            "config": config.to_dict() if config is not None else None, "attributes": records}
+    (directory / CONFIG).write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+def load_directions(directory: str | Path) -> tuple[Directions, pd.DataFrame]:
+    """The directions and attribute table saved by ``save_directions`` in ``directory``."""
+    directory = Path(directory)
+    for name in (WEIGHTS, CONFIG):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} not found: no directions were saved in {directory}")
+    meta = json.loads((directory / CONFIG).read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{directory / CONFIG} has format version {meta.get('format_version')}, "
+                         f"expected {FORMAT_VERSION}")
+    directions = Directions(meta["z_dim"], meta["n_directions"], meta["hidden"], meta["rank"])
+    directions.load_state_dict(load_file(directory / WEIGHTS))
+    return directions.eval().requires_grad_(False), pd.DataFrame(meta["attributes"])

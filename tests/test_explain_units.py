@@ -1,0 +1,159 @@
+"""Fast checks of screenxai.explain without trained models: directions, selection, statistics, naming, store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from screenxai.explain import (DirectionConfig, Directions, fit_dose_response, learn_directions, load_directions,
+                               robust_z, save_directions, ssmd, well_statistics, z_prime)
+from screenxai.explain.directions import nt_xent, subspace_rank
+from screenxai.explain.naming import cohens_d, describe
+from screenxai.explain.quality import partial_spearman
+from screenxai.explain.ranking import RankingCache, select_attributes
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def latents() -> torch.Tensor:
+    """Latents on a 3-dimensional subspace of a 16-dimensional space."""
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(3, 16, generator=gen)
+    return torch.randn(500, 3, generator=gen) @ basis + 0.01 * torch.randn(500, 16, generator=gen)
+
+
+def test_config_rejects_bad_settings():
+    with pytest.raises(ValueError, match="n_directions"):
+        DirectionConfig(n_directions=1)
+    with pytest.raises(ValueError, match="temperature"):
+        DirectionConfig(temperature=0)
+
+
+def test_directions_are_unit_vectors_in_the_data_subspace(latents):
+    assert subspace_rank(latents) == 3
+    directions = learn_directions(latents, DirectionConfig(n_directions=3, epochs=2, steps_per_epoch=10))
+    z = latents[:20]
+    for k in range(3):
+        d = directions.direction(z, k)
+        assert torch.allclose(d.norm(dim=1), torch.ones(20), atol=1e-5)
+        off_subspace = d - (d @ directions.components.T) @ directions.components
+        assert off_subspace.norm(dim=1).max() < 1e-4
+    projection = directions.project(latents)
+    assert torch.allclose(projection.std(0), torch.ones(3), atol=1e-3)
+    edited = directions.edit(z, 0, 1.0)
+    assert torch.allclose((edited - z).norm(dim=1), directions.scales[0].expand(20), atol=1e-5)
+
+
+def test_directions_reject_bad_input(latents):
+    directions = Directions(16, 2, 8)
+    with pytest.raises(ValueError, match="shape"):
+        directions.direction(torch.zeros(4, 15), 0)
+    with pytest.raises(ValueError, match="does not exist"):
+        directions.direction(torch.zeros(4, 16), 2)
+
+
+def test_nt_xent_prefers_consistent_distinct_changes():
+    gen = torch.Generator().manual_seed(0)
+    axes = torch.eye(4)[:, None, :] + 0.05 * torch.randn(4, 8, 4, generator=gen)
+    scattered = torch.randn(4, 8, 4, generator=gen)
+    assert nt_xent(axes, 0.5) < nt_xent(scattered, 0.5) - 0.5
+    opposite = torch.cat([axes[:2], -axes[:2]])  # a direction and its reverse count as one edit
+    assert nt_xent(opposite, 0.5) > nt_xent(axes, 0.5) + 0.3
+
+
+def synthetic_cache(gains: np.ndarray) -> RankingCache:
+    """A cache whose target-class (1) probability rises from 0.1 by ``gains`` per (cell, direction, sign)."""
+    n = gains.shape[0]
+    base = np.full(n, 0.1, np.float32)
+    p1 = base[:, None, None] + gains
+    edited = np.stack([1 - p1, p1], axis=-1).astype(np.float32)
+    return RankingCache(torch.zeros(n, 2), torch.zeros(n, 1), np.stack([1 - base, base], 1), edited)
+
+
+def test_greedy_selection_drops_explained_cells_and_counts_the_reference():
+    gains = np.zeros((4, 3, 2), np.float32)
+    gains[:, 0, 0] = [0.6, 0.6, 0.0, 0.0]  # flips cells 0 and 1
+    gains[:, 1, 1] = [0.39, 0.39, 0.1, 0.1]  # second best over all cells, flips none
+    gains[:, 2, 0] = [0.0, 0.0, 0.45, 0.45]  # third over all cells, best on the remaining ones
+    table = select_attributes(synthetic_cache(gains), target_class=1, n_attributes=2, threshold=0.0,
+                              steps_inv=5, steps_dec=7)
+    assert table["direction"].tolist() == [0, 2]
+    assert table["sign"].tolist() == [1, 1]
+    assert table["n_cells"].tolist() == [4, 2]
+    assert table["mean_delta_p"].round(4).tolist() == [0.3, 0.45]
+    assert table["coverage"].tolist() == [0.5, 1.0]
+    assert table["reference_unet_evaluations"].tolist() == [4 * (5 + 2 * 3 * 7), 2 * (5 + 2 * 2 * 7)]
+
+
+def test_selection_stops_at_the_threshold():
+    gains = np.full((4, 3, 2), 0.01, np.float32)
+    with pytest.raises(ValueError, match="threshold"):
+        select_attributes(synthetic_cache(gains), 1, 2, 0.05, 1, 1)
+
+
+def test_control_statistics_match_hand_computation():
+    neg, pos = np.array([1.0, 1.2, 0.8]), np.array([3.0, 3.2, 2.8])
+    assert z_prime(neg, pos) == pytest.approx(1 - 3 * 0.4 / 2.0)
+    assert ssmd(neg, pos) == pytest.approx(2.0 / np.sqrt(0.08))
+    assert robust_z(np.array([1.0, 2.0]), np.array([0.0, 1.0, 2.0])) == pytest.approx([0.0, 1 / 1.4826])
+
+
+def test_dose_response_fit_recovers_ec50_and_hill():
+    dose = np.repeat([0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30], 3)
+    response = 1 + 4 / (1 + (0.5 / dose) ** 1.5) + np.random.default_rng(0).normal(0, 0.05, len(dose))
+    fit = fit_dose_response(dose, response)
+    assert fit["ec50"] == pytest.approx(0.5, rel=0.15)
+    assert fit["hill"] == pytest.approx(1.5, rel=0.2)
+    assert fit["r2"] > 0.99
+
+
+def test_well_statistics_on_a_layout():
+    rng = np.random.default_rng(0)
+    rows = []
+    for i, (control, dose) in enumerate([("negative", 0)] * 3 + [("positive", 10)] * 3
+                                        + [("dose", d) for d in (0.1, 0.3, 1, 3)]):
+        value = dose / (1 + dose)
+        rows += [{"plate": "p", "well": f"W{i}", "control": control, "dose": dose,
+                  "readout": value + rng.normal(0, 0.05)} for _ in range(20)]
+    wells, summary = well_statistics(pd.DataFrame(rows), ["readout"])
+    assert len(wells) == 10 and (wells["n_cells"] == 20).all()
+    assert {"readout_mean", "readout_sd", "readout_robust_z"} <= set(wells.columns)
+    row = summary.iloc[0]
+    assert row["dose_spearman"] == pytest.approx(1.0) and row["n_dose_wells"] == 4
+    assert row["z_prime"] > 0.5
+    with pytest.raises(ValueError, match="positive"):
+        well_statistics(pd.DataFrame(rows).query("control != 'positive'"), ["readout"])
+
+
+def test_partial_spearman_removes_a_shared_cause():
+    rng = np.random.default_rng(0)
+    cause = rng.normal(size=2000)
+    x, y = cause + 0.3 * rng.normal(size=2000), cause + 0.3 * rng.normal(size=2000)
+    assert abs(partial_spearman(x, y, cause)) < 0.1
+    assert partial_spearman(x, x + 0.1 * rng.normal(size=2000), cause) > 0.5
+
+
+def test_naming_text_from_effects():
+    assert cohens_d(np.array([0.0, 1.0, 2.0]), np.array([2.0, 3.0, 4.0])) == pytest.approx(2.0)
+    effects = pd.Series({"area": 0.05, "perimeter": 0.1, "reporter_ratio": 2.31, "reporter_texture": -0.9,
+                         "DNA_ratio": 0.5})
+    name, changes = describe(effects, ["DNA", "reporter"])
+    assert name == "reporter nucleus/ring ratio up"
+    assert changes == ("reporter nucleus/ring ratio up (d = +2.3); reporter texture down (d = -0.9); "
+                       "nuclear area unchanged")
+
+
+def test_store_round_trip(latents, tmp_path):
+    directions = learn_directions(latents, DirectionConfig(n_directions=2, epochs=1, steps_per_epoch=2))
+    attributes = pd.DataFrame({"rank": [1], "direction": [1], "sign": [-1], "target_class": [1],
+                               "mean_delta_p": [np.float32(0.4)], "name": ["nuclear area up"]})
+    save_directions(directions, attributes, tmp_path / "explain", DirectionConfig(n_directions=2))
+    loaded, table = load_directions(tmp_path / "explain")
+    assert torch.equal(loaded.direction(latents[:5], 1), directions.direction(latents[:5], 1))
+    assert torch.equal(loaded.project(latents[:5]), directions.project(latents[:5]))
+    pd.testing.assert_frame_equal(table, attributes, check_dtype=False)
+    with pytest.raises(FileNotFoundError, match="no directions"):
+        load_directions(tmp_path / "nothing")
