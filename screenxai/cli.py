@@ -193,7 +193,7 @@ def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str 
               help="Comma-separated classes of that column for the classifier to tell apart.")
 @click.option("--preset", default="small", show_default=True,
               help="Model size: tiny (tests), small (CPU demo), base (GPU).")
-@click.option("--stages", default="classifier,autoencoder,interpretable", show_default=True,
+@click.option("--stages", default="classifier,autoencoder,explain,interpretable", show_default=True,
               help="Comma-separated training stages to run; later stages reuse the bundle at OUT.")
 @click.option("--wells", help="Comma-separated wells to sample (default: the wells of the classes).")
 @click.option("--max-cells-per-well", default=500, show_default=True, help="Cells sampled per well at most.")
@@ -261,15 +261,25 @@ def interpret(bundle: Path, plates: tuple[Path, ...], layout: Path | None, max_c
     formula, judged against the classifier on its validation wells. The
     result is stored in BUNDLE/interpretable/.
     """
-    from screenxai.models.bundle import load_bundle
     from screenxai.pipeline.cluster import connect
     from screenxai.pipeline.run import open_plates
-    from screenxai.pipeline.train_job import TrainSettings
     from screenxai.pipeline.train_job import train as train_job
+
+    opened = open_plates(plates, layout=layout)
+    settings = _bundle_stage_settings(bundle, opened, "interpretable", max_cells_per_well, seed)
+    with connect(scheduler, workers) as client:
+        click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
+        result = train_job(opened, bundle, client, settings)
+    _print_interpretable(result.summary["interpretable"])
+
+
+def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well: int, seed: int):
+    """Settings that run one later stage on the bundle's own training wells, preset and classes."""
+    from screenxai.models.bundle import load_bundle
+    from screenxai.pipeline.train_job import TrainSettings
 
     loaded = load_bundle(bundle)
     provenance = loaded.config["provenance"]
-    opened = open_plates(plates, layout=layout)
     wells: dict[str, list[str]] = {}
     for key in provenance["wells"]:
         plate, well = key.split("/", 1)
@@ -277,14 +287,58 @@ def interpret(bundle: Path, plates: tuple[Path, ...], layout: Path | None, max_c
     missing = sorted({p.name for p in opened} - set(wells))
     if missing:
         raise click.UsageError(f"plate(s) {missing} were not used to train {bundle} "
-                               f"(its plates: {sorted(wells)}); interpret on the training plates")
-    settings = TrainSettings(preset=provenance["preset"], stages=("interpretable",),
-                             class_column=loaded.config["class_column"], class_names=loaded.class_names,
-                             seed=seed, max_cells_per_well=max_cells_per_well, wells=wells)
+                               f"(its plates: {sorted(wells)}); use the training plates")
+    return TrainSettings(preset=provenance["preset"], stages=(stage,), class_column=loaded.config["class_column"],
+                         class_names=loaded.class_names, seed=seed, max_cells_per_well=max_cells_per_well,
+                         wells={p.name: wells[p.name] for p in opened})
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("plates", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Output folder of the scoring run.")
+@click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
+@click.option("--wells", help="Comma-separated wells to score (default: all).")
+@click.option("--exemplars", default=4, show_default=True, help="Exemplar cells per condition to render.")
+@click.option("--max-cells-per-well", default=500, show_default=True, help="Cells sampled per training well.")
+@click.option("--seed", default=0, show_default=True, help="Seed of sampling and direction learning.")
+@click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
+@click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
+def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | None, wells: str | None,
+            exemplars: int, max_cells_per_well: int, seed: int, scheduler: str | None, workers: int | None) -> None:
+    """Find the attributes that change BUNDLE's classifier, name them, and score and render them on PLATES.
+
+    Learns latent directions on the training wells' cells, ranks them by
+    how much they move the classifier, names each in morphology terms and
+    stores them in BUNDLE/explain/. Then scores every cell of PLATES into
+    OUT (as `screenxai run --bundle`), with attributes.parquet (names, flip
+    rates, Z', dose-response) and counterfactuals.zarr (exemplar cells of
+    each condition along each attribute).
+    """
+    from screenxai.cells import CellConfig
+    from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.run import open_plates, run_cells
+    from screenxai.pipeline.train_job import train as train_job
+
+    opened = open_plates(plates, layout=layout)
+    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed)
+    selected = [w.strip() for w in wells.split(",")] if wells else None
     with connect(scheduler, workers) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
         result = train_job(opened, bundle, client, settings)
-    _print_interpretable(result.summary["interpretable"])
+        _print_attributes(result.summary["explain"])
+        run = run_cells(opened, out, client, CellConfig(), selected, bundle=bundle,
+                        exemplars_per_condition=exemplars)
+    _print_summary(run)
+    click.echo(f"attributes: {run.out / 'attributes.parquet'}; counterfactuals: {run.out / 'counterfactuals.zarr'}")
+
+
+def _print_attributes(explain: dict) -> None:
+    click.echo(f"attributes (ranked with {explain['unet_evaluations']} UNet evaluations, the reference procedure "
+               f"{explain['reference_unet_evaluations']}):")
+    for row in explain["attributes"]:
+        click.echo(f"  {row['rank']}. {row['name']}: mean change of the probability {row['mean_delta_p']:+.3f}, "
+                   f"flips {100 * row['flip_rate']:.0f}% of cells; {row['changes']}")
 
 
 def _print_interpretable(report: dict) -> None:
@@ -315,6 +369,8 @@ def _print_training_summary(result) -> None:
                      f"{100 * autoencoder['latent_use']['improvement']:.0f}% closer than another cell's, "
                      f"reconstruction MAE {autoencoder['reconstruction_mae']:.3f}")
         click.echo(line)
+    if "explain" in summary:
+        _print_attributes(summary["explain"])
     if "interpretable" in summary:
         _print_interpretable(summary["interpretable"])
 

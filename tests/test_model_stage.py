@@ -45,9 +45,9 @@ def bundle(plate, cluster_client, tmp_path_factory):
     PRESETS["mini"] = MINI
     try:
         out = tmp_path_factory.mktemp("bundle") / "bundle"
-        train([plate], out, cluster_client, TrainSettings(preset="mini", seed=1, max_cells_per_well=30,
-                                                           stages=("classifier", "autoencoder", "interpretable"),
-                                                           check_cells=8, check_steps=2))
+        settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, explain_cells=12, check_cells=8,
+                                 check_steps=2)
+        train([plate], out, cluster_client, settings)
         return out
     finally:
         del PRESETS["mini"]
@@ -106,6 +106,45 @@ def test_wells_carry_mean_probabilities_and_the_formula(scored, bundle):
     assert len(manifest["config_hash"]) == 64
 
 
+def test_attribute_scores_per_cell_and_screen_statistics_beside_the_hand_built_ratio(scored, bundle):
+    from screenxai.explain import load_directions
+
+    result, _ = scored
+    _, attributes = load_directions(bundle / "explain")
+    columns = [f"attribute_{r}" for r in attributes["rank"]]
+    cells = pd.read_parquet(result.out / "cells")
+    assert set(columns) <= set(cells.columns) and cells[columns].notna().all().all()
+    wells = pd.read_parquet(result.out / "wells.parquet")
+    assert {f"mean_{columns[0]}", f"{columns[0]}_sd", f"{columns[0]}_robust_z"} <= set(wells.columns)
+    negative = wells.loc[wells["control"] == "negative", f"{columns[0]}_robust_z"]
+    assert abs(negative.median()) < 1  # robust z is centred on the negative controls
+    table = pd.read_parquet(result.out / "attributes.parquet")
+    assert list(table["rank"]) == list(attributes["rank"])
+    assert {"name", "changes", "mean_delta_p", "flip_rate", "z_prime", "ssmd", "ec50", "hill"} <= set(table.columns)
+    readouts = pd.read_parquet(result.out / "readouts.parquet")
+    assert {*columns, "reporter_ratio"} <= set(readouts["readout"])
+
+
+def test_counterfactuals_of_exemplar_cells_open_with_xarray(scored, cluster_client):
+    import xarray as xr
+
+    result, stream = scored
+    dataset = xr.open_zarr(result.out / "counterfactuals.zarr")
+    assert dataset["image"].dims == ("cell", "attribute", "alpha", "c", "y", "x")
+    assert dataset.sizes["cell"] == 8 and sorted(set(dataset["condition"].values)) == ["negative", "positive"]
+    assert dataset["image"].chunks[0] == (1,) * 8
+    assert {"plate", "well", "field", "label", "alpha", "channel"} <= set(dataset.coords)
+    assert dataset["probability"].dims == ("cell", "attribute", "alpha")
+    cells = pd.read_parquet(result.out / "cells").set_index("cell_id")
+    positive = dataset["cell_id"].values[dataset["condition"].values == "positive"]
+    others = cells.loc[cells.index.difference(positive)]
+    assert cells.loc[positive, "p_positive"].min() >= others.loc[others["well"].isin(["A04", "B04"]),
+                                                                   "p_positive"].median()
+    rendered = [t for t in stream if str(t["key"]).startswith("render_exemplars")]
+    gpu = [a for a, w in cluster_client.scheduler_info()["workers"].items() if w["resources"].get("GPU")]
+    assert rendered and {t["worker"] for t in rendered} <= set(gpu)
+
+
 def test_model_tasks_run_only_on_the_gpu_worker(scored, cluster_client):
     _, stream = scored
     gpu = [a for a, w in cluster_client.scheduler_info()["workers"].items() if w["resources"].get("GPU")]
@@ -131,7 +170,8 @@ def test_the_plugin_refuses_a_folder_that_is_not_a_bundle(tmp_path):
 
 
 @pytest.mark.parametrize("section, path", [("cells/ with a bundle", "cells"), ("embeddings/", "embeddings"),
-                                           ("wells.parquet with a bundle", "wells.parquet")])
+                                           ("wells.parquet with a bundle", "wells.parquet"),
+                                           ("attributes.parquet", "attributes.parquet")])
 def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle, section, path):
     from test_train_job import _documented
 
@@ -139,9 +179,21 @@ def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle,
     data = pd.read_parquet(result.out / path)
     loaded = load_bundle(bundle)
     z_dim = loaded.config["models"]["autoencoder"]["config"]["z_dim"]
+    ranks = pd.read_parquet(result.out / "attributes.parquet")["rank"].tolist()
+    features = [c for c in pd.read_parquet(result.out / "cells").columns
+                if c in ("area", "perimeter", "form_factor") or c.endswith(("_ratio", "_texture", "_mean"))]
+
+    def expand(name: str) -> list[str]:
+        if "{class}" in name:
+            return [name.replace("{class}", c) for c in loaded.class_names]
+        if "{rank}" in name:
+            return [name.replace("{rank}", str(r)) for r in ranks]
+        if name == "d_{feature}":
+            return [f"d_{f}" for f in features]
+        return [f"z_{i}" for i in range(z_dim)] if name == "z_{i}" else [name]
+
     for name, dtype in _documented("outputs.md", section).items():
-        columns = ([name.replace("{class}", c) for c in loaded.class_names] if "{class}" in name
-                   else [f"z_{i}" for i in range(z_dim)] if name == "z_{i}" else [name])
+        columns = expand(name)
         for column in columns:
             assert column in data, f"{section}: documented column {column} missing"
             kind = "string" if pd.api.types.is_string_dtype(data[column].dtype) else str(data[column].dtype)
@@ -181,3 +233,28 @@ def test_the_default_local_cluster_has_one_single_threaded_worker_per_core_witho
     else:
         assert local_cluster_size() == (len(os.sched_getaffinity(0)), 1, None)
         assert worker_device(0) == "cpu"
+
+
+def test_explain_command_learns_attributes_into_the_bundle_and_renders_exemplars(plate, cluster_client, tmp_path):
+    import xarray as xr
+    from click.testing import CliRunner
+
+    from screenxai.cli import main
+
+    bundle = tmp_path / "bundle"
+    PRESETS["mini"] = MINI
+    try:
+        train([plate], bundle, cluster_client, TrainSettings(preset="mini", seed=2, max_cells_per_well=30,
+                                                             stages=("classifier", "autoencoder"), check_cells=4,
+                                                             check_steps=2))
+        assert not (bundle / "explain").exists()
+        result = CliRunner().invoke(main, ["explain", str(bundle), plate.url, "-o", str(tmp_path / "out"),
+                                           "--exemplars", "2", "--max-cells-per-well", "30",
+                                           "--scheduler", cluster_client.scheduler.address])
+    finally:
+        del PRESETS["mini"]
+    assert result.exit_code == 0, result.output
+    assert "attributes (ranked with" in result.output and "1. " in result.output
+    assert (bundle / "explain" / "directions.json").exists()
+    assert len(pd.read_parquet(tmp_path / "out" / "attributes.parquet")) >= 1
+    assert xr.open_zarr(tmp_path / "out" / "counterfactuals.zarr").sizes["cell"] == 4

@@ -43,4 +43,5 @@ __all__ = [
     "well_means",
     "well_statistics",
     "write_counterfactuals",
+    "z_prime",
 ]

@@ -24,14 +24,17 @@ from screenxai.models.bundle import CONFIG_NAME, Bundle, load_bundle
 
 PLUGIN_NAME = "screenxai-bundle"
 INTERPRETABLE_FOLDER = "interpretable"
+EXPLAIN_FOLDER = "explain"
 
 
 @dataclass
 class WorkerModels:
-    """What a worker loaded from the bundle: the bundle and, when present, the interpretable model."""
+    """What a worker loaded from the bundle: the bundle and, when present, the interpretable model and
+    the attribute directions with their table."""
 
     bundle: Bundle
     interpretable: object | None
+    explanations: tuple | None = None
 
 
 def bundle_files(path: str | Path) -> dict[str, bytes]:
@@ -86,7 +89,13 @@ class BundlePlugin(WorkerPlugin):
             from screenxai.interpret import load_interpretable
 
             interpretable = load_interpretable(self.folder / INTERPRETABLE_FOLDER)
-        self.models = WorkerModels(bundle, interpretable)
+        explanations = None
+        if (self.folder / EXPLAIN_FOLDER).is_dir():
+            from screenxai.explain import load_directions
+
+            directions, attributes = load_directions(self.folder / EXPLAIN_FOLDER)
+            explanations = (directions.to(next(bundle["autoencoder"].parameters()).device), attributes)
+        self.models = WorkerModels(bundle, interpretable, explanations)
 
     def teardown(self, worker) -> None:
         if self.folder is not None:

@@ -7,7 +7,7 @@ semantic encoder and, when the bundle has one, the interpretable formula,
 then writes for each field of its group:
 
 - ``cells/plate=P/well=W/field-F.parquet``: the cell table with class
-  probabilities, the formula's value and ``in_training``;
+  probabilities, attribute scores, the formula's value and ``in_training``;
 - ``embeddings/plate=P/well=W/field-F.parquet``: ``z_sem`` per cell
   (``z_0`` ... ``z_{d-1}``), apart from the narrow cell table.
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from screenxai.cells import CellConfig, process_field
 from screenxai.models.classifier import predict_proba
@@ -50,8 +51,6 @@ class FieldCells:
 
 def cut_field(task: FieldTask, config: CellConfig) -> FieldCells:
     """Read, segment, crop and measure one field; failures are kept as the field's status."""
-    import torch
-
     torch.set_num_threads(1)
     start = time.perf_counter()
     status = {"plate": task.plate_name, "well": task.well, "field": task.field}
@@ -76,8 +75,6 @@ def embeddings_path(out: str | Path, plate: str, well: str, field_index: int) ->
 
 
 def _encode(autoencoder, crops: np.ndarray, batch_size: int) -> np.ndarray:
-    import torch
-
     device = next(autoencoder.parameters()).device
     parts = []
     with torch.no_grad():
@@ -103,6 +100,12 @@ def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], trai
                      else np.zeros((0, len(bundle.class_names)), np.float32))
     z = _encode(bundle["autoencoder"], crops, batch_size) if "autoencoder" in bundle.models else None
     formula = models.interpretable.logit(crops) if models.interpretable is not None and len(crops) else None
+    attributes = None
+    if models.explanations is not None and z is not None:
+        from screenxai.explain import scores_from_latents
+
+        directions, table_of_attributes = models.explanations
+        attributes = scores_from_latents(directions, table_of_attributes, torch.from_numpy(z))
     seconds = (time.perf_counter() - start) / max(len(done), 1)
     offset = 0
     for result, task in done:
@@ -114,6 +117,9 @@ def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], trai
             table[class_column_name(name)] = probabilities[rows, k].astype(np.float32)
         if models.interpretable is not None:
             table["formula_value"] = formula[rows].astype(np.float64)
+        if attributes is not None:
+            for column in attributes.columns:
+                table[column] = attributes[column].to_numpy()[rows]
         table["in_training"] = table["cell_id"].isin(training_cells)
         if z is not None:
             embedding = pd.DataFrame(z[rows], columns=[f"z_{i}" for i in range(z.shape[1])])

@@ -31,14 +31,16 @@ from screenxai.cells import CellConfig, fit_normalisation
 from screenxai.errors import ScreenxaiError
 from screenxai.plate.reader import Plate, open_plate
 from screenxai.models.bundle import Bundle, check_channels, load_bundle
-from screenxai.pipeline.bundle_plugin import BundlePlugin
+from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin
 from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import gpu_resources
+from screenxai.pipeline.counterfactual_stage import choose_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
-from screenxai.pipeline.summary import well_table
+from screenxai.pipeline.summary import attribute_tables, well_table
 
 FIELDS_PER_BATCH = 8
+EXEMPLARS_PER_CONDITION = 4
 DEPENDENCIES = ("dask", "distributed", "zarr", "ome-zarr", "xarray", "torch", "diffusers", "pandas", "pyarrow",
                 "scikit-image")
 
@@ -67,7 +69,8 @@ def field_tasks(plates: Sequence[Plate], out: Path, wells: Sequence[str] | None 
 def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellConfig | None = None,
               wells: Sequence[str] | None = None,
               on_field: Callable[[dict], None] | None = None, bundle: str | Path | None = None,
-              fields_per_batch: int = FIELDS_PER_BATCH, resume: bool = False, strict: bool = False) -> RunResult:
+              fields_per_batch: int = FIELDS_PER_BATCH, resume: bool = False, strict: bool = False,
+              exemplars_per_condition: int = EXEMPLARS_PER_CONDITION) -> RunResult:
     """Run the cell stage (and, with ``bundle``, the model stage) of every field and gather the per-well table.
 
     ``on_field`` is called with each field's status row as it completes
@@ -75,6 +78,11 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     ``fields.parquet``, ``wells.parquet`` (and ``failures.parquet`` when
     fields failed) and ``manifest.json``. A bundle whose channels or crop
     size do not fit a plate is refused before any work starts.
+
+    With a bundle that has attributes, ``attributes.parquet`` and
+    ``readouts.parquet`` hold their screen statistics, and
+    ``counterfactuals.zarr`` renders ``exemplars_per_condition`` cells of
+    each class along every attribute (a second, small graph).
 
     An output folder holding a run is refused unless ``resume``: then only
     the fields without a complete file are computed (failed fields are
@@ -100,6 +108,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
                 on_field(finished)
         else:
             todo.append(task)
+    configs = model_configs(plates, config, loaded) if loaded is not None else {}
     if not todo:
         futures = []
     elif loaded is None:
@@ -107,7 +116,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         futures = client.map(run_field, todo, config=config, pure=False,
                              key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
     else:
-        futures = _model_graph(plates, todo, client, config, loaded, fields_per_batch)
+        futures = _model_graph(todo, client, configs, loaded, fields_per_batch)
     for future in as_completed(futures):
         result = future.result()
         for row in result if isinstance(result, list) else [result]:
@@ -125,7 +134,17 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     if done.empty:
         raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
     cells = pd.read_parquet(out / "cells")
-    wells_table = well_table(cells, fields, {p.name: p.layout for p in plates})
+    layouts = {p.name: p.layout for p in plates}
+    wells_table = well_table(cells, fields, layouts)
+    explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
+    if explain is not None and explain.is_dir():
+        wells_table = _write_attribute_tables(out, cells, layouts, explain, wells_table)
+        if exemplars_per_condition > 0:
+            if not todo:  # a resumed run with nothing left: the models still have to reach the workers
+                client.register_plugin(BundlePlugin.from_path(loaded.path))
+            exemplars = choose_exemplars(cells, layouts, loaded.config["class_column"], loaded.class_names,
+                                         exemplars_per_condition)
+            counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
     write_parquet_atomic(fields, out / "fields.parquet")
     write_parquet_atomic(wells_table, out / "wells.parquet")
     if not failures.empty:
@@ -169,12 +188,15 @@ def claim_output(out: Path, record: dict, resume: bool) -> None:
     tmp.replace(path)
 
 
-def _model_graph(plates: Sequence[Plate], tasks: list[FieldTask], client: Client, config: CellConfig,
-                 bundle: Bundle, fields_per_batch: int) -> list:
+def model_configs(plates: Sequence[Plate], config: CellConfig, bundle: Bundle) -> dict[str, CellConfig]:
+    """Per plate: the bundle's crop size and intensities normalised on the plate's own negative controls."""
+    return {p.name: replace(config, crop_size=bundle.crop_size, normalisation=fit_normalisation(p)) for p in plates}
+
+
+def _model_graph(tasks: list[FieldTask], client: Client, configs: dict[str, CellConfig], bundle: Bundle,
+                 fields_per_batch: int) -> list:
     """Cell tasks per field feeding model tasks per group of fields; returns the model tasks' futures."""
     client.register_plugin(BundlePlugin.from_path(bundle.path))
-    configs = {p.name: replace(config, crop_size=bundle.crop_size, normalisation=fit_normalisation(p))
-               for p in plates}
     training: dict[str, set[str]] = {}
     for cell_id in bundle.config["provenance"].get("training_cells", []):
         training.setdefault(cell_id.rsplit("/", 1)[0], set()).add(cell_id)
@@ -189,6 +211,24 @@ def _model_graph(plates: Sequence[Plate], tasks: list[FieldTask], client: Client
         futures.append(client.submit(score_fields, cut, group, seen, resources=resources, pure=False,
                                      key=f"score-{group[0].plate_name}-{group[0].well}-{group[0].field}-{token}"))
     return futures
+
+
+def _write_attribute_tables(out: Path, cells: pd.DataFrame, layouts: dict, explain: Path,
+                            wells: pd.DataFrame) -> pd.DataFrame:
+    """Write ``attributes.parquet`` and ``readouts.parquet``; return ``wells`` with attribute SDs and robust z."""
+    from screenxai.explain import load_directions
+
+    _, attributes = load_directions(explain)
+    try:
+        per_well, named, readouts = attribute_tables(cells, layouts, attributes)
+    except ValueError as err:  # no controls or dose axis: the attributes without screen statistics
+        named, readouts, per_well = attributes, None, None
+        named = named.assign(statistics_error=str(err))
+    write_parquet_atomic(named, out / "attributes.parquet")
+    if readouts is not None:
+        write_parquet_atomic(readouts, out / "readouts.parquet")
+        wells = wells.merge(per_well, on=["plate", "well"], how="left")
+    return wells
 
 
 def copy_bundle(source: Path, target: Path) -> None:

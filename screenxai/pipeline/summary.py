@@ -21,7 +21,7 @@ def well_table(cells: pd.DataFrame, fields: pd.DataFrame, layouts: dict[str, pd.
     medians = by_well[feature_columns].median().add_prefix("median_")
     counts = by_well.size().rename("n_cells")
     model = model_columns(cells)
-    means = by_well[model].mean().add_prefix("mean_") if model else None
+    means = by_well[model].mean().astype("float64").add_prefix("mean_") if model else None
     field_stats = fields.groupby(["plate", "well"]).agg(
         n_fields=("field", "size"),
         n_failed_fields=("status", lambda s: int((s == "failed").sum())),
@@ -55,8 +55,8 @@ def well_table(cells: pd.DataFrame, fields: pd.DataFrame, layouts: dict[str, pd.
 
 
 def model_columns(cells: pd.DataFrame) -> list[str]:
-    """Per-cell outputs of the model stage that are averaged per well: class probabilities, formula value."""
-    return [c for c in cells.columns if c.startswith("p_") or c == "formula_value"]
+    """Per-cell outputs of the model stage averaged per well: class probabilities, attribute scores, formula."""
+    return [c for c in cells.columns if c.startswith(("p_", "attribute_")) or c == "formula_value"]
 
 
 def dose_trend(wells: pd.DataFrame, column: str, dose: str = "dose_index") -> float | None:
@@ -78,3 +78,34 @@ def condition_summary(wells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return wells.groupby(group)[columns].mean()
 
 
+
+
+def attribute_tables(cells: pd.DataFrame, layouts: dict[str, pd.DataFrame | None], attributes: pd.DataFrame,
+                     dose_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Screen statistics of the learned attributes beside the hand-built nucleus/ring ratios.
+
+    Returns (per-well SDs and robust z-scores of every readout, the
+    ``attributes`` table with its statistics joined, one row of statistics
+    per readout). Needs a ``control`` layout column with at least two
+    negative and two positive wells; the dose axis is ``dose``, else
+    ``dose_index``.
+    """
+    from screenxai.explain import attribute_columns, well_statistics
+
+    frames = []
+    for plate, rows in cells.assign(plate=cells["plate"].astype(str), well=cells["well"].astype(str)) \
+            .groupby("plate"):
+        layout = layouts.get(plate)
+        frames.append(rows.merge(layout, on="well", how="left") if layout is not None else rows)
+    cells = pd.concat(frames, ignore_index=True)
+    dose_column = dose_column or next((c for c in ("dose", "dose_index") if c in cells.columns), None)
+    if dose_column is None or "control" not in cells.columns:
+        raise ValueError("attribute statistics need the layout's control and dose (or dose_index) columns")
+    learned = attribute_columns(attributes)
+    ratios = [c for c in cells.columns if c.endswith("_ratio")]
+    wells, readouts = well_statistics(cells, [*learned, *ratios], dose_column=dose_column)
+    keep = ["plate", "well", *[f"{c}_{s}" for c in learned for s in ("sd", "robust_z")]]
+    by_readout = readouts.set_index("readout")
+    named = attributes.assign(readout=learned).join(by_readout, on="readout").drop(columns="readout")
+    per_well = wells[keep].astype({c: "float64" for c in keep[2:]})
+    return per_well, named, readouts

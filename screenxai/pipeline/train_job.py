@@ -44,8 +44,9 @@ from screenxai.plate.layout import wells_with
 from screenxai.plate.reader import Plate
 
 TRAIN_TOPIC = "screenxai-train"
-JOB_STAGES = (*STAGES, "interpretable")
+JOB_STAGES = (*STAGES, "explain", "interpretable")
 INTERPRETABLE_FOLDER = "interpretable"
+EXPLAIN_FOLDER = "explain"
 ADVERSARIAL_CELLS = 64
 SETTINGS_NAME = "settings.json"
 
@@ -62,11 +63,14 @@ class TrainSettings:
     wells whose ``class_column`` is one of ``class_names`` (its controls).
     At most ``max_cells_per_well`` interior cells are taken per well.
     ``check_cells`` held-out cells (of the classifier's validation wells)
-    give the latent checks of the closing summary.
+    give the latent checks of the closing summary. The ``explain`` stage
+    learns ``explain_directions`` directions and ranks them on
+    ``explain_cells`` cells of the first class, keeping
+    ``explain_attributes`` attributes.
     """
 
     preset: str = "small"
-    stages: tuple[str, ...] = (*STAGES, "interpretable")
+    stages: tuple[str, ...] = JOB_STAGES
     class_column: str = "control"
     class_names: tuple[str, ...] = ("negative", "positive")
     seed: int = 0
@@ -75,6 +79,9 @@ class TrainSettings:
     wells: dict[str, list[str]] | None = None
     check_cells: int = 128
     check_steps: int = 10
+    explain_cells: int = 32
+    explain_directions: int = 10
+    explain_attributes: int = 3
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -203,10 +210,47 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
                      {"method": "negative-control percentiles", "plates": description["normalisation"]},
                      overwrite=True, extra={"training_summary": summary, "stages": list(model_stages),
                                             "training_cells": table["cell_id"].astype(str).tolist()})
+    if "explain" in stages:
+        autoencoder = trained.autoencoder.model if model_stages and trained.autoencoder is not None \
+            else load_bundle(out_path)["autoencoder"]
+        summary["explain"] = _fit_explanations(crops, table, autoencoder, classifier, out_path, settings,
+                                               description["channel_names"])
     if "interpretable" in stages:
         summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings,
                                                       description["channel_names"])
     return summary
+
+
+def _fit_explanations(crops: np.ndarray, table, autoencoder, classifier, out: Path, settings: TrainSettings,
+                      channel_names: Sequence[str]) -> dict:
+    """Learn directions on the training wells' latents, rank them on cells of the first class, name them.
+
+    Saves the directions and the named attribute table into the bundle's
+    ``explain/`` folder; returns the attribute table as records and the
+    UNet evaluations spent against the reference procedure's.
+    """
+    from screenxai.explain import (DirectionConfig, learn_directions, make_counterfactuals, name_attributes,
+                                   rank_attributes, save_directions)
+    from screenxai.models.latent_checks import encode
+
+    training_rows = ~validation_rows(table, classifier.split)
+    labels, _ = class_labels(table, settings.class_column, settings.class_names)
+    config = DirectionConfig(n_directions=settings.explain_directions, seed=settings.seed)
+    directions = learn_directions(encode(autoencoder, crops[training_rows]), config)
+    source = np.flatnonzero((labels == 0) & training_rows)
+    pick = np.random.default_rng(settings.seed).permutation(source)[:settings.explain_cells]
+    ranking = rank_attributes(autoencoder, directions, crops[pick], target_class=1,
+                              n_attributes=min(settings.explain_attributes, settings.explain_directions))
+    shown = pick[:min(len(pick), 16)]
+    counterfactuals = make_counterfactuals(autoencoder, directions, ranking.attributes, crops[shown],
+                                           table.iloc[shown], channel_names)
+    nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
+    attributes = name_attributes(ranking.attributes, counterfactuals, channel_names, nuclear_channel=nuclear)
+    save_directions(directions, attributes, out / EXPLAIN_FOLDER, config)
+    return {"attributes": attributes[["rank", "direction", "sign", "mean_delta_p", "flip_rate", "name",
+                                      "changes"]].to_dict(orient="records"),
+            "unet_evaluations": ranking.unet_evaluations,
+            "reference_unet_evaluations": ranking.reference_unet_evaluations}
 
 
 def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings: TrainSettings,
