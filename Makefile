@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
-PRESET ?= small
+PRESET ?= tiny
 
 .PHONY: setup run test clean
 

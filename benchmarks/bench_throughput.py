@@ -156,7 +156,8 @@ def hardware(device: torch.device) -> dict:
     except OSError:
         pass
     info = {"platform": platform.platform(), "cpu": cpu, "cores": len(os.sched_getaffinity(0)),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device)}
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "device": str(device),
+            "load_average_1min_at_start": os.getloadavg()[0]}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
