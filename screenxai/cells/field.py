@@ -113,11 +113,12 @@ def read_field(plate: Plate, well: str, field: int, config: CellConfig,
                nuclear: int) -> tuple[np.ndarray, np.ndarray, str]:
     """The field's (c, y, x) image, its (y, x) nucleus labels and where the labels came from.
 
-    Stacks with several planes are max-projected along z, images and labels alike.
+    Stacks with several planes are max-projected along z, images and labels alike. The read is computed
+    in this thread: inside a Dask task the default would send it back through the cluster's scheduler.
     """
-    image = plate.image(well, field).max(dim="z").values
+    image = plate.image(well, field).max(dim="z").compute(scheduler="synchronous").values
     if config.use_plate_labels and config.label_name in plate.label_names(well, field):
-        labels = plate.labels(well, field, config.label_name).max(dim="z").values
+        labels = plate.labels(well, field, config.label_name).max(dim="z").compute(scheduler="synchronous").values
         return image, labels.astype(np.int32), "plate"
     return image, segment_nuclei(image[nuclear], config.segmentation), "segmented"
 
