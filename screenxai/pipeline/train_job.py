@@ -17,6 +17,7 @@ The work folder is removed once the bundle is written (unless kept).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 import uuid
@@ -187,6 +188,9 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
                             f"needs {preset.crop_size} px")
     stages = check_job_stages(settings.stages)
     model_stages = tuple(s for s in stages if s in STAGES)
+    # The job is the only task on the cluster while it trains: let torch use this machine's cores.
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                              else os.cpu_count() or 1))
     torch.manual_seed(settings.seed)
     classifier, summary = None, {}
     if "classifier" not in stages:
