@@ -25,6 +25,14 @@ BBBC013_CHANNELS = "1=GFP,2=DNA"
 PLANTED_DOSE_FACTORS = ["translocation", "nuclear_area"]
 
 
+def documented_columns(doc: str, section: str) -> dict[str, str]:
+    """Column names and dtypes of the ``## section`` table of docs/<doc>, in order."""
+    text = (REPO_ROOT / "docs" / doc).read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in body.splitlines() if line.startswith("| ") and "---" not in line]
+    return {name.strip(): dtype.strip() for name, dtype in rows[1:]}
+
+
 def shared_data_dir(name: str) -> Path:
     """Path of a folder in ../shared/data; skip (or fail under CI) when it is absent."""
     path = SHARED_DATA / name

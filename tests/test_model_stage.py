@@ -20,6 +20,7 @@ from screenxai.pipeline.run import run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import simulate_screen
+from conftest import documented_columns
 from test_models_training import MINI
 
 
@@ -173,8 +174,6 @@ def test_the_plugin_refuses_a_folder_that_is_not_a_bundle(tmp_path):
                                            ("wells.parquet with a bundle", "wells.parquet"),
                                            ("attributes.parquet", "attributes.parquet")])
 def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle, section, path):
-    from test_train_job import _documented
-
     result, _ = scored
     data = pd.read_parquet(result.out / path)
     loaded = load_bundle(bundle)
@@ -192,7 +191,7 @@ def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle,
             return [f"d_{f}" for f in features]
         return [f"z_{i}" for i in range(z_dim)] if name == "z_{i}" else [name]
 
-    for name, dtype in _documented("outputs.md", section).items():
+    for name, dtype in documented_columns("outputs.md", section).items():
         columns = expand(name)
         for column in columns:
             assert column in data, f"{section}: documented column {column} missing"

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from conftest import documented_columns
 from screenxai.cells import CellConfig
 from screenxai.cli import main
 from screenxai.errors import ScreenxaiError
@@ -85,10 +86,7 @@ def test_run_refuses_plates_with_the_same_name(bbbc013_plate, client, tmp_path):
 
 def _documented_columns(table: str) -> dict[str, str]:
     """Columns and dtypes of one table in docs/outputs.md (``## table`` section)."""
-    text = (Path(__file__).resolve().parents[1] / "docs" / "outputs.md").read_text()
-    section = text.split(f"\n## {table}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
-    return {name.strip(): dtype.strip() for name, dtype in rows[1:]}
+    return documented_columns("outputs.md", table)
 
 
 def _dtype_matches(series: pd.Series, documented: str) -> bool:

@@ -19,6 +19,7 @@ from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.train_job import TrainJobError, TrainSettings, train, work_folder
 from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import simulate_screen
+from conftest import documented_columns
 from test_models_training import MINI
 
 SETTINGS = TrainSettings(preset="mini", stages=("classifier", "autoencoder"), seed=3, max_cells_per_well=40,
@@ -197,21 +198,12 @@ def test_interpret_command_fits_a_formula_into_the_bundle(plate, client, tmp_pat
     for _, rows in sweep.groupby("target"):
         assert rows["flip_rate"].is_monotonic_increasing
     assert set(load_bundle(out).models) == {"classifier"}  # the bundle's own models are untouched
-    documented = _documented("bundle.md", "interpretable.parquet")
+    documented = documented_columns("bundle.md", "interpretable.parquet")
     assert list(table.columns) == list(documented)
     for column, dtype in documented.items():
         kind = "string" if pd.api.types.is_string_dtype(table[column].dtype) else str(table[column].dtype)
         assert kind == dtype, column
 
-
-def _documented(doc: str, table: str) -> dict[str, str]:
-    """Columns and dtypes of a ``## table`` section of docs/<doc>."""
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / doc).read_text()
-    section = text.split(f"\n## {table}\n", 1)[1].split("\n## ", 1)[0]
-    rows = [line.split("|")[1:3] for line in section.splitlines() if line.startswith("| ") and "---" not in line]
-    return {name.strip(): dtype.strip() for name, dtype in rows[1:]}
 
 
 def test_interpret_command_refuses_plates_the_bundle_was_not_trained_on(first_run, tmp_path):

@@ -45,13 +45,13 @@ class TrainedModels:
     class_column: str
 
 
-def check_stages(stages: Sequence[str]) -> tuple[str, ...]:
-    """``stages`` in training order; ``ValueError`` naming an unknown one."""
-    unknown = [s for s in stages if s not in STAGES]
+def check_stages(stages: Sequence[str], known: Sequence[str] = STAGES) -> tuple[str, ...]:
+    """``stages`` in the order of ``known``; ``ValueError`` naming an unknown one."""
+    unknown = [s for s in stages if s not in known]
     if unknown or not stages:
         raise ValueError(f"unknown or no training stages {list(unknown) or list(stages)}; "
-                         f"the stages are {list(STAGES)}")
-    return tuple(s for s in STAGES if s in stages)
+                         f"the stages are {list(known)}")
+    return tuple(s for s in known if s in stages)
 
 
 def validation_rows(table: pd.DataFrame, split: WellSplit) -> np.ndarray:

@@ -35,7 +35,8 @@ from screenxai.models import latent_checks
 from screenxai.models.bundle import load_bundle
 from screenxai.models.presets import get_preset
 from screenxai.models.progress import Progress
-from screenxai.models.training import STAGES, classifier_from_bundle, save_trained, train_models, validation_rows
+from screenxai.models.training import (STAGES, check_stages, classifier_from_bundle, save_trained, train_models,
+                                       validation_rows)
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
 from screenxai.pipeline.sinks import write_parquet_atomic
@@ -128,11 +129,10 @@ def wells_to_sample(plates: Sequence[Plate], settings: TrainSettings) -> dict[st
 
 def check_job_stages(stages: Sequence[str]) -> tuple[str, ...]:
     """``stages`` in the order they run; ``TrainJobError`` naming an unknown one."""
-    unknown = [s for s in stages if s not in JOB_STAGES]
-    if unknown or not stages:
-        raise TrainJobError(f"unknown or no training stages {list(unknown) or list(stages)}; "
-                            f"the stages are {list(JOB_STAGES)}")
-    return tuple(s for s in JOB_STAGES if s in stages)
+    try:
+        return check_stages(stages, JOB_STAGES)
+    except ValueError as err:
+        raise TrainJobError(str(err)) from err
 
 
 def _claim_work_folder(work: Path, out: Path, settings: TrainSettings, plates: Sequence[Plate],
