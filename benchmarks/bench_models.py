@@ -9,6 +9,7 @@ Results are merged into benchmarks/results/models_cpu.json under ``--name``.
 
     python -m benchmarks.bench_models --preset tiny --name tiny
     python -m benchmarks.bench_models --preset tiny --conditioning additive --no-decoder-input --name additive
+    python -m benchmarks.bench_models --preset small --bundle BUNDLE --name small-train-job   # no training
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from screenxai.models import latent_checks
+from screenxai.models import latent_checks, load_bundle
 from screenxai.models.latent_checks import measure_cell_factors
 from screenxai.models.presets import get_preset
 from screenxai.models.training import save_trained, train_models
@@ -72,6 +73,8 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/screenxai-bench-models")
     parser.add_argument("--eval-cells", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--bundle", type=Path,
+                        help="evaluate this bundle's models (e.g. from `screenxai train`) instead of training")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("TORCH_THREADS", "1")))
     preset = get_preset(args.preset)
@@ -90,11 +93,21 @@ def main() -> None:
     pick = np.random.default_rng(0).choice(len(test_crops), args.eval_cells, replace=False)
     test_crops, test_table = test_crops[pick], test_table.iloc[pick].reset_index(drop=True)
 
-    start = time.perf_counter()
-    trained = train_models(crops, table, preset, progress=lambda p: print(p, flush=True))
-    train_s = time.perf_counter() - start
-    save_trained(workdir / f"{args.name}-bundle", trained, table, ["DNA", "reporter"], {}, overwrite=True)
-    model = trained.autoencoder.model
+    if args.bundle is None:
+        start = time.perf_counter()
+        trained = train_models(crops, table, preset, progress=lambda p: print(p, flush=True))
+        train_s = time.perf_counter() - start
+        save_trained(workdir / f"{args.name}-bundle", trained, table, ["DNA", "reporter"], {}, overwrite=True)
+        model, classifier = trained.autoencoder.model, trained.classifier.model
+        training = {"train_cells": len(crops), "train_seconds": round(train_s, 1),
+                    "classifier_metrics": trained.classifier.metrics.to_dict(),
+                    "final_losses": trained.autoencoder.history[-1]}
+    else:
+        bundle = load_bundle(args.bundle)
+        if bundle.crop_size != preset.crop_size:
+            parser.error(f"{args.bundle} has {bundle.crop_size} px crops; pass the --preset it was trained with")
+        model, classifier = bundle["autoencoder"], bundle["classifier"]
+        training = {"bundle": str(args.bundle), "training_summary": bundle.config["provenance"].get("training_summary")}
     checks_start = time.perf_counter()
     use = latent_checks.latent_use(model, test_crops, steps=args.steps)
     probe = latent_checks.probe_factors(model, test_crops, test_table[FACTORS])
@@ -106,13 +119,11 @@ def main() -> None:
         "preset": preset.to_dict(),
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other "
                     f"work, torch {torch.__version__} threads {torch.get_num_threads()}, no GPU",
-        "train_cells": len(crops), "eval_cells": len(test_crops), "ddim_steps": args.steps,
-        "train_seconds": round(train_s, 1), "checks_seconds": round(time.perf_counter() - checks_start, 1),
+        **training, "eval_cells": len(test_crops), "ddim_steps": args.steps,
+        "checks_seconds": round(time.perf_counter() - checks_start, 1),
         "autoencoder_parameters": sum(p.numel() for n, p in model.named_parameters()
                                       if not n.startswith("classifier.")),
-        "classifier_parameters": sum(p.numel() for p in trained.classifier.model.parameters()),
-        "classifier_metrics": trained.classifier.metrics.to_dict(),
-        "final_losses": trained.autoencoder.history[-1],
+        "classifier_parameters": sum(p.numel() for p in classifier.parameters()),
         "latent_use_fresh_xT": use.to_dict(),
         "probe_r2_on_E(x)": probe,
         "reconstruction_mae_invert_decode": float(np.abs(reconstructed - test_crops).mean()),

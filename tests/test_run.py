@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+import dask.dataframe as dd
 import pandas as pd
 import pytest
 from click.testing import CliRunner
@@ -16,6 +17,7 @@ from screenxai.cli import main
 from screenxai.errors import ScreenxaiError
 from screenxai.pipeline.cluster import connect
 from screenxai.pipeline.run import open_plates, run_cells
+from screenxai.pipeline.summary import aggregate_wells
 from screenxai.plate import open_plate
 
 WELLS = ["A01", "B02", "A12", "B12"]
@@ -45,6 +47,19 @@ def test_run_writes_cell_and_well_tables(bbbc013_run):
     assert {"control", "dose_index", "n_cells", "median_GFP_ratio", "qc_low_count"} <= set(wells.columns)
     by_control = wells.groupby("control")["median_GFP_ratio"].mean()
     assert by_control["positive"] > 2 * by_control["negative"]
+
+
+def test_well_aggregates_computed_on_the_cluster_equal_pandas_on_all_cells(bbbc013_run, client):
+    cells = pd.read_parquet(bbbc013_run.out / "cells").astype({"plate": str, "well": str})
+    aggregates = aggregate_wells(dd.read_parquet(bbbc013_run.out / "cells"), client)
+    expected = cells.groupby(["plate", "well"]).agg(n_cells=("cell_id", "size"), median_area=("area", "median"),
+                                                    median_GFP_ratio=("GFP_ratio", "median"),
+                                                    mean_GFP_ratio=("GFP_ratio", "mean"),
+                                                    sd_GFP_ratio=("GFP_ratio", "std")).reset_index()
+    pd.testing.assert_frame_equal(aggregates[expected.columns], expected, check_dtype=False, rtol=1e-9)
+    assert aggregates["n_cells"].dtype == "int64" and aggregates["median_area"].dtype == "float64"
+    wells = pd.read_parquet(bbbc013_run.out / "wells.parquet")
+    assert wells["median_area"].tolist() == expected["median_area"].tolist()
 
 
 def test_manifest_records_versions_plates_and_every_field(bbbc013_run):

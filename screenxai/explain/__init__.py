@@ -12,7 +12,8 @@ from screenxai.explain.naming import crop_features, name_attributes
 from screenxai.explain.quality import direction_agreement, factor_tracking, flip_rates, localisation
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
 from screenxai.explain.scores import attribute_columns, attribute_scores, scores_from_latents
-from screenxai.explain.statistics import fit_dose_response, robust_z, ssmd, well_means, well_statistics, z_prime
+from screenxai.explain.statistics import (fit_dose_response, readout_statistics, robust_z, ssmd, well_means,
+                                         well_statistics, z_prime)
 from screenxai.explain.store import load_directions, save_directions
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "save_directions",
     "scores_from_latents",
     "ssmd",
+    "readout_statistics",
     "well_means",
     "well_statistics",
     "write_counterfactuals",

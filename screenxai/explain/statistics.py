@@ -86,14 +86,28 @@ def well_statistics(cells: pd.DataFrame, columns: Sequence[str], dose_column: st
     """Per-well table and per-readout summary for each of ``columns`` of the cell table.
 
     The well table has ``n_cells``, the dose and control columns, and per
-    readout ``{col}_mean``, ``{col}_sd`` and ``{col}_robust_z`` (against the
-    negative-control wells). The summary has one row per readout: ``z_prime``
-    and ``ssmd`` between the control wells' means, ``dose_spearman`` of the
-    means of the dose wells (neither control) against dose, and the
-    four-parameter fit over the dose wells (``bottom``, ``top``, ``ec50``,
-    ``hill``, ``r2``).
+    readout ``{col}_mean``, ``{col}_sd`` and ``{col}_robust_z``; the summary
+    is that of :func:`readout_statistics`.
     """
     wells = well_means(cells, columns, [dose_column, control_column])
+    return readout_statistics(wells, columns, dose_column, control_column, negative, positive)
+
+
+def readout_statistics(wells: pd.DataFrame, columns: Sequence[str], dose_column: str = "dose",
+                       control_column: str = "control", negative: str = "negative",
+                       positive: str = "positive") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Robust z per well and one summary row per readout, from per-well ``{col}_mean`` columns.
+
+    Takes well means already computed (by :func:`well_means`, or by a
+    distributed aggregation over a run's cell files) so a screen's cells
+    never need to be in one process. Returns ``wells`` with
+    ``{col}_robust_z`` (against the negative-control wells) and the summary:
+    ``z_prime`` and ``ssmd`` between the control wells' means,
+    ``dose_spearman`` of the means of the dose wells (neither control)
+    against dose, and the four-parameter fit over the dose wells
+    (``bottom``, ``top``, ``ec50``, ``hill``, ``r2``).
+    """
+    wells = wells.copy()
     is_negative = wells[control_column].eq(negative).to_numpy()
     is_positive = wells[control_column].eq(positive).to_numpy()
     if is_negative.sum() < 2 or is_positive.sum() < 2:

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import dask
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import xarray as xr
@@ -30,28 +32,44 @@ from screenxai.pipeline.model_stage import class_column_name, cut_field
 ALPHAS = (-3.0, -1.5, 0.0, 1.5, 3.0)
 
 
-def choose_exemplars(cells: pd.DataFrame, layouts: dict[str, pd.DataFrame | None], class_column: str,
-                     class_names: Sequence[str], per_condition: int) -> pd.DataFrame:
+def choose_exemplars(cells: dd.DataFrame, layouts: dict[str, pd.DataFrame | None], class_column: str,
+                     class_names: Sequence[str], per_condition: int, client: Client | None = None) -> pd.DataFrame:
     """Per class of ``class_column``, the ``per_condition`` cells with the highest probability of that class.
 
+    ``cells`` is the run's cell table as a dask DataFrame; the top cells are
+    found by ``client``'s cluster, so only the exemplars reach the client.
     Cells the models were trained on are avoided when others are available.
     """
-    frames = []
-    for plate, rows in cells.assign(plate=cells["plate"].astype(str), well=cells["well"].astype(str)) \
-            .groupby("plate"):
-        layout = layouts.get(plate)
-        if layout is not None and class_column in layout.columns:
-            frames.append(rows.merge(layout[["well", class_column]], on="well", how="left"))
-    if not frames:
+    if not any(layout is not None and class_column in layout.columns for layout in layouts.values()):
         raise ScreenxaiError(f"no plate has the layout column {class_column!r} to choose exemplar cells by")
-    cells = pd.concat(frames, ignore_index=True)
-    chosen = []
+    queries, names = [], []
     for name in class_names:
-        candidates = cells[cells[class_column] == name]
-        if "in_training" in candidates and (~candidates["in_training"]).sum() >= per_condition:
-            candidates = candidates[~candidates["in_training"]]
-        chosen.append(candidates.nlargest(per_condition, class_column_name(name)).assign(condition=name))
-    return pd.concat(chosen, ignore_index=True)
+        mask = None
+        for plate, layout in layouts.items():
+            if layout is None or class_column not in layout.columns:
+                continue
+            wells = layout.loc[layout[class_column] == name, "well"].astype(str).tolist()
+            if wells:
+                in_plate = (cells["plate"] == plate) & cells["well"].isin(wells)
+                mask = in_plate if mask is None else mask | in_plate
+        if mask is None:
+            continue
+        candidates = cells[mask]
+        score = class_column_name(name)
+        queries.append(candidates.nlargest(per_condition, score))
+        if "in_training" in cells.columns:
+            queries.append(candidates[~candidates["in_training"]].nlargest(per_condition, score))
+        names.append(name)
+    found = client.compute(queries, sync=True) if client is not None else dask.compute(*queries)
+    per_class = 2 if "in_training" in cells.columns else 1
+    chosen = []
+    for i, name in enumerate(names):
+        top = found[i * per_class]
+        if per_class == 2 and len(found[i * per_class + 1]) >= per_condition:
+            top = found[i * per_class + 1]
+        chosen.append(top.assign(condition=name))
+    exemplars = pd.concat(chosen, ignore_index=True)
+    return exemplars.assign(plate=exemplars["plate"].astype(str), well=exemplars["well"].astype(str))
 
 
 def render_exemplars(tasks: Sequence[FieldTask], configs: dict[str, CellConfig], cell_ids: Sequence[str],

@@ -5,8 +5,10 @@ crops, morphology features, QC) with one task per field writing its file.
 With a bundle, cell-stage tasks hand their crops to model-stage tasks, one
 per group of ``fields_per_batch`` fields (so the device sees full batches),
 submitted with ``resources={"GPU": 1}`` when a worker declares a GPU; the
-models reach the workers through a ``BundlePlugin``. The per-well gather
-follows.
+models reach the workers through a ``BundlePlugin``. Only a few groups are
+in flight at once (``screenxai.pipeline.batching``), so crops are cut just
+before they are scored. The per-well tables are then reduced from the cell
+files on the cluster: one row per well, never every cell, reaches the client.
 """
 
 from __future__ import annotations
@@ -18,26 +20,28 @@ import shutil
 import platform
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 
+import dask.dataframe as dd
 import pandas as pd
-from distributed import Client, as_completed
+from distributed import Client, Future
 
 from screenxai import __version__
 from screenxai.cells import CellConfig, fit_normalisation
 from screenxai.errors import ScreenxaiError
 from screenxai.plate.reader import Plate, open_plate
 from screenxai.models.bundle import Bundle, check_channels, load_bundle
+from screenxai.pipeline.batching import batch_fields, batches_in_flight, bounded_completion
 from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin
 from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.counterfactual_stage import choose_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
-from screenxai.pipeline.summary import attribute_tables, well_table
+from screenxai.pipeline.summary import aggregate_wells, attribute_tables, well_table
 
 FIELDS_PER_BATCH = 8
 EXEMPLARS_PER_CONDITION = 4
@@ -110,18 +114,19 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
             todo.append(task)
     configs = model_configs(plates, config, loaded) if loaded is not None else {}
     if not todo:
-        futures = []
+        completed = bounded_completion(client, iter([]), 1)
     elif loaded is None:
         token = uuid.uuid4().hex[:8]
         futures = client.map(run_field, todo, config=config, pure=False,
                              key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
+        completed = bounded_completion(client, iter(futures), len(futures))
     else:
-        futures = _model_graph(todo, client, configs, loaded, fields_per_batch)
-    for future in as_completed(futures):
+        completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
+    for future in completed:
         result = future.result()
         for row in result if isinstance(result, list) else [result]:
             if strict and row["status"] == "failed":
-                client.cancel(futures)
+                completed.close()
                 raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
                                      f"{row['error']}")
             rows.append(row)
@@ -133,17 +138,18 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     done = fields[fields["status"] == "done"]
     if done.empty:
         raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
-    cells = pd.read_parquet(out / "cells")
+    cells = dd.read_parquet(out / "cells")
+    aggregates = aggregate_wells(cells, client)
     layouts = {p.name: p.layout for p in plates}
-    wells_table = well_table(cells, fields, layouts)
+    wells_table = well_table(aggregates, fields, layouts)
     explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
     if explain is not None and explain.is_dir():
-        wells_table = _write_attribute_tables(out, cells, layouts, explain, wells_table)
+        wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table)
         if exemplars_per_condition > 0:
             if not todo:  # a resumed run with nothing left: the models still have to reach the workers
                 client.register_plugin(BundlePlugin.from_path(loaded.path))
             exemplars = choose_exemplars(cells, layouts, loaded.config["class_column"], loaded.class_names,
-                                         exemplars_per_condition)
+                                         exemplars_per_condition, client)
             counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
     write_parquet_atomic(fields, out / "fields.parquet")
     write_parquet_atomic(wells_table, out / "wells.parquet")
@@ -194,33 +200,42 @@ def model_configs(plates: Sequence[Plate], config: CellConfig, bundle: Bundle) -
 
 
 def _model_graph(tasks: list[FieldTask], client: Client, configs: dict[str, CellConfig], bundle: Bundle,
-                 fields_per_batch: int) -> list:
-    """Cell tasks per field feeding model tasks per group of fields; returns the model tasks' futures."""
+                 fields_per_batch: int) -> Iterator[Future]:
+    """Cell tasks per field feeding model tasks per group of fields; yields the model tasks as they complete.
+
+    Groups are submitted a few at a time (``batches_in_flight``), so cut
+    crops wait in worker memory only for the groups about to be scored.
+    """
     client.register_plugin(BundlePlugin.from_path(bundle.path))
     training: dict[str, set[str]] = {}
     for cell_id in bundle.config["provenance"].get("training_cells", []):
         training.setdefault(cell_id.rsplit("/", 1)[0], set()).add(cell_id)
     resources = gpu_resources(client)
+    workers = client.scheduler_info(n_workers=-1)["workers"].values()
+    model_workers = sum(1 for w in workers if not resources or w.get("resources", {}).get("GPU", 0) > 0)
+    threads = sum(w["nthreads"] for w in workers)
+    groups = batch_fields(tasks, fields_per_batch, max(1, model_workers))
     token = uuid.uuid4().hex[:8]
-    futures = []
-    for first in range(0, len(tasks), fields_per_batch):
-        group = tasks[first:first + fields_per_batch]
+
+    def submit(group: list[FieldTask]) -> Future:
         cut = [client.submit(cut_field, t, configs[t.plate_name], pure=False,
                              key=f"cut-{t.plate_name}-{t.well}-{t.field}-{token}") for t in group]
         seen = frozenset().union(*(training.get(f"{t.plate_name}/{t.well}/{t.field}", set()) for t in group))
-        futures.append(client.submit(score_fields, cut, group, seen, resources=resources, pure=False,
-                                     key=f"score-{group[0].plate_name}-{group[0].well}-{group[0].field}-{token}"))
-    return futures
+        return client.submit(score_fields, cut, group, seen, resources=resources, pure=False,
+                             key=f"score-{group[0].plate_name}-{group[0].well}-{group[0].field}-{token}")
+
+    in_flight = batches_in_flight(max(1, model_workers), threads, len(groups[0]))
+    return bounded_completion(client, map(submit, groups), in_flight)
 
 
-def _write_attribute_tables(out: Path, cells: pd.DataFrame, layouts: dict, explain: Path,
+def _write_attribute_tables(out: Path, aggregates: pd.DataFrame, layouts: dict, explain: Path,
                             wells: pd.DataFrame) -> pd.DataFrame:
     """Write ``attributes.parquet`` and ``readouts.parquet``; return ``wells`` with attribute SDs and robust z."""
     from screenxai.explain import load_directions
 
     _, attributes = load_directions(explain)
     try:
-        per_well, named, readouts = attribute_tables(cells, layouts, attributes)
+        per_well, named, readouts = attribute_tables(aggregates, layouts, attributes)
     except ValueError as err:  # no controls or dose axis: the attributes without screen statistics
         named, readouts, per_well = attributes, None, None
         named = named.assign(statistics_error=str(err))

@@ -1,8 +1,18 @@
-"""Per-well tables gathered from the per-field cell files."""
+"""Per-well tables of a run, aggregated where the per-field cell files are.
+
+The cell files are read as a dask DataFrame and reduced per well on the
+cluster (medians by a shuffle, means and SDs by tree reductions), so only
+one row per well reaches the client, whatever the number of cells.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import dask
+import dask.dataframe as dd
 import pandas as pd
+from distributed import Client
 from scipy import stats
 
 from screenxai.cells.features import CHANNEL_SUFFIXES, SHAPE_COLUMNS
@@ -10,34 +20,80 @@ from screenxai.cells.features import CHANNEL_SUFFIXES, SHAPE_COLUMNS
 LOW_COUNT_FRACTION = 0.25  # a well with fewer cells than this share of the plate median is flagged
 SATURATION_LIMIT = 0.01  # a well with more saturated pixels than this fraction is flagged
 FOCUS_FRACTION = 0.25  # blur cuts Laplacian variance by an order of magnitude; content alone varies it ~3x
+WELL_KEYS = ["plate", "well"]
 
 
-def well_table(cells: pd.DataFrame, fields: pd.DataFrame, layouts: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
-    """One row per plate and well: layout columns, cell and field counts, median features, QC flags."""
-    cells = cells.assign(plate=cells["plate"].astype(str), well=cells["well"].astype(str))
-    feature_columns = [c for c in cells.columns
-                       if c in SHAPE_COLUMNS or any(c.endswith("_" + s) for s in CHANNEL_SUFFIXES)]
-    by_well = cells.groupby(["plate", "well"])
-    medians = by_well[feature_columns].median().add_prefix("median_")
-    counts = by_well.size().rename("n_cells")
-    model = model_columns(cells)
-    means = by_well[model].mean().astype("float64").add_prefix("mean_") if model else None
-    field_stats = fields.groupby(["plate", "well"]).agg(
-        n_fields=("field", "size"),
-        n_failed_fields=("status", lambda s: int((s == "failed").sum())),
-        saturated_fraction=("saturated_fraction", "max"),
-        focus=("focus", "mean"),
-    )
-    wells = field_stats.join(counts).join(medians)
-    if means is not None:
-        wells = wells.join(means)
-    if "formula_value" in cells:
-        wells = wells.join(by_well["formula_value"].apply(lambda v: float((v > 0).mean()))
-                           .rename("fraction_formula_positive"))
-    if "in_training" in cells:
-        wells = wells.join(by_well["in_training"].sum().astype("int64").rename("n_training_cells"))
+def feature_columns(columns: Sequence[str]) -> list[str]:
+    """The cell table's shape and per-channel features, whose per-well medians go into the well table."""
+    return [c for c in columns if c in SHAPE_COLUMNS or any(c.endswith("_" + s) for s in CHANNEL_SUFFIXES)]
+
+
+def model_columns(columns: Sequence[str]) -> list[str]:
+    """Per-cell outputs of the model stage averaged per well: class probabilities, attribute scores, formula."""
+    return [c for c in columns if c.startswith(("p_", "attribute_")) or c == "formula_value"]
+
+
+def aggregate_wells(cells: dd.DataFrame, client: Client | None = None) -> pd.DataFrame:
+    """One row per plate and well of the cell table's aggregates, computed by ``client``'s cluster.
+
+    Columns: ``n_cells``, ``median_{feature}``, ``mean_{column}`` for the
+    model outputs and the ``*_ratio`` readouts, ``sd_{column}`` for attribute
+    scores and ratios, ``fraction_formula_positive`` and ``n_training_cells``
+    (when the cells have them). ``plate`` and ``well`` are plain strings.
+    """
+    columns = list(cells.columns)
+    features = feature_columns(columns)
+    averaged = [*model_columns(columns), *[c for c in columns if c.endswith("_ratio")]]
+    spread = [c for c in averaged if c.startswith("attribute_") or c.endswith("_ratio")]
+    if "formula_value" in columns:
+        cells = cells.assign(formula_positive=(cells["formula_value"] > 0).astype("float64"))
+    by_well = cells.groupby(WELL_KEYS, observed=True)
+    parts = {"n_cells": by_well.size().rename("n_cells"),
+             "median": by_well[features].median() if features else None,
+             "mean": by_well[averaged].mean() if averaged else None,
+             "sd": by_well[spread].std() if spread else None,
+             "formula": by_well["formula_positive"].mean() if "formula_value" in columns else None,
+             "training": by_well["in_training"].sum() if "in_training" in columns else None}
+    names = [k for k, v in parts.items() if v is not None]
+    collections = [parts[k] for k in names]
+    computed = dict(zip(names, client.compute(collections, sync=True) if client is not None
+                        else dask.compute(*collections), strict=True))
+    wells = computed["n_cells"].to_frame().astype("int64")
+    if "median" in computed:
+        wells = wells.join(computed["median"].astype("float64").add_prefix("median_"))
+    if "mean" in computed:
+        wells = wells.join(computed["mean"].astype("float64").add_prefix("mean_"))
+    if "sd" in computed:
+        wells = wells.join(computed["sd"].astype("float64").add_prefix("sd_"))
+    if "formula" in computed:
+        wells = wells.join(computed["formula"].astype("float64").rename("fraction_formula_positive"))
+    if "training" in computed:
+        wells = wells.join(computed["training"].astype("int64").rename("n_training_cells"))
     wells = wells.reset_index()
+    wells[WELL_KEYS] = wells[WELL_KEYS].astype(str)
+    return wells.sort_values(WELL_KEYS).reset_index(drop=True)
+
+
+def well_table(aggregates: pd.DataFrame, fields: pd.DataFrame,
+               layouts: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """One row per plate and well: layout columns, cell and field counts, median features, model means, QC flags.
+
+    ``aggregates`` is :func:`aggregate_wells`'s table; the SDs of readouts
+    are left to the attribute statistics.
+    """
+    keep = [c for c in aggregates.columns if not c.startswith("sd_")
+            and not (c.startswith("mean_") and c.endswith("_ratio"))]
+    field_stats = fields.assign(plate=fields["plate"].astype(str), well=fields["well"].astype(str)) \
+        .groupby(WELL_KEYS).agg(
+            n_fields=("field", "size"),
+            n_failed_fields=("status", lambda s: int((s == "failed").sum())),
+            saturated_fraction=("saturated_fraction", "max"),
+            focus=("focus", "mean"),
+        )
+    wells = field_stats.join(aggregates[keep].set_index(WELL_KEYS)).reset_index()
     wells["n_cells"] = wells["n_cells"].fillna(0).astype("int64")
+    if "n_training_cells" in wells:
+        wells["n_training_cells"] = wells["n_training_cells"].fillna(0).astype("int64")
     for plate, rows in wells.groupby("plate").groups.items():
         median_count = wells.loc[rows, "n_cells"].median()
         median_focus = wells.loc[rows, "focus"].median()
@@ -47,16 +103,16 @@ def well_table(cells: pd.DataFrame, fields: pd.DataFrame, layouts: dict[str, pd.
     wells["qc_failed_fields"] = wells["n_failed_fields"] > 0
     for flag in ("qc_low_count", "qc_out_of_focus", "qc_saturated", "qc_failed_fields"):
         wells[flag] = wells[flag].astype(bool)
-    with_layout = []
+    return with_layouts(wells, layouts)
+
+
+def with_layouts(wells: pd.DataFrame, layouts: dict[str, pd.DataFrame | None]) -> pd.DataFrame:
+    """``wells`` with each plate's layout columns joined on ``well``."""
+    joined = []
     for plate, rows in wells.groupby("plate"):
         layout = layouts.get(plate)
-        with_layout.append(rows.merge(layout, on="well", how="left") if layout is not None else rows)
-    return pd.concat(with_layout, ignore_index=True)
-
-
-def model_columns(cells: pd.DataFrame) -> list[str]:
-    """Per-cell outputs of the model stage averaged per well: class probabilities, attribute scores, formula."""
-    return [c for c in cells.columns if c.startswith(("p_", "attribute_")) or c == "formula_value"]
+        joined.append(rows.merge(layout, on="well", how="left") if layout is not None else rows)
+    return pd.concat(joined, ignore_index=True)
 
 
 def dose_trend(wells: pd.DataFrame, column: str, dose: str = "dose_index") -> float | None:
@@ -78,32 +134,28 @@ def condition_summary(wells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return wells.groupby(group)[columns].mean()
 
 
-
-
-def attribute_tables(cells: pd.DataFrame, layouts: dict[str, pd.DataFrame | None], attributes: pd.DataFrame,
+def attribute_tables(aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame | None], attributes: pd.DataFrame,
                      dose_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Screen statistics of the learned attributes beside the hand-built nucleus/ring ratios.
 
-    Returns (per-well SDs and robust z-scores of every readout, the
-    ``attributes`` table with its statistics joined, one row of statistics
-    per readout). Needs a ``control`` layout column with at least two
-    negative and two positive wells; the dose axis is ``dose``, else
-    ``dose_index``.
+    ``aggregates`` is :func:`aggregate_wells`'s table. Returns (per-well SDs
+    and robust z-scores of every learned attribute, the ``attributes`` table
+    with its statistics joined, one row of statistics per readout). Needs a
+    ``control`` layout column with at least two negative and two positive
+    wells; the dose axis is ``dose``, else ``dose_index``.
     """
-    from screenxai.explain import attribute_columns, well_statistics
+    from screenxai.explain import attribute_columns, readout_statistics
 
-    frames = []
-    for plate, rows in cells.assign(plate=cells["plate"].astype(str), well=cells["well"].astype(str)) \
-            .groupby("plate"):
-        layout = layouts.get(plate)
-        frames.append(rows.merge(layout, on="well", how="left") if layout is not None else rows)
-    cells = pd.concat(frames, ignore_index=True)
-    dose_column = dose_column or next((c for c in ("dose", "dose_index") if c in cells.columns), None)
-    if dose_column is None or "control" not in cells.columns:
+    wells = with_layouts(aggregates, layouts)
+    dose_column = dose_column or next((c for c in ("dose", "dose_index") if c in wells.columns), None)
+    if dose_column is None or "control" not in wells.columns:
         raise ValueError("attribute statistics need the layout's control and dose (or dose_index) columns")
     learned = attribute_columns(attributes)
-    ratios = [c for c in cells.columns if c.endswith("_ratio")]
-    wells, readouts = well_statistics(cells, [*learned, *ratios], dose_column=dose_column)
+    ratios = [c.removeprefix("sd_") for c in wells.columns if c.startswith("sd_") and c.endswith("_ratio")]
+    readout_names = [*learned, *ratios]
+    wells = wells.rename(columns={**{f"mean_{c}": f"{c}_mean" for c in readout_names},
+                                  **{f"sd_{c}": f"{c}_sd" for c in readout_names}})
+    wells, readouts = readout_statistics(wells, readout_names, dose_column=dose_column)
     keep = ["plate", "well", *[f"{c}_{s}" for c in learned for s in ("sd", "robust_z")]]
     by_readout = readouts.set_index("readout")
     named = attributes.assign(readout=learned).join(by_readout, on="readout").drop(columns="readout")
