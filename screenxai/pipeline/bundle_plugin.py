@@ -21,6 +21,7 @@ from distributed import WorkerPlugin, get_worker
 
 from screenxai.errors import ScreenxaiError
 from screenxai.models.bundle import CONFIG_NAME, Bundle, load_bundle
+from screenxai.pipeline.allocator import relax_malloc_thresholds
 
 PLUGIN_NAME = "screenxai-bundle"
 INTERPRETABLE_FOLDER = "interpretable"
@@ -72,6 +73,7 @@ class BundlePlugin(WorkerPlugin):
     def setup(self, worker) -> None:
         import torch
 
+        relax_malloc_thresholds()
         torch.set_num_threads(self.torch_threads or max(1, worker.state.nthreads))
         self.folder = Path(worker.local_directory) / f"bundle-{self.content_hash[:16]}"
         if self.folder.exists():

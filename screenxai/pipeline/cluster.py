@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
 
+from screenxai.pipeline.allocator import worker_environment
+
 
 def local_cluster_size() -> tuple[int, int, dict | None]:
     """(workers, threads per worker, resources per worker) for a local cluster on this machine.
@@ -29,13 +31,17 @@ def local_cluster_size() -> tuple[int, int, dict | None]:
 
 @contextmanager
 def connect(scheduler: str | None = None, n_workers: int | None = None) -> Iterator[Client]:
-    """A client to ``scheduler``, or to a new local cluster closed on exit."""
+    """A client to ``scheduler``, or to a new local cluster closed on exit.
+
+    The local cluster's workers keep glibc's adaptive malloc thresholds
+    (``screenxai.pipeline.allocator``), which torch needs to run at full speed.
+    """
     if scheduler:
         with Client(scheduler) as client:
             yield client
         return
     workers, threads, resources = local_cluster_size()
-    with LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
+    with worker_environment(), LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
                       resources=resources, dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
             Client(cluster) as client:
         yield client

@@ -37,6 +37,7 @@ from screenxai.models.presets import get_preset
 from screenxai.models.progress import Progress
 from screenxai.models.training import (STAGES, check_stages, classifier_from_bundle, save_trained, train_models,
                                        validation_rows)
+from screenxai.pipeline.allocator import relax_malloc_thresholds
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
 from screenxai.pipeline.sinks import write_parquet_atomic
@@ -188,6 +189,7 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
                             f"needs {preset.crop_size} px")
     stages = check_job_stages(settings.stages)
     model_stages = tuple(s for s in stages if s in STAGES)
+    relax_malloc_thresholds()  # a worker started by `dask worker` has a fixed trim threshold that slows torch
     # The job is the only task on the cluster while it trains: let torch use this machine's cores.
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                               else os.cpu_count() or 1))
