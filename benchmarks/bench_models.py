@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--prediction-type")
     parser.add_argument("--no-decoder-input", action="store_true")
     parser.add_argument("--no-pretrain", action="store_true")
+    parser.add_argument("--pretrain-epochs", type=int, help="semantic pretraining epochs instead of the preset's")
+    parser.add_argument("--z-dim", type=int, help="size of E(x) and z_sem instead of the preset's")
     parser.add_argument("--workdir", default="/tmp/screenxai-bench-models")
     parser.add_argument("--eval-cells", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
@@ -82,10 +84,13 @@ def main() -> None:
                if v is not None}
     if args.no_decoder_input:
         changes["decoder_input"] = False
+    if args.z_dim:
+        changes.update(latent_dim=args.z_dim, z_dim=args.z_dim)
     if changes:
         preset = replace(preset, autoencoder={**preset.autoencoder, **changes})
-    if args.no_pretrain:
-        preset = replace(preset, autoencoder_training=replace(preset.autoencoder_training, pretrain_epochs=0))
+    if args.no_pretrain or args.pretrain_epochs is not None:
+        epochs = 0 if args.no_pretrain else args.pretrain_epochs
+        preset = replace(preset, autoencoder_training=replace(preset.autoencoder_training, pretrain_epochs=epochs))
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     crops, table = simulated_cells(workdir, 0, preset.crop_size)
