@@ -11,7 +11,7 @@ faster than the device (back-pressure).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import TypeVar
 
 from distributed import Client, Future, as_completed
@@ -37,7 +37,8 @@ def batches_in_flight(model_workers: int, threads: int, fields_per_batch: int) -
     return model_workers + max(1, math.ceil(threads / fields_per_batch))
 
 
-def bounded_completion(client: Client, submissions: Iterator[Future], in_flight: int) -> Iterator[Future]:
+def bounded_completion(client: Client, submissions: Iterator[Future],
+                       in_flight: int) -> Generator[Future, None, None]:
     """Yield futures as they complete, drawing a new one from ``submissions`` for each that finishes.
 
     At most ``in_flight`` drawn futures are unfinished at any time. Closing

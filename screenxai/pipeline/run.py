@@ -20,7 +20,7 @@ import shutil
 import platform
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -200,7 +200,7 @@ def model_configs(plates: Sequence[Plate], config: CellConfig, bundle: Bundle) -
 
 
 def _model_graph(tasks: list[FieldTask], client: Client, configs: dict[str, CellConfig], bundle: Bundle,
-                 fields_per_batch: int) -> Iterator[Future]:
+                 fields_per_batch: int) -> Generator[Future, None, None]:
     """Cell tasks per field feeding model tasks per group of fields; yields the model tasks as they complete.
 
     Groups are submitted a few at a time (``batches_in_flight``), so cut
