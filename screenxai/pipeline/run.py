@@ -51,7 +51,7 @@ DEPENDENCIES = ("dask", "distributed", "zarr", "ome-zarr", "xarray", "torch", "d
 
 @dataclass
 class RunResult:
-    """Where a run wrote its tables, and the tables it gathered."""
+    """Where a run wrote its tables, and the per-well and per-field tables it made."""
 
     out: Path
     wells: pd.DataFrame
@@ -75,7 +75,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
               on_field: Callable[[dict], None] | None = None, bundle: str | Path | None = None,
               fields_per_batch: int = FIELDS_PER_BATCH, resume: bool = False, strict: bool = False,
               exemplars_per_condition: int = EXEMPLARS_PER_CONDITION) -> RunResult:
-    """Run the cell stage (and, with ``bundle``, the model stage) of every field and gather the per-well table.
+    """Run the cell stage (and, with ``bundle``, the model stage) of every field and reduce the per-well table.
 
     ``on_field`` is called with each field's status row as it completes
     (progress bars). Writes ``cells/`` (and ``embeddings/`` with a bundle),
