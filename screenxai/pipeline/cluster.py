@@ -47,7 +47,18 @@ def connect(scheduler: str | None = None, n_workers: int | None = None) -> Itera
         yield client
 
 
+def model_capacity(client: Client) -> tuple[dict | None, int, int]:
+    """(resources model tasks ask for, workers that can run them, threads of all workers).
+
+    Model tasks ask for ``{"GPU": 1}`` when some worker declares a GPU
+    resource, and then only those workers run them; otherwise any worker may.
+    """
+    workers = list(client.scheduler_info(n_workers=-1)["workers"].values())
+    gpu_workers = sum(1 for w in workers if w.get("resources", {}).get("GPU", 0) >= 1)
+    threads = sum(w["nthreads"] for w in workers)
+    return ({"GPU": 1}, gpu_workers, threads) if gpu_workers else (None, len(workers), threads)
+
+
 def gpu_resources(client: Client) -> dict | None:
     """``{"GPU": 1}`` when some worker declares a GPU resource, else None (any worker may run the task)."""
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    return {"GPU": 1} if any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers) else None
+    return model_capacity(client)[0]

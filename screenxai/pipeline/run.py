@@ -37,7 +37,7 @@ from screenxai.models.bundle import Bundle, check_channels, load_bundle
 from screenxai.pipeline.batching import batch_fields, batches_in_flight, bounded_completion
 from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin
 from screenxai.pipeline.cell_stage import FieldTask, run_field
-from screenxai.pipeline.cluster import gpu_resources
+from screenxai.pipeline.cluster import model_capacity
 from screenxai.pipeline.counterfactual_stage import choose_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
@@ -210,10 +210,7 @@ def _model_graph(tasks: list[FieldTask], client: Client, configs: dict[str, Cell
     training: dict[str, set[str]] = {}
     for cell_id in bundle.config["provenance"].get("training_cells", []):
         training.setdefault(cell_id.rsplit("/", 1)[0], set()).add(cell_id)
-    resources = gpu_resources(client)
-    workers = client.scheduler_info(n_workers=-1)["workers"].values()
-    model_workers = sum(1 for w in workers if not resources or w.get("resources", {}).get("GPU", 0) > 0)
-    threads = sum(w["nthreads"] for w in workers)
+    resources, model_workers, threads = model_capacity(client)
     groups = batch_fields(tasks, fields_per_batch, max(1, model_workers))
     token = uuid.uuid4().hex[:8]
 
