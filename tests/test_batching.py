@@ -70,3 +70,25 @@ def test_closing_the_stream_cancels_what_is_left(client):
     while time.time() < deadline and not all(f.cancelled() for f in futures):
         time.sleep(0.05)
     assert all(f.cancelled() for f in futures)
+
+
+
+def test_futures_of_a_client_that_is_not_the_default_complete_on_its_own_loop():
+    """A client made later becomes the default; the stream must still track futures on the client it was given.
+
+    Tracked on the default client's loop, a future still running binds its
+    completion event there, and waiting for it through its own client raises
+    "bound to a different event loop" (a worker lost mid-run brings finished
+    futures back to this state).
+    """
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as mine, \
+            Client(mine) as client, \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as other, \
+            Client(other) as newer_default:
+        assert newer_default.loop is not client.loop
+        first = client.submit(time.sleep, 0.1, key="own-loop-first", pure=False)
+        last = client.submit(time.sleep, 1.5, key="own-loop-last", pure=False)
+        stream = bounded_completion(client, iter([first, last]), 2)
+        assert next(stream) is first
+        assert not last.done() and last.result() is None  # waited for through its own client while tracked
+        assert list(stream) == [last]

@@ -43,10 +43,13 @@ def bounded_completion(client: Client, submissions: Iterator[Future],
 
     At most ``in_flight`` drawn futures are unfinished at any time. Closing
     the iterator (or an error in the consumer) cancels the unfinished ones.
+    The futures are tracked on ``client``'s own event loop: distributed's
+    default (the process's default client) breaks when a notebook or test
+    holds several clients.
     """
     if in_flight < 1:
         raise ValueError(f"in_flight must be positive, got {in_flight}")
-    pending = as_completed()
+    pending = as_completed(loop=client.loop)
     unfinished: set[Future] = set()
     try:
         for _ in range(in_flight):

@@ -137,7 +137,7 @@ def build_crop_cache(plates: Sequence[Plate], cache: str | Path, client: Client,
     tasks = crop_tasks(plates, cache, wells, max_cells_per_well, seed)
     futures = [client.submit(cache_field, task, configs[task.plate_name], pure=False,
                              key=f"crops-{task.plate_name}-{task.well}-{task.field}") for task in tasks]
-    for future in as_completed(futures):
+    for future in as_completed(futures, loop=client.loop):  # this client's loop, not the default's
         row = future.result()
         if on_field is not None:
             on_field(row)
