@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--no-pretrain", action="store_true")
     parser.add_argument("--pretrain-epochs", type=int, help="semantic pretraining epochs instead of the preset's")
     parser.add_argument("--z-dim", type=int, help="size of E(x) and z_sem instead of the preset's")
+    parser.add_argument("--epochs", type=int, help="diffusion training epochs instead of the preset's")
     parser.add_argument("--workdir", default="/tmp/screenxai-bench-models")
     parser.add_argument("--eval-cells", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
@@ -91,6 +92,8 @@ def main() -> None:
     if args.no_pretrain or args.pretrain_epochs is not None:
         epochs = 0 if args.no_pretrain else args.pretrain_epochs
         preset = replace(preset, autoencoder_training=replace(preset.autoencoder_training, pretrain_epochs=epochs))
+    if args.epochs is not None:
+        preset = replace(preset, autoencoder_training=replace(preset.autoencoder_training, epochs=args.epochs))
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     crops, table = simulated_cells(workdir, 0, preset.crop_size)

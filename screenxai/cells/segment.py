@@ -72,8 +72,15 @@ def foreground_mask(smooth: np.ndarray, params: SegmentationParams) -> np.ndarra
         return np.zeros(smooth.shape, bool)
     mask = smooth > filters.threshold_li(smooth)
     holes = measure.label(~mask, connectivity=1)
-    mask |= (holes > 0) & (remove_small(holes, params.max_hole_area) == 0)
+    small = (holes > 0) & (remove_small(holes, params.max_hole_area) == 0)
+    mask |= small & ~np.isin(holes, border_labels(holes))  # background cut off by the edge is no hole
     return remove_small(measure.label(mask), params.min_area) > 0
+
+
+def border_labels(labels: np.ndarray) -> np.ndarray:
+    """The label values (0 excluded) that touch the image's edge."""
+    edge = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return np.setdiff1d(edge, [0])
 
 
 def remove_small(labels: np.ndarray, min_area: int) -> np.ndarray:
@@ -129,7 +136,8 @@ def refine_edges(labels: np.ndarray, smooth: np.ndarray, params: SegmentationPar
     A per-nucleus edge suits bright and dim nuclei alike, where one global
     threshold makes dim nuclei too small or bright ones too large.
     """
-    background = np.median(smooth[labels == 0])
+    outside = smooth[labels == 0]
+    background = np.median(outside) if outside.size else float(smooth.min())  # a crop filled by one nucleus
     edge = background + params.edge_fraction * (label_means(labels, smooth) - background)
     return np.where(smooth > edge[labels], labels, 0)
 
