@@ -20,7 +20,7 @@ from screenxai.pipeline.run import run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import simulate_screen
-from conftest import documented_columns
+from conftest import REPO_ROOT, documented_columns
 from test_models_training import MINI
 
 
@@ -172,7 +172,8 @@ def test_the_plugin_refuses_a_folder_that_is_not_a_bundle(tmp_path):
 
 @pytest.mark.parametrize("section, path", [("cells/ with a bundle", "cells"), ("embeddings/", "embeddings"),
                                            ("wells.parquet with a bundle", "wells.parquet"),
-                                           ("attributes.parquet", "attributes.parquet")])
+                                           ("attributes.parquet", "attributes.parquet"),
+                                           ("readouts.parquet", "readouts.parquet")])
 def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle, section, path):
     result, _ = scored
     data = pd.read_parquet(result.out / path)
@@ -197,6 +198,61 @@ def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle,
             assert column in data, f"{section}: documented column {column} missing"
             kind = "string" if pd.api.types.is_string_dtype(data[column].dtype) else str(data[column].dtype)
             assert kind == dtype, f"{section}: {column} is {data[column].dtype}, docs say {dtype}"
+
+
+JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "object": dict, "array": list,
+              "null": type(None)}
+
+
+def _manifest_values(manifest: dict, key: str) -> list:
+    """Every value at a documented key: ``a.b`` is member b of object a, ``a[].b`` member b of each item of a."""
+    values = [manifest]
+    for part in key.split("."):
+        name = part.removesuffix("[]")
+        assert all(name in v for v in values), f"manifest.json: documented key {key} missing"
+        values = [item for v in values for item in v[name]] if part.endswith("[]") else [v[name] for v in values]
+    return values
+
+
+def test_every_documented_manifest_key_is_in_the_run_manifest_with_its_type(scored):
+    result, _ = scored
+    manifest = json.loads((result.out / "manifest.json").read_text())
+    documented = documented_columns("outputs.md", "manifest.json")
+    assert set(manifest) == {k for k in documented if "." not in k}
+    for key, kind in documented.items():
+        types = tuple(JSON_TYPES[t] for t in kind.split(" or "))
+        values = _manifest_values(manifest, key)
+        assert values and all(isinstance(v, types) and not isinstance(v, bool) for v in values), \
+            f"manifest.json: {key} is not {kind}"
+
+
+def _documented_rows(section: str) -> dict[str, list[str]]:
+    """The ``## section`` table of docs/outputs.md with all its cells (wider than name | dtype), by first cell."""
+    body = (REPO_ROOT / "docs" / "outputs.md").read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in body.splitlines()
+            if line.startswith("| ") and "---" not in line]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def _array_dtype(variable) -> str:
+    """``string`` for any string array (numpy's StringDType, unicode or object), else numpy's dtype name."""
+    return "string" if variable.dtype.kind in "OTU" else str(variable.dtype)
+
+
+def test_counterfactuals_zarr_has_exactly_the_documented_dims_coordinates_variables_and_attributes(scored):
+    import xarray as xr
+
+    result, _ = scored
+    dataset = xr.open_zarr(result.out / "counterfactuals.zarr")
+    assert set(dataset.dims) == set(documented_columns("outputs.md", "counterfactuals.zarr"))
+    for section, found in (("coordinates", dataset.coords), ("variables", dataset.data_vars)):
+        documented = _documented_rows(f"counterfactuals.zarr {section}")
+        assert set(found) == set(documented), section
+        for name, (dtype, dims, _) in documented.items():
+            assert _array_dtype(found[name]) == dtype, f"{name} is {found[name].dtype}, docs say {dtype}"
+            assert found[name].dims == tuple(d.strip() for d in dims.split(",")), f"{name}: dims {found[name].dims}"
+    attrs = documented_columns("outputs.md", "counterfactuals.zarr attributes")
+    assert {k: type(v).__name__ for k, v in dataset.attrs.items()} == attrs
 
 
 def test_run_command_without_a_bundle_trains_one_then_scores(plate, cluster_client, tmp_path):

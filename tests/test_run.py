@@ -17,7 +17,7 @@ from screenxai.cli import main
 from screenxai.errors import ScreenxaiError
 from screenxai.pipeline.cluster import connect
 from screenxai.pipeline.run import open_plates, run_cells
-from screenxai.pipeline.summary import aggregate_wells
+from screenxai.pipeline.summary import SATURATION_LIMIT, aggregate_wells
 from screenxai.plate import open_plate
 
 WELLS = ["A01", "B02", "A12", "B12"]
@@ -67,20 +67,28 @@ def test_manifest_records_versions_plates_and_every_field(bbbc013_run):
     assert manifest["plates"][0]["name"] == "bbbc013"
     assert {"zarr", "dask", "torch"} <= set(manifest["dependencies"])
     assert [(f["well"], f["status"]) for f in manifest["fields"]] == [(w, "done") for w in sorted(WELLS)]
+    assert manifest["bundle"] is None  # documented: null without a bundle
 
 
-def test_unreadable_field_is_recorded_and_the_rest_completes(bbbc013_plate, client, tmp_path):
+@pytest.fixture(scope="module")
+def corrupt_run(bbbc013_plate, client, tmp_path_factory):
+    """A run of WELLS on a copy of the plate whose A12 field has a garbage chunk: (the copy, the run)."""
     import shutil
 
-    plate_copy = tmp_path / "plate.zarr"
+    root = tmp_path_factory.mktemp("corrupt")
+    plate_copy = root / "plate.zarr"
     shutil.copytree(bbbc013_plate, plate_copy)
     chunk = next(p for p in (plate_copy / "A" / "12" / "0" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(b"\x00garbage")
-    result = run_cells(open_plates([plate_copy]), tmp_path / "out", client, CellConfig(), wells=WELLS)
+    return plate_copy, run_cells(open_plates([plate_copy]), root / "out", client, CellConfig(), wells=WELLS)
+
+
+def test_unreadable_field_is_recorded_and_the_rest_completes(corrupt_run, client, tmp_path):
+    plate_copy, result = corrupt_run
     failed = result.failures
     assert list(failed["well"]) == ["A12"] and failed["error"].iloc[0]
     assert (result.fields.set_index("well").loc[["A01", "B02", "B12"], "status"] == "done").all()
-    assert pd.read_parquet(tmp_path / "out" / "failures.parquet")["well"].tolist() == ["A12"]
+    assert pd.read_parquet(result.out / "failures.parquet")["well"].tolist() == ["A12"]
     assert bool(result.wells.set_index("well").loc["A12", "qc_failed_fields"])
     with pytest.raises(ScreenxaiError, match=r"field bbbc013/A12/0 failed \(--strict\): "):
         run_cells(open_plates([plate_copy]), tmp_path / "strict", client, CellConfig(), wells=WELLS, strict=True)
@@ -135,6 +143,29 @@ def test_every_documented_column_reads_back_with_its_dtype(bbbc013_run, table, p
         for column in _expand(name):
             assert column in data, f"{table}: documented column {column} missing"
             assert _dtype_matches(data[column], dtype), f"{table}: {column} is {data[column].dtype}, docs say {dtype}"
+
+
+@pytest.mark.parametrize("table", ["failures.parquet", "fields.parquet"])
+def test_tables_of_a_run_with_a_failed_field_read_back_with_their_documented_dtypes(corrupt_run, table):
+    _, result = corrupt_run
+    data = pd.read_parquet(result.out / table)
+    documented = _documented_columns(table)
+    if table == "failures.parquet":
+        assert list(data.columns) == list(documented)
+    for column, dtype in documented.items():
+        assert column in data, f"{table}: documented column {column} missing"
+        assert _dtype_matches(data[column], dtype), f"{table}: {column} is {data[column].dtype}, docs say {dtype}"
+
+
+def test_fields_are_flagged_per_field_and_the_failed_one_is_kept_unflagged(corrupt_run):
+    _, result = corrupt_run
+    fields = pd.read_parquet(result.out / "fields.parquet").set_index("well")
+    flags = [c for c in _documented_columns("fields.parquet") if c.startswith("qc_")]
+    assert len(fields) == len(WELLS) and fields.loc["A12", "status"] == "failed"
+    assert not fields.loc["A12", flags].any() and fields.loc["A12", "n_cells"] == 0
+    done = fields.drop(index="A12")
+    assert list(done["qc_saturated"]) == list(done["saturated_fraction"] > SATURATION_LIMIT)
+    assert list(done["qc_no_cells"]) == list(done["n_cells"] == 0)
 
 
 def _cells_without_timings(out: Path) -> pd.DataFrame:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import time
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ import torch
 from screenxai.cells import CellConfig, process_field
 from screenxai.models.classifier import predict_proba
 from screenxai.pipeline.bundle_plugin import worker_models
-from screenxai.pipeline.cell_stage import PARTITION_COLUMNS, FieldTask, cached_plate
+from screenxai.pipeline.cell_stage import PARTITION_COLUMNS, FieldTask, cached_plate, done_status, failed_status
 from screenxai.pipeline.sinks import write_parquet_atomic
 
 EMBEDDINGS = "embeddings"
@@ -53,15 +52,11 @@ def cut_field(task: FieldTask, config: CellConfig) -> FieldCells:
     """Read, segment, crop and measure one field; failures are kept as the field's status."""
     torch.set_num_threads(1)
     start = time.perf_counter()
-    status = {"plate": task.plate_name, "well": task.well, "field": task.field}
     try:
         batch = process_field(cached_plate(task.plate_url, task.plate_name), task.well, task.field, config)
-        status.update(status="done", error="", **{k: v for k, v in batch.qc.items() if k not in status})
-        return FieldCells(status, batch.table, batch.crops, time.perf_counter() - start)
+        return FieldCells(done_status(task.identity, batch.qc), batch.table, batch.crops, time.perf_counter() - start)
     except Exception as err:  # recorded per field; the rest of the plate goes on
-        status.update(status="failed", error=f"{type(err).__name__}: {err}",
-                      traceback=traceback.format_exc(limit=5), seconds=time.perf_counter() - start)
-        return FieldCells(status)
+        return FieldCells({**failed_status(task.identity, err), "seconds": time.perf_counter() - start})
 
 
 def class_column_name(name: str) -> str:

@@ -17,10 +17,37 @@ from scipy import stats
 
 from screenxai.cells.features import CHANNEL_SUFFIXES, SHAPE_COLUMNS
 
-LOW_COUNT_FRACTION = 0.25  # a well with fewer cells than this share of the plate median is flagged
-SATURATION_LIMIT = 0.01  # a well with more saturated pixels than this fraction is flagged
+LOW_COUNT_FRACTION = 0.25  # a field or well with fewer cells than this share of its plate's median is flagged
+SATURATION_LIMIT = 0.01  # a field with more saturated pixel values than this fraction (and its well) is flagged
 FOCUS_FRACTION = 0.25  # blur cuts Laplacian variance by an order of magnitude; content alone varies it ~3x
 WELL_KEYS = ["plate", "well"]
+OWN_FIELD_FLAGS = ("qc_no_cells", "qc_saturated")  # set by the field's task from its own numbers
+
+
+def field_flags(qc: dict) -> dict[str, bool]:
+    """The QC flags a done field decides alone (no cells found, too many saturated pixels), for its status row."""
+    return {"qc_no_cells": qc["n_cells"] == 0, "qc_saturated": bool(qc["saturated_fraction"] > SATURATION_LIMIT)}
+
+
+def relative_flags(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (fields or wells) with ``qc_low_count`` and ``qc_out_of_focus`` against its plate's median row.
+
+    Rows whose ``n_cells`` or ``focus`` is NaN are not flagged and do not count in the medians.
+    """
+    medians = table.groupby("plate")[["n_cells", "focus"]].transform("median")
+    return table.assign(qc_low_count=table["n_cells"] < LOW_COUNT_FRACTION * medians["n_cells"],
+                        qc_out_of_focus=table["focus"] < FOCUS_FRACTION * medians["focus"])
+
+
+def field_qc_flags(fields: pd.DataFrame) -> pd.DataFrame:
+    """The run's field table with the plate-relative flags added beside the tasks' own; nothing is dropped.
+
+    Failed fields (0 cells, NaN measures) are not flagged and do not count
+    in the plate's medians: their status already says what went wrong.
+    """
+    measured = fields.assign(n_cells=fields["n_cells"].where(fields["status"] == "done"))
+    flagged = relative_flags(measured)
+    return fields.assign(qc_low_count=flagged["qc_low_count"], qc_out_of_focus=flagged["qc_out_of_focus"])
 
 
 def feature_columns(columns: Sequence[str]) -> list[str]:
@@ -94,15 +121,9 @@ def well_table(aggregates: pd.DataFrame, fields: pd.DataFrame,
     wells["n_cells"] = wells["n_cells"].fillna(0).astype("int64")
     if "n_training_cells" in wells:
         wells["n_training_cells"] = wells["n_training_cells"].fillna(0).astype("int64")
-    for plate, rows in wells.groupby("plate").groups.items():
-        median_count = wells.loc[rows, "n_cells"].median()
-        median_focus = wells.loc[rows, "focus"].median()
-        wells.loc[rows, "qc_low_count"] = wells.loc[rows, "n_cells"] < LOW_COUNT_FRACTION * median_count
-        wells.loc[rows, "qc_out_of_focus"] = wells.loc[rows, "focus"] < FOCUS_FRACTION * median_focus
+    wells = relative_flags(wells)
     wells["qc_saturated"] = wells["saturated_fraction"] > SATURATION_LIMIT
     wells["qc_failed_fields"] = wells["n_failed_fields"] > 0
-    for flag in ("qc_low_count", "qc_out_of_focus", "qc_saturated", "qc_failed_fields"):
-        wells[flag] = wells[flag].astype(bool)
     return with_layouts(wells, layouts)
 
 
