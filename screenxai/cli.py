@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -115,17 +118,19 @@ def info(plate_path: Path) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the run in OUT: compute only fields without a complete file (same settings only).")
 @click.option("--strict", is_flag=True, help="Stop at the first failed field instead of recording it.")
+@click.option("--exemplars-per-well", default=0, show_default=True,
+              help="Typical cells of every well to render along each attribute, besides 4 per condition.")
 def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
         layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
-        nuclear_channel: str | None, resume: bool, strict: bool) -> None:
+        nuclear_channel: str | None, resume: bool, strict: bool, exemplars_per_well: int) -> None:
     """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
     Without --bundle, a bundle is trained on the plates' controls into
-    OUT/bundle first (as `screenxai train` with --preset).
+    OUT/bundle first (as `screenxai train` with --preset). On a terminal a
+    bar with ETA follows the fields; in a log, a line every half minute.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
@@ -148,12 +153,68 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
         console.print(f"Dask dashboard: {client.dashboard_link}")
         if bundle is None and not cells_only:
             bundle = _train_for_run(opened, out / "bundle", client, preset, nuclear_channel, console)
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("fields", total=n_fields)
-            result = run_cells(opened, out, client, config, selected, on_field=lambda _: progress.advance(bar),
-                               bundle=None if cells_only else bundle, resume=resume, strict=strict)
+        with _field_progress(console, n_fields) as on_field:
+            result = run_cells(opened, out, client, config, selected, on_field=on_field,
+                               bundle=None if cells_only else bundle, resume=resume, strict=strict,
+                               exemplars_per_well=exemplars_per_well)
     _print_summary(result)
+
+
+LOG_EVERY_S = 30.0
+
+
+class LogProgress:
+    """Progress over fields as plain lines, for a log: at most one per ``every_s`` seconds, and a last one.
+
+    A rich bar redraws itself in place, which a file cannot show; an
+    overnight run's log gets lines such as
+    ``fields 120/960 (1 failed), 0:41:10 left`` instead.
+    """
+
+    def __init__(self, echo: Callable[[str], None], total: int, every_s: float = LOG_EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.echo, self.total, self.every_s, self.clock = echo, total, every_s, clock
+        self.done = self.failed = 0
+        self.start = self.last = clock()
+
+    def __call__(self, row: dict) -> None:
+        """Count one finished field (its status row); print a line when the interval has passed."""
+        self.done += 1
+        self.failed += row.get("status") == "failed"
+        now = self.clock()
+        if now - self.last >= self.every_s and self.done < self.total:
+            self.last = now
+            left = (now - self.start) / self.done * (self.total - self.done)
+            self.echo(f"{self._counts()}, {_clock_time(left)} left")
+
+    def finish(self) -> None:
+        """The closing line: fields done of all, and the time they took."""
+        self.echo(f"{self._counts()} in {_clock_time(self.clock() - self.start)}")
+
+    def _counts(self) -> str:
+        return f"fields {self.done}/{self.total} ({self.failed} failed)"
+
+
+def _clock_time(seconds: float) -> str:
+    """Seconds as H:MM:SS."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+@contextmanager
+def _field_progress(console, total: int) -> Iterator[Callable[[dict], None]]:
+    """A callback for ``run_cells``' ``on_field``: a rich bar with ETA on a terminal, ``LogProgress`` otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not console.is_terminal:
+        progress = LogProgress(console.print, total)
+        yield progress
+        progress.finish()
+        return
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("fields", total=total)
+        yield lambda _: bar.advance(task)
 
 
 def _epoch_printer(console):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from click.testing import CliRunner
 
-from screenxai.cli import main
+from screenxai.cli import LogProgress, main
 from screenxai.plate import open_plate
 
 
@@ -38,22 +41,48 @@ def test_info_command_describes_a_plate(bbbc013_plate):
     assert "negative: 8 wells" in result.output
 
 
-def test_simulate_then_run_end_to_end(tmp_path):
-    """The main job's two steps on a small screen: simulate a plate, then run on a local cluster."""
+@pytest.fixture(scope="module")
+def simulated_run(tmp_path_factory):
+    """The main job's two steps on a small screen: simulate a plate, then run it (cells only) on a local cluster."""
+    folder = tmp_path_factory.mktemp("cli-run")
+    plate = folder / "sim.zarr"
+    runner = CliRunner()
+    simulated = runner.invoke(main, ["simulate", str(plate), "--rows", "2", "--columns", "3", "--fields", "1",
+                                     "--size", "256", "--seed", "3"])
+    assert simulated.exit_code == 0, simulated.output
+    result = runner.invoke(main, ["run", str(plate), "-o", str(folder / "out"), "--workers", "1", "--cells-only"])
+    assert result.exit_code == 0, result.output
+    return folder, result
+
+
+def test_simulate_then_run_end_to_end(simulated_run):
     import pandas as pd
 
-    plate = tmp_path / "sim.zarr"
-    runner = CliRunner()
-    result = runner.invoke(main, ["simulate", str(plate), "--rows", "2", "--columns", "3", "--fields", "1",
-                                  "--size", "256", "--seed", "3"])
-    assert result.exit_code == 0, result.output
-    assert (tmp_path / "sim.truth.parquet").exists()
-    result = runner.invoke(main, ["run", str(plate), "-o", str(tmp_path / "out"), "--workers", "1",
-                                   "--cells-only"])
-    assert result.exit_code == 0, result.output
+    folder, result = simulated_run
+    assert (folder / "sim.truth.parquet").exists()
     assert "6 wells" in result.output and "median_reporter_ratio" in result.output
-    wells = pd.read_parquet(tmp_path / "out" / "wells.parquet")
-    truth = pd.read_parquet(tmp_path / "sim.truth.parquet")
+    wells = pd.read_parquet(folder / "out" / "wells.parquet")
+    truth = pd.read_parquet(folder / "sim.truth.parquet")
     assert wells["n_cells"].sum() == len(truth)
     ratio = wells.groupby("control")["median_reporter_ratio"].mean()
     assert ratio["positive"] > ratio["negative"]
+
+
+def test_run_prints_the_dashboard_and_counts_the_fields_in_a_log(simulated_run):
+    """Not on a terminal (CliRunner, a log file): plain progress lines instead of a bar redrawn in place."""
+    _, result = simulated_run
+    assert re.search(r"^Dask dashboard: http://\S+:\d+/status$", result.stderr, re.MULTILINE), result.stderr
+    assert re.search(r"^fields 6/6 \(0 failed\) in \d:\d\d:\d\d$", result.stderr, re.MULTILINE), result.stderr
+    assert "\x1b[" not in result.stderr and "━" not in result.stderr  # no terminal codes, no bar
+
+
+def test_log_progress_prints_a_line_with_eta_at_most_every_interval():
+    lines: list[str] = []
+    now = [0.0]
+    progress = LogProgress(lines.append, total=10, every_s=30, clock=lambda: now[0])
+    for step in range(10):
+        now[0] = 10.0 * (step + 1)  # a field every 10 s
+        progress({"status": "failed" if step == 4 else "done"})
+    progress.finish()
+    assert lines == ["fields 3/10 (0 failed), 0:01:10 left", "fields 6/10 (1 failed), 0:00:40 left",
+                     "fields 9/10 (1 failed), 0:00:10 left", "fields 10/10 (1 failed) in 0:01:40"]

@@ -2,11 +2,13 @@
 
 Exemplars are chosen per condition (each class of the bundle) from the
 scored cell table: the cells the classifier is most sure belong to their
-own condition's class. One task on a (GPU) worker re-cuts their fields,
-inverts the exemplars once and decodes them along every attribute at
-several alphas with ``x_T`` fixed (``screenxai.explain.make_counterfactuals``);
-the client writes the result to ``counterfactuals.zarr``, which
-``xarray.open_zarr`` opens with dims (cell, attribute, alpha, c, y, x).
+own condition's class; and, when asked, per well: the well's typical cells,
+whose class probabilities are nearest the well's means. One task on a
+(GPU) worker re-cuts their fields, inverts the exemplars once and decodes
+them along every attribute at several alphas with ``x_T`` fixed
+(``screenxai.explain.make_counterfactuals``); the client writes the
+result to ``counterfactuals.zarr``, which ``xarray.open_zarr`` opens with
+dims (cell, attribute, alpha, c, y, x).
 Inversion and decoding are never run for every cell of a plate.
 """
 
@@ -70,6 +72,49 @@ def choose_exemplars(cells: dd.DataFrame, layouts: dict[str, pd.DataFrame | None
         chosen.append(top.assign(condition=name))
     exemplars = pd.concat(chosen, ignore_index=True)
     return exemplars.assign(plate=exemplars["plate"].astype(str), well=exemplars["well"].astype(str))
+
+
+def choose_well_exemplars(cells: dd.DataFrame, aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame | None],
+                          class_column: str, class_names: Sequence[str], per_well: int,
+                          client: Client | None = None) -> pd.DataFrame:
+    """Per well, the ``per_well`` cells whose class probabilities are nearest the well's mean ones: its typical cells.
+
+    ``aggregates`` holds the wells' ``mean_p_<class>`` columns (the run's
+    ``aggregate_wells``). A tree reduction on ``client``'s cluster keeps, per
+    partition and then per group of partitions, each well's nearest cells,
+    so ``per_well`` rows per well reach the client, never the cell table.
+    Cells the models were trained on come last. ``condition`` is the well's
+    ``class_column`` value in its plate's layout ("" without one).
+    """
+    scores = [class_column_name(name) for name in class_names]
+    centres = aggregates[["plate", "well", *[f"mean_{s}" for s in scores]]]
+    meta = cells._meta.assign(plate=pd.Series(dtype=object), well=pd.Series(dtype=object),
+                              distance=pd.Series(dtype="float64"))
+    reduced = cells.reduction(_typical_cells, aggregate=_nearest_per_well, combine=_nearest_per_well, meta=meta,
+                              chunk_kwargs={"centres": centres, "scores": scores, "n": per_well},
+                              aggregate_kwargs={"n": per_well}, combine_kwargs={"n": per_well})
+    typical = client.compute(reduced, sync=True) if client is not None else reduced.compute()
+    conditions = pd.concat([layout[["well", class_column]].assign(plate=plate).astype({class_column: str})
+                            for plate, layout in layouts.items()
+                            if layout is not None and class_column in layout.columns]
+                           or [pd.DataFrame(columns=["plate", "well", class_column])])
+    typical = typical.merge(conditions, on=["plate", "well"], how="left")
+    typical = typical.assign(condition=typical[class_column].fillna("")).drop(columns=[class_column, "distance"])
+    return typical.sort_values(["plate", "well"], kind="stable").reset_index(drop=True)
+
+
+def _typical_cells(part: pd.DataFrame, centres: pd.DataFrame, scores: list[str], n: int) -> pd.DataFrame:
+    """A partition's ``n`` cells per well nearest their well's mean class probabilities (a reduction's chunk)."""
+    part = part.astype({"plate": str, "well": str})
+    centre = part[["plate", "well"]].merge(centres, on=["plate", "well"], how="left")
+    offsets = part[scores].to_numpy(np.float64) - centre[[f"mean_{s}" for s in scores]].to_numpy(np.float64)
+    return _nearest_per_well(part.assign(distance=np.sqrt((offsets ** 2).sum(axis=1))), n)
+
+
+def _nearest_per_well(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The ``n`` rows per well of smallest ``distance``, cells of the training set last, ties by ``cell_id``."""
+    order = [c for c in ("in_training", "distance", "cell_id") if c in frame.columns]
+    return frame.sort_values(order, kind="stable").groupby(["plate", "well"], sort=False).head(n)
 
 
 def render_exemplars(tasks: Sequence[FieldTask], configs: dict[str, CellConfig], cell_ids: Sequence[str],

@@ -35,10 +35,10 @@ from screenxai.errors import ScreenxaiError
 from screenxai.plate.reader import Plate, open_plate
 from screenxai.models.bundle import Bundle, check_channels, load_bundle
 from screenxai.pipeline.batching import batch_fields, batches_in_flight, bounded_completion
-from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin
+from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin, bundle_files
 from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import model_capacity
-from screenxai.pipeline.counterfactual_stage import choose_exemplars, counterfactual_stage
+from screenxai.pipeline.counterfactual_stage import choose_exemplars, choose_well_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
 from screenxai.pipeline.summary import aggregate_wells, attribute_tables, well_table
@@ -74,7 +74,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
               wells: Sequence[str] | None = None,
               on_field: Callable[[dict], None] | None = None, bundle: str | Path | None = None,
               fields_per_batch: int = FIELDS_PER_BATCH, resume: bool = False, strict: bool = False,
-              exemplars_per_condition: int = EXEMPLARS_PER_CONDITION) -> RunResult:
+              exemplars_per_condition: int = EXEMPLARS_PER_CONDITION, exemplars_per_well: int = 0) -> RunResult:
     """Run the cell stage (and, with ``bundle``, the model stage) of every field and reduce the per-well table.
 
     ``on_field`` is called with each field's status row as it completes
@@ -86,7 +86,8 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     With a bundle that has attributes, ``attributes.parquet`` and
     ``readouts.parquet`` hold their screen statistics, and
     ``counterfactuals.zarr`` renders ``exemplars_per_condition`` cells of
-    each class along every attribute (a second, small graph).
+    each class and ``exemplars_per_well`` typical cells of every well along
+    every attribute (a second, small graph).
 
     An output folder holding a run is refused unless ``resume``: then only
     the fields without a complete file are computed (failed fields are
@@ -101,7 +102,8 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         for plate in plates:
             check_channels(loaded, plate.channel_names)
     tasks = field_tasks(plates, out, wells)
-    claim_output(out, run_record(plates, wells, config, loaded), resume)
+    record = run_record(plates, wells, config, loaded)
+    claim_output(out, record, resume)
     start = time.perf_counter()
     rows, todo = [], []
     for task in tasks:
@@ -122,16 +124,18 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         completed = bounded_completion(client, iter(futures), len(futures))
     else:
         completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
-    for future in completed:
-        result = future.result()
-        for row in result if isinstance(result, list) else [result]:
-            if strict and row["status"] == "failed":
-                completed.close()
-                raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
-                                     f"{row['error']}")
-            rows.append(row)
-            if on_field is not None:
-                on_field(row)
+    try:
+        for future in completed:
+            result = future.result()
+            for row in result if isinstance(result, list) else [result]:
+                if strict and row["status"] == "failed":
+                    raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
+                                         f"{row['error']}")
+                rows.append(row)
+                if on_field is not None:
+                    on_field(row)
+    finally:  # an error or an interrupt (Ctrl-C, a failing callback) cancels the fields still in flight
+        completed.close()
     fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
     failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
     fields = fields.drop(columns=[c for c in ("traceback",) if c in fields])
@@ -145,11 +149,11 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
     if explain is not None and explain.is_dir():
         wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table)
-        if exemplars_per_condition > 0:
+        if exemplars_per_condition > 0 or exemplars_per_well > 0:
             if not todo:  # a resumed run with nothing left: the models still have to reach the workers
                 client.register_plugin(BundlePlugin.from_path(loaded.path))
-            exemplars = choose_exemplars(cells, layouts, loaded.config["class_column"], loaded.class_names,
-                                         exemplars_per_condition, client)
+            exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
+                                   client)
             counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
     write_parquet_atomic(fields, out / "fields.parquet")
     write_parquet_atomic(wells_table, out / "wells.parquet")
@@ -161,7 +165,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
     if loaded is not None and interpretable.exists():
         write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
-    write_manifest(out, plates, config, fields, seconds, loaded)
+    write_manifest(out, plates, config, fields, seconds, record, loaded)
     return RunResult(out, wells_table, fields, seconds, failures)
 
 
@@ -170,9 +174,28 @@ RUN_RECORD = ".screenxai-run.json"
 
 def run_record(plates: Sequence[Plate], wells: Sequence[str] | None, config: CellConfig,
                bundle: Bundle | None) -> dict:
-    """What a run's outputs depend on; a resumed run must match it."""
+    """What a run's outputs depend on; a resumed run must match it, and the manifest's ``config_hash`` is its hash."""
     return {"plates": [p.url for p in plates], "wells": list(wells) if wells else None,
-            "cells": _jsonable(asdict(config)), "bundle": None if bundle is None else bundle.content_hash}
+            "cells": _jsonable(asdict(config)), "bundle": None if bundle is None else bundle_fingerprint(bundle.path)}
+
+
+def record_hash(record: dict) -> str:
+    """SHA-256 of a run record (``run_record``) in canonical JSON."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def bundle_fingerprint(path: Path) -> str:
+    """SHA-256 over every file the workers receive from the bundle (``bundle_files``).
+
+    The bundle's content hash covers ``config.json`` (and through it the
+    weights) but not ``explain/`` or ``interpretable/``, which a later
+    ``screenxai explain`` or ``interpret`` rewrites: resuming across such a
+    change would mix attribute scores or formula values of two models.
+    """
+    digest = hashlib.sha256()
+    for name, data in bundle_files(path).items():
+        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\0".encode())
+    return digest.hexdigest()
 
 
 def claim_output(out: Path, record: dict, resume: bool) -> None:
@@ -225,6 +248,19 @@ def _model_graph(tasks: list[FieldTask], client: Client, configs: dict[str, Cell
     return bounded_completion(client, map(submit, groups), in_flight)
 
 
+def _exemplars(cells: dd.DataFrame, aggregates: pd.DataFrame, layouts: dict, bundle: Bundle, per_condition: int,
+               per_well: int, client: Client) -> pd.DataFrame:
+    """The cells to render: ``per_condition`` of each class, then ``per_well`` of each well (each cell once)."""
+    class_column = bundle.config["class_column"]
+    chosen = []
+    if per_condition > 0:
+        chosen.append(choose_exemplars(cells, layouts, class_column, bundle.class_names, per_condition, client))
+    if per_well > 0:
+        chosen.append(choose_well_exemplars(cells, aggregates, layouts, class_column, bundle.class_names, per_well,
+                                            client))
+    return pd.concat(chosen, ignore_index=True).drop_duplicates("cell_id").reset_index(drop=True)
+
+
 def _write_attribute_tables(out: Path, aggregates: pd.DataFrame, layouts: dict, explain: Path,
                             wells: pd.DataFrame) -> pd.DataFrame:
     """Write ``attributes.parquet`` and ``readouts.parquet``; return ``wells`` with attribute SDs and robust z."""
@@ -254,16 +290,18 @@ def copy_bundle(source: Path, target: Path) -> None:
 
 
 def write_manifest(out: Path, plates: Sequence[Plate], config: CellConfig, fields: pd.DataFrame,
-                   seconds: float, bundle: Bundle | None = None) -> Path:
-    """``manifest.json``: versions, config, bundle hash, plates, timings and per-field status."""
+                   seconds: float, record: dict, bundle: Bundle | None = None) -> Path:
+    """``manifest.json``: versions, config, bundle hash, plates, timings and per-field status.
+
+    ``config_hash`` is the hash of ``record``, the run record that ``--resume`` checks.
+    """
     manifest = {
         "screenxai": __version__,
         "python": platform.python_version(),
         "dependencies": {name: version(name) for name in DEPENDENCIES},
         "config": {"cells": _jsonable(asdict(config))},
         "bundle": None if bundle is None else {"path": str(bundle.path), "content_hash": bundle.content_hash},
-        "config_hash": hashlib.sha256(json.dumps(run_record(plates, None, config, bundle),
-                                                 sort_keys=True).encode()).hexdigest(),
+        "config_hash": record_hash(record),
         "plates": [{"name": p.name, "url": p.url, "ngff_version": p.ngff_version, "wells": len(p.wells),
                     "fields": len(p.field_keys()), "channels": p.channel_names} for p in plates],
         "seconds": round(seconds, 3),
