@@ -13,11 +13,11 @@ import json
 import shutil
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from distributed import Client, LocalCluster, get_task_stream
 
 from screenxai.errors import ScreenxaiError
@@ -51,17 +51,17 @@ def plate(tmp_path_factory) -> Plate:
 def bundle(plate, client, tmp_path_factory) -> Path:
     """A mini-preset bundle with attributes (classifier, autoencoder, explain).
 
-    The training job gives torch every core of the machine; on a shared
-    2-core test machine its threads then wait on each other and the explain
-    stage runs about 30 times slower, so the job sees one core here.
+    The training job gives torch every core of the machine by default; on a
+    shared 2-core test machine its threads then wait on each other and the
+    explain stage runs about 30 times slower, so it trains on one thread here.
     """
     PRESETS["mini"] = MINI
     try:
         out = tmp_path_factory.mktemp("resume-bundle") / "bundle"
         settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, check_cells=8, check_steps=2,
-                                 stages=("classifier", "autoencoder", "explain"), explain_cells=12)
-        with mock.patch("os.sched_getaffinity", return_value={0}, create=True):
-            train([plate], out, client, settings)
+                                 stages=("classifier", "autoencoder", "explain"), explain_cells=12, torch_threads=1)
+        train([plate], out, client, settings)
+        assert torch.get_num_threads() == 1  # the in-process worker trained on the threads asked for
         return out
     finally:
         del PRESETS["mini"]

@@ -41,7 +41,7 @@ from screenxai.pipeline.cluster import model_capacity
 from screenxai.pipeline.counterfactual_stage import choose_exemplars, choose_well_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
-from screenxai.pipeline.summary import aggregate_wells, attribute_tables, well_table
+from screenxai.pipeline.summary import aggregate_wells, attribute_tables, field_qc_flags, well_table
 
 FIELDS_PER_BATCH = 8
 EXEMPLARS_PER_CONDITION = 4
@@ -138,7 +138,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         completed.close()
     fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
     failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
-    fields = fields.drop(columns=[c for c in ("traceback",) if c in fields])
+    fields = field_qc_flags(fields.drop(columns=[c for c in ("traceback",) if c in fields]))
     done = fields[fields["status"] == "done"]
     if done.empty:
         raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")

@@ -69,7 +69,9 @@ class TrainSettings:
     give the latent checks of the closing summary. The ``explain`` stage
     learns ``explain_directions`` directions and ranks them on
     ``explain_cells`` cells of the first class, keeping
-    ``explain_attributes`` attributes.
+    ``explain_attributes`` attributes. ``torch_threads`` is how many threads
+    torch trains with; by default all cores of the worker's machine, since
+    the job is the only task on the cluster while it trains.
     """
 
     preset: str = "small"
@@ -85,6 +87,7 @@ class TrainSettings:
     explain_cells: int = 32
     explain_directions: int = 10
     explain_attributes: int = 3
+    torch_threads: int | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -99,6 +102,11 @@ class TrainResult:
     summary: dict
     seconds: float
     fields: list[dict] = field(default_factory=list)
+
+
+def machine_cores() -> int:
+    """Cores this process may run on."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def work_folder(out: Path) -> Path:
@@ -190,9 +198,7 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
     stages = check_job_stages(settings.stages)
     model_stages = tuple(s for s in stages if s in STAGES)
     relax_malloc_thresholds()  # a worker started by `dask worker` has a fixed trim threshold that slows torch
-    # The job is the only task on the cluster while it trains: let torch use this machine's cores.
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                              else os.cpu_count() or 1))
+    torch.set_num_threads(settings.torch_threads or machine_cores())
     torch.manual_seed(settings.seed)
     classifier, summary = None, {}
     if "classifier" not in stages:
