@@ -1,12 +1,19 @@
 """Measure DiffEx explanations (screenxai.explain) on the simulated screen and record the figures as JSON.
 
-Usage: python benchmarks/bench_explain.py --bundle /path/to/bundle --data DIR [--out FILE]
+Usage: python -m benchmarks.bench_explain --bundle BUNDLE [--out FILE]
 
-DIR holds ``train_crops.npy``/``train_table.parquet`` (the plate the bundle
-was trained on) and ``test_crops.npy``/``test_table.parquet`` (a plate it was
-not), with the simulator's truth columns joined. Everything runs on one CPU
-thread. Negative controls: random directions, the UNet with ``z_sem``
-zeroed, and a classifier trained on well-shuffled labels.
+BUNDLE is one that ``benchmarks/bench_models.py`` trained (it saves
+``WORKDIR/NAME-bundle``): the bundle's models were trained on the cells of
+the simulated plate with seed 0, and explanations are measured on the cells
+of the plate with seed 1, both made (and cached) in ``--workdir`` exactly as
+bench_models makes them, with the simulator's truth joined. Everything runs
+on one CPU thread. Negative controls: random directions, the UNet with
+``z_sem`` zeroed, and a classifier trained on well-shuffled labels.
+
+``probe_ceiling`` records what a supervised linear probe of ``z_sem`` reaches
+per factor (cross-validated ridge; Spearman and partial Spearman given the
+classifier's probability): what the latent carries, against which the
+unsupervised directions' tracking is read.
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 
+from benchmarks.bench_models import simulated_cells
 from screenxai.explain import (DirectionConfig, attribute_scores, direction_agreement, factor_tracking, flip_rates,
                                learn_directions, localisation, make_counterfactuals, name_attributes,
                                random_directions, rank_attributes, well_statistics)
+from screenxai.explain.quality import partial_spearman
 from screenxai.models import load_bundle, predict_proba
 from screenxai.models.classifier import ClassifierConfig
 from screenxai.models.latent_checks import encode
+from screenxai.models.metrics import ridge_cv_predictions
 from screenxai.models.presets import get_preset
 from screenxai.models.train_classifier import train_classifier
 
@@ -69,7 +80,7 @@ def other_classifier(crops, table, seed):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", required=True)
-    parser.add_argument("--data", default="/work/dev")
+    parser.add_argument("--workdir", default="/tmp/screenxai-bench-models")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "explain_cpu.json"))
     parser.add_argument("--cells", type=int, default=32)
     parser.add_argument("--directions", type=int, default=10)
@@ -81,9 +92,9 @@ def main() -> None:
     started = time.time()
     bundle = load_bundle(args.bundle)
     ae = bundle["autoencoder"].eval()
-    data = Path(args.data)
-    train_crops, train_table = np.load(data / "train_crops.npy"), pd.read_parquet(data / "train_table.parquet")
-    test_crops, test_table = np.load(data / "test_crops.npy"), pd.read_parquet(data / "test_table.parquet")
+    workdir = Path(args.workdir)
+    train_crops, train_table = simulated_cells(workdir, 0, bundle.crop_size)
+    test_crops, test_table = simulated_cells(workdir, 1, bundle.crop_size)
     channels = list(bundle.channel_names)
     target = list(bundle.class_names).index("positive")
     result: dict = {"bundle": args.bundle, "preset": bundle.config.get("provenance", {}).get("preset"),
@@ -151,6 +162,13 @@ def main() -> None:
                                  "random_directions": factor_tracking(random_scores, test_table[FACTORS], p)
                                  .to_dict(orient="records"),
                                  "goal": {"abs_spearman": 0.7, "partial_spearman": 0.5}}
+    z_test = encode(ae, test_crops).numpy()
+    result["probe_ceiling"] = {}
+    for factor in FACTORS:
+        truth = test_table[factor].to_numpy()
+        probe = ridge_cv_predictions(z_test, truth)
+        result["probe_ceiling"][factor] = {"spearman": float(spearmanr(probe, truth).statistic),
+                                           "partial_spearman": partial_spearman(probe, truth, p)}
     cells_table = pd.concat([test_table.reset_index(drop=True), scores], axis=1)
     _, summary = well_statistics(cells_table, [*scores.columns, "reporter_ratio"], dose_column="dose")
     result["well_statistics"] = summary.to_dict(orient="records")

@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--conditioning")
     parser.add_argument("--prediction-type")
     parser.add_argument("--no-decoder-input", action="store_true")
+    parser.add_argument("--hint-residual", action="store_true",
+                        help="the UNet predicts a correction to the auxiliary decoder's image")
     parser.add_argument("--no-pretrain", action="store_true")
     parser.add_argument("--pretrain-epochs", type=int, help="semantic pretraining epochs instead of the preset's")
     parser.add_argument("--z-dim", type=int, help="size of E(x) and z_sem instead of the preset's")
@@ -85,6 +87,8 @@ def main() -> None:
                if v is not None}
     if args.no_decoder_input:
         changes["decoder_input"] = False
+    if args.hint_residual:
+        changes["hint_residual"] = True
     if args.z_dim:
         changes.update(latent_dim=args.z_dim, z_dim=args.z_dim)
     if changes:

@@ -157,3 +157,27 @@ def test_store_round_trip(latents, tmp_path):
     pd.testing.assert_frame_equal(table, attributes, check_dtype=False)
     with pytest.raises(FileNotFoundError, match="no directions"):
         load_directions(tmp_path / "nothing")
+
+
+def test_a_classifier_response_turns_a_direction_toward_what_the_classifier_reads(latents):
+    """With a response that reads one axis of the subspace, a learned direction aligns with that axis.
+
+    Without it the directions span the subspace in no preferred orientation;
+    the response term is what makes one of them the classifier's.
+    """
+    axis = torch.nn.functional.normalize(latents[0] - latents.mean(0), dim=0)  # inside the subspace
+
+    def response(z: torch.Tensor) -> torch.Tensor:
+        logit = 3 * (z - latents.mean(0)) @ axis
+        return torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=1)
+
+    def best_alignment(directions: Directions) -> float:
+        return float((directions.axes @ axis).abs().max())
+
+    config = DirectionConfig(n_directions=3, epochs=3, steps_per_epoch=20, seed=0)
+    plain = learn_directions(latents, config)
+    guided = learn_directions(latents, config, response=response)
+    assert best_alignment(guided) >= 0.9
+    assert best_alignment(guided) > best_alignment(plain) + 0.05
+    with pytest.raises(ValueError, match="response_weight"):
+        DirectionConfig(response_weight=-1)

@@ -44,6 +44,33 @@ def test_config_round_trip_and_validation():
         tiny_config(prediction_type="x0")
     with pytest.raises(ValueError, match="decoder_input needs aux_decoder"):
         tiny_config(aux_decoder=False)
+    with pytest.raises(ValueError, match="hint_residual needs"):
+        tiny_config(hint_residual=True, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="hint_residual needs"):
+        tiny_config(hint_residual=True, decoder_input=False)
+    assert not AutoencoderConfig.from_dict({k: v for k, v in tiny_config().to_dict().items()
+                                            if k != "hint_residual"}).hint_residual
+
+
+class _Zero(nn.Module):
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(x_t[:, :2])
+
+
+def test_hint_residual_predicts_a_correction_to_the_decoder_image(classifier, crops):
+    """A UNet that outputs zero predicts the auxiliary decoder's image, so a fresh x_T decodes to it."""
+    model = DiffusionAutoencoder(tiny_config(hint_residual=True), classifier).eval()
+    model.unet = _Zero()
+    x = crops[:4]
+    z = model.encode(x)
+    with torch.no_grad():
+        hint = model.aux_decoder(z)
+        t = torch.full((4,), 500)
+        assert torch.equal(model.denoise(torch.randn_like(x), t, z), hint)
+        plain = DiffusionAutoencoder(tiny_config(), classifier).eval()
+        plain.unet = _Zero()
+        assert torch.equal(plain.denoise(torch.randn_like(x), t, z), torch.zeros_like(x))
+    assert torch.allclose(model.decode(torch.randn_like(x), z, steps=5), hint.clamp(-1, 1), atol=1e-5)
 
 
 def test_unet_counter_counts_per_image_evaluations(classifier, crops):

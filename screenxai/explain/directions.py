@@ -15,6 +15,14 @@ example ``decoder_features(autoencoder)``, the autoencoder's deterministic
 auxiliary decoder) it is taken on what the edit does to an image, as
 LatentCLR takes it on a generator's feature maps; the UNet is never called.
 
+With ``response`` (``classifier_response(autoencoder)``: the classifier's
+probabilities on the auxiliary decoder's image of a latent, still no UNet)
+and ``DirectionConfig.response_weight > 0``, each direction is also rewarded
+for how much its edit changes that response, so that the K distinct edits
+are edits the classifier notices: unsupervised directions alone span the
+latents' subspace in no preferred orientation, and whether one of them moves
+the classifier was left to chance.
+
 ``alpha`` is in standard-deviation units throughout: after learning,
 ``calibrate`` records for each direction its mean axis ``a_k`` (the
 normalised average of ``d_k`` over the cells) and ``s_k``, the standard
@@ -47,7 +55,10 @@ class DirectionConfig:
     the projector; ``alpha`` the edit size in training (in SD units of the
     principal subspace); ``temperature`` that of NT-Xent;
     ``subspace_variance`` the share of the latents' variance the principal
-    subspace keeps.
+    subspace keeps; ``response_weight`` the weight of the reward for changing
+    the classifier's response (used only when a ``response`` is given), measured
+on the first ``response_cells`` latents of each batch (it costs a decoder and
+a classifier pass per direction).
     """
 
     n_directions: int = 10
@@ -60,10 +71,12 @@ class DirectionConfig:
     alpha: float = 2.0
     lr: float = 1e-3
     subspace_variance: float = 0.99
+    response_weight: float = 1.0
+    response_cells: int = 16
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_directions", "hidden", "projection_dim", "epochs", "steps_per_epoch"):
+        for name in ("n_directions", "hidden", "projection_dim", "epochs", "steps_per_epoch", "response_cells"):
             if getattr(self, name) < 1:
                 raise ValueError(f"DirectionConfig.{name} must be at least 1, got {getattr(self, name)}")
         if self.n_directions < 2:
@@ -72,6 +85,8 @@ class DirectionConfig:
             raise ValueError(f"DirectionConfig.batch_size must be at least 2, got {self.batch_size}")
         if self.temperature <= 0 or self.alpha <= 0 or self.lr <= 0:
             raise ValueError("DirectionConfig.temperature, alpha and lr must be positive")
+        if self.response_weight < 0:
+            raise ValueError(f"DirectionConfig.response_weight must be at least 0, got {self.response_weight}")
         if not 0 < self.subspace_variance <= 1:
             raise ValueError(f"DirectionConfig.subspace_variance must lie in (0, 1], got {self.subspace_variance}")
 
@@ -180,6 +195,19 @@ def decoder_features(autoencoder: DiffusionAutoencoder) -> FeatureMap:
     return features
 
 
+def classifier_response(autoencoder: DiffusionAutoencoder) -> FeatureMap:
+    """Frozen copies of the auxiliary decoder and the classifier: latent -> class probabilities of its image."""
+    if autoencoder.aux_decoder is None:
+        raise ValueError("the autoencoder has no auxiliary decoder to render latents for the classifier")
+    decoder = copy.deepcopy(autoencoder.aux_decoder).eval().requires_grad_(False)
+    classifier = copy.deepcopy(autoencoder.classifier).eval().requires_grad_(False)
+
+    def response(z: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(classifier(decoder(z).clamp(-1, 1)).float(), dim=1)
+
+    return response
+
+
 def nt_xent(changes: torch.Tensor, temperature: float) -> torch.Tensor:
     """NT-Xent over changes (K, B, D): positives share the direction (first index), negatives do not.
 
@@ -204,11 +232,14 @@ def _subspace_directions(z: torch.Tensor, n_directions: int, hidden: int, varian
 
 
 def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(),
-                     features: FeatureMap | None = None) -> Directions:
+                     features: FeatureMap | None = None, response: FeatureMap | None = None) -> Directions:
     """Learn K directions on latents ``z`` (N, z_dim) with NT-Xent, then calibrate them on ``z``.
 
     ``features`` (frozen, optional) maps latents to the space in which an
     edit's change is measured; default: the whitened principal coordinates.
+    ``response`` (frozen, optional, e.g. ``classifier_response``): with
+    ``config.response_weight``, the mean absolute change an edit makes to it
+    is rewarded.
     """
     if z.ndim != 2 or len(z) < 2:
         raise ValueError(f"expected latents of shape (N >= 2, z_dim), got {tuple(z.shape)}")
@@ -225,10 +256,15 @@ def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(
     batch = min(config.batch_size, len(z))
     for _ in range(config.epochs * config.steps_per_epoch):
         zb = z[torch.randperm(len(z), generator=gen)[:batch].to(z.device)]
+        edited = [zb + step_size * directions.direction(zb, k) for k in range(config.n_directions)]
         base = feature_map(zb)
-        changes = torch.stack([feature_map(zb + step_size * directions.direction(zb, k)) - base
-                               for k in range(config.n_directions)])
+        changes = torch.stack([feature_map(e) - base for e in edited])
         loss = nt_xent(projector(changes), config.temperature)
+        if response is not None and config.response_weight > 0:
+            cells = config.response_cells
+            before = response(zb[:cells])
+            moved = torch.stack([(response(e[:cells]) - before).abs().sum(1) for e in edited])
+            loss = loss - config.response_weight * moved.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

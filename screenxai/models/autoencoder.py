@@ -20,7 +20,9 @@ With ``decoder_input`` the UNet also receives, as extra input channels, the
 image an auxiliary deterministic decoder makes from ``z_sem`` alone; the
 auxiliary decoder is trained to reconstruct the cell (``aux_decoder``). The
 diffusion model then refines a picture that only ``z_sem`` determines, so it
-cannot ignore ``z_sem``.
+cannot ignore ``z_sem``. With ``hint_residual`` (``sample`` prediction only)
+the UNet predicts the clean image as that picture plus a correction, so a
+decode from a fresh ``x_T`` starts from what ``z_sem`` says, not from the mean cell.
 
 Schedulers: ``DDPMScheduler`` in training, ``DDIMScheduler`` for decoding and
 ``DDIMInverseScheduler`` for inversion, both with "trailing" timesteps (the
@@ -71,6 +73,7 @@ class AutoencoderConfig:
     norm_groups: int = 8
     conditioning: str = "scale"
     decoder_input: bool = True
+    hint_residual: bool = False
     aux_decoder: bool = True
     prediction_type: str = "sample"
     beta_schedule: str = "linear"
@@ -84,6 +87,8 @@ class AutoencoderConfig:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}")
         if self.decoder_input and not self.aux_decoder:
             raise ValueError("decoder_input needs aux_decoder")
+        if self.hint_residual and not (self.decoder_input and self.prediction_type == "sample"):
+            raise ValueError("hint_residual needs decoder_input and prediction_type 'sample'")
         if self.image_size % 2 ** (len(self.unet_channels) - 1):
             raise ValueError(f"image_size {self.image_size} is not divisible by the UNet's downsampling")
 
@@ -280,10 +285,11 @@ class DiffusionAutoencoder(nn.Module):
                 hint: torch.Tensor | None = None) -> torch.Tensor:
         """One UNet evaluation per image of the batch; ``hint`` is the auxiliary decoder's image of ``z``."""
         self.unet_evaluations += len(x_t)
-        if self.config.decoder_input:
-            hint = self.aux_decoder(z) if hint is None else hint
-            x_t = torch.cat([x_t, hint.to(x_t.dtype)], dim=1)
-        return self.unet(x_t, t, z)
+        if not self.config.decoder_input:
+            return self.unet(x_t, t, z)
+        hint = (self.aux_decoder(z) if hint is None else hint).to(x_t.dtype)
+        prediction = self.unet(torch.cat([x_t, hint], dim=1), t, z)
+        return prediction + hint if self.config.hint_residual else prediction
 
     def training_losses(self, x: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Diffusion loss (MSE to the prediction type's target) and auxiliary reconstruction loss."""

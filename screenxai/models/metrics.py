@@ -16,12 +16,9 @@ def roc_auc(is_positive: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alpha: float = 1.0, folds: int = 5, seed: int = 0) -> float:
-    """Out-of-fold R^2 of a ridge regression of ``y`` (N,) on standardised ``x`` (N, D).
-
-    The folds are random; predictions of every fold are pooled and compared
-    with the variance of ``y``, so 0 means "no better than the mean".
-    """
+def ridge_cv_predictions(x: np.ndarray, y: np.ndarray, alpha: float = 1.0, folds: int = 5,
+                         seed: int = 0) -> np.ndarray:
+    """Out-of-fold predictions of a ridge regression of ``y`` (N,) on standardised ``x`` (N, D), random folds."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     order = np.random.default_rng(seed).permutation(len(y))
@@ -33,4 +30,11 @@ def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alpha: float = 1.0, folds: int = 5
         y_mean = y[train].mean()
         coef = np.linalg.solve(xt.T @ xt + alpha * np.eye(x.shape[1]), xt.T @ (y[train] - y_mean))
         predicted[test] = ((x[test] - mean) / std) @ coef + y_mean
+    return predicted
+
+
+def ridge_cv_r2(x: np.ndarray, y: np.ndarray, alpha: float = 1.0, folds: int = 5, seed: int = 0) -> float:
+    """Out-of-fold R^2 of ``ridge_cv_predictions``: 0 means "no better than the mean"."""
+    y = np.asarray(y, np.float64)
+    predicted = ridge_cv_predictions(x, y, alpha, folds, seed)
     return float(1 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
