@@ -56,9 +56,9 @@ class DirectionConfig:
     principal subspace); ``temperature`` that of NT-Xent;
     ``subspace_variance`` the share of the latents' variance the principal
     subspace keeps; ``response_weight`` the weight of the reward for changing
-    the classifier's response (used only when a ``response`` is given), measured
-on the first ``response_cells`` latents of each batch (it costs a decoder and
-a classifier pass per direction).
+    the classifier's response (used only when a ``response`` is given),
+    measured on the first ``response_cells`` latents of each batch (it costs
+    a decoder and a classifier pass per direction).
     """
 
     n_directions: int = 10
