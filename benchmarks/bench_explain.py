@@ -7,7 +7,8 @@ BUNDLE is one that ``benchmarks/bench_models.py`` trained (it saves
 the simulated plate with seed 0, and explanations are measured on the cells
 of the plate with seed 1, both made (and cached) in ``--workdir`` exactly as
 bench_models makes them, with the simulator's truth joined. Everything runs
-on one CPU thread. Negative controls: random directions, the UNet with
+on one CPU thread. Directions are classifier-guided (``classifier_guide``)
+unless ``--unguided``. Negative controls: random directions, the UNet with
 ``z_sem`` zeroed, and a classifier trained on well-shuffled labels.
 
 ``probe_ceiling`` records what a supervised linear probe of ``z_sem`` reaches
@@ -32,9 +33,9 @@ import torch
 from scipy.stats import spearmanr
 
 from benchmarks.bench_models import simulated_cells
-from screenxai.explain import (DirectionConfig, attribute_scores, direction_agreement, factor_tracking, flip_rates,
-                               learn_directions, localisation, make_counterfactuals, name_attributes,
-                               random_directions, rank_attributes, well_statistics)
+from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide, direction_agreement,
+                               factor_tracking, flip_rates, learn_directions, localisation, make_counterfactuals,
+                               name_attributes, random_directions, rank_attributes, well_statistics)
 from screenxai.explain.quality import partial_spearman
 from screenxai.models import load_bundle, predict_proba
 from screenxai.models.classifier import ClassifierConfig
@@ -87,6 +88,7 @@ def main() -> None:
     parser.add_argument("--attributes", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--alpha", type=float, default=2.0)
+    parser.add_argument("--unguided", action="store_true", help="plain LatentCLR directions, no classifier guide")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.time()
@@ -106,9 +108,9 @@ def main() -> None:
     t = time.time()
     sample = np.random.default_rng(0).choice(len(train_crops), 2000, replace=False)
     z_train = encode(ae, train_crops[sample])
-    config = DirectionConfig(n_directions=args.directions, seed=0)
-    directions = learn_directions(z_train, config)
-    directions_seed1 = learn_directions(z_train, DirectionConfig(n_directions=args.directions, seed=1))
+    guide = None if args.unguided else classifier_guide(ae)
+    directions = learn_directions(z_train, DirectionConfig(n_directions=args.directions, seed=0), guide=guide)
+    directions_seed1 = learn_directions(z_train, DirectionConfig(n_directions=args.directions, seed=1), guide=guide)
     timings["learn_directions_two_seeds"] = time.time() - t
 
     negative = np.flatnonzero(test_table["control"].eq("negative"))
@@ -125,8 +127,9 @@ def main() -> None:
                          "reference_unet_evaluations": ranking.reference_unet_evaluations,
                          "ratio": ranking.evaluation_ratio}
     random = random_directions(z_train, k, seed=0)
-    controls = {"random_directions": rank_attributes(ae, random, test_crops[cells], **rank),
-                "zeroed_z_sem": rank_attributes(zeroed_latent(ae), directions, test_crops[cells], **rank)}
+    controls = {"random_directions": rank_attributes(ae, random, test_crops[cells], **rank, threshold=-1.0),
+                "zeroed_z_sem": rank_attributes(zeroed_latent(ae), directions, test_crops[cells], **rank,
+                                                threshold=-1.0)}
     result["ranking_controls"] = {name: r.attributes[["rank", "direction", "sign", "mean_delta_p", "flip_rate_all"]]
                                   .to_dict(orient="records") for name, r in controls.items()}
     ranking_seed1 = rank_attributes(ae, directions_seed1, test_crops[cells], **rank)
@@ -174,9 +177,11 @@ def main() -> None:
     result["well_statistics"] = summary.to_dict(orient="records")
     top = ranking.attributes.iloc[0]
     top1 = ranking_seed1.attributes.iloc[0]
+    scores_seed1 = attribute_scores(ae, directions_seed1, ranking_seed1.attributes.iloc[:1], test_crops)
     result["stability"] = {
         "top_direction_cosine": direction_agreement(directions, directions_seed1, int(top.direction),
                                                     int(top1.direction), int(top.sign), int(top1.sign)),
+        "top_score_rank_agreement": float(spearmanr(scores["attribute_1"], scores_seed1["attribute_1"]).statistic),
         "top_name_seed0": named["name"].iloc[0], "top_name_seed1": named_seed1["name"].iloc[0],
         "names_agree": bool(named["name"].iloc[0] == named_seed1["name"].iloc[0])}
     timings["total"] = time.time() - started

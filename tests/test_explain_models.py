@@ -1,9 +1,9 @@
 """screenxai.explain on the tiny preset (trained once per run on the simulated plate), on held-out cells.
 
-Quality checks (``acceptance``) each beat a negative control by a stated
-margin: the UNet with ``z_sem`` zeroed, and a classifier trained on
-well-shuffled labels. Random directions are the third control; against them
-the tiny preset reaches no margin, which benchmarks/bench_explain.py records.
+Directions are classifier-guided (``classifier_guide``), K = 10, learned on
+latents of the training plate. Quality checks (``acceptance``) each beat a
+negative control by a stated margin: random directions, the UNet with
+``z_sem`` zeroed, and a classifier trained on well-shuffled labels.
 """
 
 from __future__ import annotations
@@ -15,15 +15,17 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from scipy.stats import spearmanr
 
-from screenxai.explain import (DirectionConfig, attribute_scores, flip_rates, learn_directions, localisation,
-                               make_counterfactuals, name_attributes, rank_attributes, write_counterfactuals)
+from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide, direction_agreement, flip_rates,
+                               learn_directions, localisation, make_counterfactuals, name_attributes,
+                               random_directions, rank_attributes, write_counterfactuals)
 from screenxai.models.classifier import ClassifierConfig
 from screenxai.models.latent_checks import encode
 from screenxai.models.presets import get_preset
 from screenxai.models.train_classifier import train_classifier
 
-N_CELLS, STEPS, ALPHA, TARGET = 32, 10, 2.0, 1
+N_CELLS, K, STEPS, ALPHA, TARGET = 32, 10, 10, 2.0, 1
 CHANNELS = ["DNA", "reporter"]
 
 
@@ -49,9 +51,14 @@ def setting(tiny_models, simulated_train_cells, simulated_test_cells):
                                  table=table.iloc[cells].reset_index(drop=True))
 
 
+def guided_directions(setting, seed: int):
+    return learn_directions(setting.z_train, DirectionConfig(n_directions=K, seed=seed),
+                            guide=classifier_guide(setting.autoencoder))
+
+
 @pytest.fixture(scope="module")
 def directions(setting):
-    return learn_directions(setting.z_train, DirectionConfig(n_directions=4, seed=0))
+    return guided_directions(setting, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -66,18 +73,17 @@ def counterfactuals(setting, directions, ranking):
 
 
 @pytest.mark.acceptance
-def test_unet_evaluations_are_counted_exactly(setting):
+def test_unet_evaluations_are_counted_exactly(setting, directions):
     """The counter equals N T_inv + N 2K T_dec at K=10, M=3; the reference's count is that of its rounds.
 
     The issue's goal of at most half the reference's evaluations is not
-    reached with the tiny preset at alpha 2 (ratio about 0.6 to 0.7: the top
+    reached with the tiny preset at alpha 2 (ratio about 0.7: the top
     attribute explains most cells, so later rounds of the reference are
     cheap); the figure is recorded by benchmarks/bench_explain.py.
     """
-    n, k, t_inv, t_dec = 16, 10, STEPS, STEPS
-    many = learn_directions(setting.z_train, DirectionConfig(n_directions=k, seed=0))
+    n, k, t_inv, t_dec = 16, K, STEPS, STEPS
     before = setting.autoencoder.unet_evaluations
-    result = rank_attributes(setting.autoencoder, many, setting.crops[:n], TARGET, 3, t_inv, t_dec, ALPHA)
+    result = rank_attributes(setting.autoencoder, directions, setting.crops[:n], TARGET, 3, t_inv, t_dec, ALPHA)
     assert result.unet_evaluations == n * t_inv + n * 2 * k * t_dec
     assert setting.autoencoder.unet_evaluations - before == result.unet_evaluations
     table = result.attributes
@@ -92,7 +98,7 @@ def test_ranking_table_and_cache(ranking):
     assert table["rank"].tolist() == [1, 2, 3]
     assert table["direction"].is_unique and set(table["sign"]) <= {1, -1}
     assert (table["unet_evaluations"] == N_CELLS * 2 * STEPS).all()
-    assert ranking.cache.edited_proba.shape == (N_CELLS, 4, 2, 2)
+    assert ranking.cache.edited_proba.shape == (N_CELLS, K, 2, 2)
     assert ranking.cache.x_t.shape == (N_CELLS, 2, 32, 32)
     assert table["mean_delta_p"].iloc[0] == pytest.approx(table["mean_delta_p_all"].iloc[0])
 
@@ -100,8 +106,8 @@ def test_ranking_table_and_cache(ranking):
 def test_ranking_rejects_bad_input(setting, directions):
     with pytest.raises(ValueError, match="target class 2"):
         rank_attributes(setting.autoencoder, directions, setting.crops[:2], 2)
-    with pytest.raises(ValueError, match="cannot keep 5 attributes from 4"):
-        rank_attributes(setting.autoencoder, directions, setting.crops[:2], TARGET, n_attributes=5)
+    with pytest.raises(ValueError, match=f"cannot keep {K + 1} attributes from {K}"):
+        rank_attributes(setting.autoencoder, directions, setting.crops[:2], TARGET, n_attributes=K + 1)
     with pytest.raises(ValueError, match="shape"):
         rank_attributes(setting.autoencoder, directions, setting.crops[:2, :1], TARGET)
     with pytest.raises(ValueError, match="alpha"):
@@ -145,15 +151,15 @@ def test_attributes_are_named(ranking, counterfactuals):
 
 
 @pytest.mark.acceptance
-def test_top_attribute_moves_the_classifier_beyond_zeroed_latent(setting, directions, ranking):
-    """Mean gain in p(positive) of the top attribute is at least 0.3 above that with the UNet's z_sem zeroed.
-
-    (Against random directions no margin is reached with the tiny preset; see the benchmark.)
-    """
+def test_top_attribute_moves_the_classifier_beyond_controls(setting, directions, ranking):
+    """Mean gain in p(positive) of the top attribute: 0.3 above the zeroed latent's, 0.1 above random directions'."""
     top = ranking.attributes["mean_delta_p"].iloc[0]
     zeroed = rank_attributes(zeroed_latent(setting.autoencoder), directions, setting.crops, TARGET, 1, STEPS, STEPS,
                              ALPHA, threshold=-1.0).attributes["mean_delta_p"].iloc[0]
+    random = rank_attributes(setting.autoencoder, random_directions(setting.z_train, K, seed=0), setting.crops,
+                             TARGET, 1, STEPS, STEPS, ALPHA, threshold=-1.0).attributes["mean_delta_p"].iloc[0]
     assert top >= zeroed + 0.3, (top, zeroed)
+    assert top >= random + 0.1, (top, random)
 
 
 @pytest.mark.acceptance
@@ -192,3 +198,28 @@ def test_counterfactuals_flip_classifiers_beyond_controls(setting, simulated_tra
 @pytest.mark.acceptance
 def test_counterfactuals_change_the_cell_not_the_background(counterfactuals):
     assert localisation(counterfactuals) >= 3.0
+
+
+@pytest.mark.acceptance
+def test_top_attribute_agrees_across_direction_seeds(setting, directions, ranking, counterfactuals):
+    """Learned again with another seed, the top attribute keeps its name, its axis and its ordering of the cells.
+
+    Recorded: the cosine of the two signed axes (at least 0.8) and the
+    Spearman correlation of the two attributes' per-cell scores (at least 0.8).
+    """
+    other = guided_directions(setting, seed=1)
+    other_ranking = rank_attributes(setting.autoencoder, other, setting.crops, TARGET, 1, STEPS, STEPS, ALPHA)
+    other_counterfactuals = make_counterfactuals(setting.autoencoder, other, other_ranking.attributes, setting.crops,
+                                                 setting.table, CHANNELS, alphas=(0.0, 1.5, 3.0), steps_inv=STEPS,
+                                                 steps_dec=STEPS)
+    first, second = ranking.attributes.iloc[0], other_ranking.attributes.iloc[0]
+    names = [name_attributes(ranking.attributes.iloc[:1], counterfactuals.isel(attribute=[0]), CHANNELS)["name"][0],
+             name_attributes(other_ranking.attributes, other_counterfactuals, CHANNELS)["name"][0]]
+    cosine = direction_agreement(directions, other, int(first.direction), int(second.direction), int(first.sign),
+                                 int(second.sign))
+    scores = [attribute_scores(setting.autoencoder, d, table.iloc[:1], setting.crops)["attribute_1"]
+              for d, table in ((directions, ranking.attributes), (other, other_ranking.attributes))]
+    rank_agreement = spearmanr(scores[0], scores[1]).statistic
+    assert names[0] == names[1], names
+    assert cosine >= 0.8, cosine
+    assert rank_agreement >= 0.8, rank_agreement

@@ -7,12 +7,15 @@ import pandas as pd
 import pytest
 import torch
 
-from screenxai.explain import (DirectionConfig, Directions, fit_dose_response, learn_directions, load_directions,
-                               robust_z, save_directions, ssmd, well_statistics, z_prime)
+from screenxai.explain import (DirectionConfig, Directions, EditEffect, cell_region, classifier_guide,
+                               fit_dose_response, learn_directions, load_directions, robust_z, save_directions, ssmd,
+                               well_statistics, z_prime)
 from screenxai.explain.directions import nt_xent, subspace_rank
 from screenxai.explain.naming import cohens_d, describe
 from screenxai.explain.quality import partial_spearman
 from screenxai.explain.ranking import RankingCache, select_attributes
+from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
+from screenxai.models.classifier import CellClassifier, ClassifierConfig
 
 torch.set_num_threads(1)
 
@@ -30,6 +33,10 @@ def test_config_rejects_bad_settings():
         DirectionConfig(n_directions=1)
     with pytest.raises(ValueError, match="temperature"):
         DirectionConfig(temperature=0)
+    with pytest.raises(ValueError, match="response_cells"):
+        DirectionConfig(response_cells=0)
+    with pytest.raises(ValueError, match="outside_weight"):
+        DirectionConfig(outside_weight=-0.5)
 
 
 def test_directions_are_unit_vectors_in_the_data_subspace(latents):
@@ -159,25 +166,84 @@ def test_store_round_trip(latents, tmp_path):
         load_directions(tmp_path / "nothing")
 
 
-def test_a_classifier_response_turns_a_direction_toward_what_the_classifier_reads(latents):
+def planted_guide(latents: torch.Tensor, read: list[torch.Tensor], spill: torch.Tensor | None = None):
+    """A guide whose classifier reads ``z`` along the axes ``read``; moving along ``spill`` counts as outside."""
+    centre = latents.mean(0)
+
+    def proba(z: torch.Tensor) -> torch.Tensor:
+        logit = 3 * sum((z - centre) @ axis for axis in read)
+        return torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=-1)
+
+    def guide(z: torch.Tensor, edited: torch.Tensor) -> EditEffect:
+        change = edited - z
+        outside = (change @ spill).abs() if spill is not None else torch.zeros(change.shape[:2])
+        return EditEffect((proba(edited) - proba(z)).abs().sum(-1), change.norm(dim=-1) - outside, outside)
+
+    return guide
+
+
+def subspace_axes(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two orthonormal axes inside the latents' subspace."""
+    first = torch.nn.functional.normalize(latents[0] - latents.mean(0), dim=0)
+    second = latents[1] - latents.mean(0)
+    return first, torch.nn.functional.normalize(second - (second @ first) * first, dim=0)
+
+
+def best_alignment(directions: Directions, axis: torch.Tensor) -> float:
+    return float((directions.axes @ axis).abs().max())
+
+
+def test_a_guide_turns_a_direction_toward_what_the_classifier_reads(latents):
     """With a response that reads one axis of the subspace, a learned direction aligns with that axis.
 
     Without it the directions span the subspace in no preferred orientation;
     the response term is what makes one of them the classifier's.
     """
-    axis = torch.nn.functional.normalize(latents[0] - latents.mean(0), dim=0)  # inside the subspace
-
-    def response(z: torch.Tensor) -> torch.Tensor:
-        logit = 3 * (z - latents.mean(0)) @ axis
-        return torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=1)
-
-    def best_alignment(directions: Directions) -> float:
-        return float((directions.axes @ axis).abs().max())
-
+    axis, _ = subspace_axes(latents)
     config = DirectionConfig(n_directions=3, epochs=3, steps_per_epoch=20, seed=0)
     plain = learn_directions(latents, config)
-    guided = learn_directions(latents, config, response=response)
-    assert best_alignment(guided) >= 0.9
-    assert best_alignment(guided) > best_alignment(plain) + 0.05
+    guided = learn_directions(latents, config, guide=planted_guide(latents, [axis]))
+    assert best_alignment(guided, axis) >= 0.9
+    assert best_alignment(guided, axis) > best_alignment(plain, axis) + 0.05
     with pytest.raises(ValueError, match="response_weight"):
         DirectionConfig(response_weight=-1)
+
+
+def test_the_outside_penalty_keeps_directions_off_what_changes_the_background(latents):
+    """The classifier reads two axes; one of them also changes the background. Penalised, the direction drops it."""
+    cell, background = subspace_axes(latents)
+    guide = planted_guide(latents, [cell, background], spill=background)
+    config = DirectionConfig(n_directions=3, epochs=3, steps_per_epoch=20, seed=0, outside_weight=0.0)
+    free = learn_directions(latents, config, guide=guide)
+    penalised = learn_directions(latents, DirectionConfig(**{**config.to_dict(), "outside_weight": 2.0}), guide=guide)
+    assert best_alignment(penalised, cell) >= 0.9
+    assert best_alignment(penalised, cell) > best_alignment(free, cell) + 0.1
+
+
+def test_cell_region_is_the_inscribed_disc():
+    region = cell_region(32)
+    assert region[16, 16] == 1 and region[0, 0] == 0 and region[16, 0] == 1
+    assert region.sum().item() == pytest.approx(np.pi * 16**2, rel=0.03)
+    assert cell_region(32, 0.25).sum() < region.sum()
+    with pytest.raises(ValueError, match="radius"):
+        cell_region(32, 0.0)
+
+
+def test_classifier_guide_judges_edits_with_the_decoder_and_classifier():
+    """No edit: no response and no change; an edit: a change inside and outside the region, shaped (K, B)."""
+    torch.manual_seed(0)
+    classifier = CellClassifier(ClassifierConfig(in_channels=2, n_classes=2, width=8, stages=2)).eval()
+    config = AutoencoderConfig(in_channels=2, image_size=16, n_classes=2, latent_dim=8, z_dim=8, encoder_width=8,
+                               encoder_stages=2, unet_channels=(16, 16))
+    autoencoder = DiffusionAutoencoder(config, classifier).eval()
+    guide = classifier_guide(autoencoder)
+    z = torch.randn(5, 8)
+    same = guide(z, z.expand(2, 5, 8))
+    for field in (same.response, same.inside, same.outside):
+        assert field.shape == (2, 5) and field.abs().max() < 1e-6
+    moved = guide(z, torch.stack([z + 3.0, z - 3.0]))
+    assert (moved.inside > 0).all() and (moved.outside > 0).all()
+    assert torch.isfinite(moved.response).all()
+    with pytest.raises(ValueError, match="auxiliary decoder"):
+        classifier_guide(DiffusionAutoencoder(AutoencoderConfig(**{**config.to_dict(), "aux_decoder": False,
+                                                                    "decoder_input": False}), classifier))

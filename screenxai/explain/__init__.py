@@ -6,8 +6,8 @@ an ``xarray.Dataset`` of counterfactuals and files in a directory.
 """
 
 from screenxai.explain.counterfactuals import make_counterfactuals, write_counterfactuals
-from screenxai.explain.directions import (DirectionConfig, Directions, classifier_response, decoder_features,
-                                          learn_directions, random_directions)
+from screenxai.explain.directions import (DirectionConfig, Directions, EditEffect, Guide, cell_region,
+                                          classifier_guide, decoder_features, learn_directions, random_directions)
 from screenxai.explain.naming import crop_features, name_attributes
 from screenxai.explain.quality import direction_agreement, factor_tracking, flip_rates, localisation
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
@@ -20,11 +20,14 @@ __all__ = [
     "MAX_ALPHA",
     "DirectionConfig",
     "Directions",
+    "EditEffect",
+    "Guide",
     "Ranking",
     "RankingCache",
     "attribute_columns",
     "attribute_scores",
-    "classifier_response",
+    "cell_region",
+    "classifier_guide",
     "crop_features",
     "decoder_features",
     "direction_agreement",

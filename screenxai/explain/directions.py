@@ -15,13 +15,15 @@ example ``decoder_features(autoencoder)``, the autoencoder's deterministic
 auxiliary decoder) it is taken on what the edit does to an image, as
 LatentCLR takes it on a generator's feature maps; the UNet is never called.
 
-With ``response`` (``classifier_response(autoencoder)``: the classifier's
-probabilities on the auxiliary decoder's image of a latent, still no UNet)
-and ``DirectionConfig.response_weight > 0``, each direction is also rewarded
-for how much its edit changes that response, so that the K distinct edits
-are edits the classifier notices: unsupervised directions alone span the
-latents' subspace in no preferred orientation, and whether one of them moves
-the classifier was left to chance.
+With ``guide`` (``classifier_guide(autoencoder)``: the classifier's
+probabilities on the auxiliary decoder's image of a latent, still no UNet),
+each direction is also rewarded for how much its edit changes what the
+classifier reads in the cell region (``response_weight``) and penalised for
+how much it changes the image outside that region (``outside_weight``).
+Unsupervised directions alone span the latents' subspace in no preferred
+orientation, so whether one of them moves the classifier was left to
+chance; a reward on the response alone finds edits that move the classifier
+through the background as well as through the cell.
 
 ``alpha`` is in standard-deviation units throughout: after learning,
 ``calibrate`` records for each direction its mean axis ``a_k`` (the
@@ -55,10 +57,12 @@ class DirectionConfig:
     the projector; ``alpha`` the edit size in training (in SD units of the
     principal subspace); ``temperature`` that of NT-Xent;
     ``subspace_variance`` the share of the latents' variance the principal
-    subspace keeps; ``response_weight`` the weight of the reward for changing
-    the classifier's response (used only when a ``response`` is given),
-    measured on the first ``response_cells`` latents of each batch (it costs
-    a decoder and a classifier pass per direction).
+    subspace keeps. With a ``guide``: ``response_weight`` weighs the reward
+    for changing the classifier's response and ``outside_weight`` the penalty
+    on the share of the image change that falls outside the cell region
+    (mean |change| outside over inside), both measured on the first
+    ``response_cells`` latents of each batch (one decoder and classifier pass
+    over K + 1 copies of them per step).
     """
 
     n_directions: int = 10
@@ -72,6 +76,7 @@ class DirectionConfig:
     lr: float = 1e-3
     subspace_variance: float = 0.99
     response_weight: float = 1.0
+    outside_weight: float = 1.0
     response_cells: int = 16
     seed: int = 0
 
@@ -85,8 +90,9 @@ class DirectionConfig:
             raise ValueError(f"DirectionConfig.batch_size must be at least 2, got {self.batch_size}")
         if self.temperature <= 0 or self.alpha <= 0 or self.lr <= 0:
             raise ValueError("DirectionConfig.temperature, alpha and lr must be positive")
-        if self.response_weight < 0:
-            raise ValueError(f"DirectionConfig.response_weight must be at least 0, got {self.response_weight}")
+        for name in ("response_weight", "outside_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"DirectionConfig.{name} must be at least 0, got {getattr(self, name)}")
         if not 0 < self.subspace_variance <= 1:
             raise ValueError(f"DirectionConfig.subspace_variance must lie in (0, 1], got {self.subspace_variance}")
 
@@ -195,17 +201,64 @@ def decoder_features(autoencoder: DiffusionAutoencoder) -> FeatureMap:
     return features
 
 
-def classifier_response(autoencoder: DiffusionAutoencoder) -> FeatureMap:
-    """Frozen copies of the auxiliary decoder and the classifier: latent -> class probabilities of its image."""
+@dataclass
+class EditEffect:
+    """What K edits of B latents do, judged without the UNet; each field is (K, B).
+
+    ``response``: the L1 change of the classifier's class probabilities;
+    ``inside`` and ``outside``: the mean |change| per pixel of the rendered
+    image inside and outside the cell region.
+    """
+
+    response: torch.Tensor
+    inside: torch.Tensor
+    outside: torch.Tensor
+
+
+Guide = Callable[[torch.Tensor, torch.Tensor], EditEffect]
+
+
+def cell_region(size: int, radius: float = 0.5) -> torch.Tensor:
+    """A (size, size) mask of the central disc of ``radius`` crop widths (0.5: the disc inscribed in the crop).
+
+    Crops are centred on their nucleus, so this disc holds the cell and the
+    corners hold background.
+    """
+    if radius <= 0:
+        raise ValueError(f"cell region radius must be positive, got {radius}")
+    offset = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    yy, xx = torch.meshgrid(offset, offset, indexing="ij")
+    return ((yy**2 + xx**2).sqrt() <= radius * size).float()
+
+
+def classifier_guide(autoencoder: DiffusionAutoencoder, radius: float = 0.5) -> Guide:
+    """Frozen copies of the auxiliary decoder and classifier that judge edits of latents.
+
+    Each latent and its edits are rendered by the auxiliary decoder. The
+    classifier reads the cell region (``cell_region(size, radius)``) of each
+    image set on the background of the batch's mean latent, so an edit is
+    credited for what it does to the cell only; the change outside the region
+    is reported for the penalty.
+    """
     if autoencoder.aux_decoder is None:
         raise ValueError("the autoencoder has no auxiliary decoder to render latents for the classifier")
     decoder = copy.deepcopy(autoencoder.aux_decoder).eval().requires_grad_(False)
     classifier = copy.deepcopy(autoencoder.classifier).eval().requires_grad_(False)
+    region = cell_region(autoencoder.config.image_size, radius)
 
-    def response(z: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(classifier(decoder(z).clamp(-1, 1)).float(), dim=1)
+    def guide(z: torch.Tensor, edited: torch.Tensor) -> EditEffect:
+        n_edits, batch = edited.shape[:2]
+        mask = region.to(z.device)
+        images = decoder(torch.cat([z, edited.reshape(-1, z.shape[1]), z.mean(0, keepdim=True)]))
+        before, after, background = images[:batch], images[batch:-1], images[-1:]
+        proba = torch.softmax(classifier((images[:-1] * mask + background * (1 - mask)).clamp(-1, 1)).float(), 1)
+        response = (proba[batch:].reshape(n_edits, batch, -1) - proba[:batch]).abs().sum(-1)
+        change = (after.reshape(n_edits, batch, *before.shape[1:]) - before).abs().mean(2)
+        inside = (change * mask).sum((-2, -1)) / mask.sum()
+        outside = (change * (1 - mask)).sum((-2, -1)) / (1 - mask).sum()
+        return EditEffect(response, inside, outside)
 
-    return response
+    return guide
 
 
 def nt_xent(changes: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -232,14 +285,14 @@ def _subspace_directions(z: torch.Tensor, n_directions: int, hidden: int, varian
 
 
 def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(),
-                     features: FeatureMap | None = None, response: FeatureMap | None = None) -> Directions:
+                     features: FeatureMap | None = None, guide: Guide | None = None) -> Directions:
     """Learn K directions on latents ``z`` (N, z_dim) with NT-Xent, then calibrate them on ``z``.
 
     ``features`` (frozen, optional) maps latents to the space in which an
     edit's change is measured; default: the whitened principal coordinates.
-    ``response`` (frozen, optional, e.g. ``classifier_response``): with
-    ``config.response_weight``, the mean absolute change an edit makes to it
-    is rewarded.
+    ``guide`` (frozen, optional, e.g. ``classifier_guide``): the mean change
+    of its response is rewarded (``config.response_weight``) and the share
+    of image change outside the cell penalised (``config.outside_weight``).
     """
     if z.ndim != 2 or len(z) < 2:
         raise ValueError(f"expected latents of shape (N >= 2, z_dim), got {tuple(z.shape)}")
@@ -260,11 +313,11 @@ def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(
         base = feature_map(zb)
         changes = torch.stack([feature_map(e) - base for e in edited])
         loss = nt_xent(projector(changes), config.temperature)
-        if response is not None and config.response_weight > 0:
+        if guide is not None:
             cells = config.response_cells
-            before = response(zb[:cells])
-            moved = torch.stack([(response(e[:cells]) - before).abs().sum(1) for e in edited])
-            loss = loss - config.response_weight * moved.mean()
+            effect = guide(zb[:cells], torch.stack(edited)[:, :cells])
+            spill = effect.outside.mean(1) / (effect.inside.mean(1) + 1e-3)
+            loss = loss - config.response_weight * effect.response.mean() + config.outside_weight * spill.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

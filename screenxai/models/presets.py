@@ -54,9 +54,9 @@ PRESETS: dict[str, Preset] = {
         name="tiny", crop_size=32,
         classifier=dict(width=16, stages=3, blocks_per_stage=1),
         classifier_training=ClassifierTraining(epochs=4, batch_size=64, steps_per_epoch=30, patience=2),
-        autoencoder=dict(latent_dim=32, z_dim=32, encoder_width=16, encoder_stages=3,
-                         unet_channels=(16, 32, 64), layers_per_block=1, **_RECIPE),
-        autoencoder_training=AutoencoderTraining(pretrain_epochs=8, epochs=4, batch_size=32, steps_per_epoch=30,
+        autoencoder=dict(latent_dim=64, z_dim=64, encoder_width=16, encoder_stages=3,
+                         unet_channels=(16, 32, 64), layers_per_block=1, hint_residual=True, **_RECIPE),
+        autoencoder_training=AutoencoderTraining(pretrain_epochs=20, epochs=4, batch_size=32, steps_per_epoch=30,
                                                  lr=2e-3)),
     "small": Preset(
         name="small", crop_size=32,

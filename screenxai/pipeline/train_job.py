@@ -237,18 +237,22 @@ def _fit_explanations(crops: np.ndarray, table, autoencoder, classifier, out: Pa
                       channel_names: Sequence[str]) -> dict:
     """Learn directions on the training wells' latents, rank them on cells of the first class, name them.
 
+    Directions are guided by the classifier through the auxiliary decoder
+    (``classifier_guide``) when the autoencoder has one.
+
     Saves the directions and the named attribute table into the bundle's
     ``explain/`` folder; returns the attribute table as records and the
     UNet evaluations spent against the reference procedure's.
     """
-    from screenxai.explain import (DirectionConfig, learn_directions, make_counterfactuals, name_attributes,
-                                   rank_attributes, save_directions)
+    from screenxai.explain import (DirectionConfig, classifier_guide, learn_directions, make_counterfactuals,
+                                   name_attributes, rank_attributes, save_directions)
     from screenxai.models.latent_checks import encode
 
     training_rows = ~validation_rows(table, classifier.split)
     labels, _ = class_labels(table, settings.class_column, settings.class_names)
     config = DirectionConfig(n_directions=settings.explain_directions, seed=settings.seed)
-    directions = learn_directions(encode(autoencoder, crops[training_rows]), config)
+    guide = classifier_guide(autoencoder) if autoencoder.aux_decoder is not None else None
+    directions = learn_directions(encode(autoencoder, crops[training_rows]), config, guide=guide)
     source = np.flatnonzero((labels == 0) & training_rows)
     pick = np.random.default_rng(settings.seed).permutation(source)[:settings.explain_cells]
     ranking = rank_attributes(autoencoder, directions, crops[pick], target_class=1,
