@@ -14,7 +14,9 @@ unless ``--unguided``. Negative controls: random directions, the UNet with
 ``probe_ceiling`` records what a supervised linear probe of ``z_sem`` reaches
 per factor (cross-validated ridge; Spearman and partial Spearman given the
 classifier's probability): what the latent carries, against which the
-unsupervised directions' tracking is read.
+unsupervised directions' tracking is read. ``classifier_reliance`` records,
+per factor, the partial Spearman of the classifier's probability with it
+given the other factor: whether the classifier reads it at all.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from benchmarks.bench_models import simulated_cells
 from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide, direction_agreement,
                                factor_tracking, flip_rates, learn_directions, localisation, make_counterfactuals,
                                name_attributes, random_directions, rank_attributes, well_statistics)
-from screenxai.explain.quality import partial_spearman
+from screenxai.explain.quality import classifier_reliance, partial_spearman
 from screenxai.models import load_bundle, predict_proba
 from screenxai.models.classifier import ClassifierConfig
 from screenxai.models.latent_checks import encode
@@ -165,6 +167,7 @@ def main() -> None:
                                  "random_directions": factor_tracking(random_scores, test_table[FACTORS], p)
                                  .to_dict(orient="records"),
                                  "goal": {"abs_spearman": 0.7, "partial_spearman": 0.5}}
+    result["classifier_reliance"] = classifier_reliance(p, test_table[FACTORS])
     z_test = encode(ae, test_crops).numpy()
     result["probe_ceiling"] = {}
     for factor in FACTORS:

@@ -1,15 +1,19 @@
 """DiffEx explanations on the real BBBC013 screen, through the product: ``train`` then ``run``; figures as JSON.
 
 Converts ../shared/data/bbbc013_wortmannin into a plate, trains a bundle
-(classifier, diffusion autoencoder, explanations) on its negative and
-positive control wells, scores all 48 wells with ``run_cells`` and records
+(classifier and diffusion autoencoder) on its negative and positive control
+wells once per preset and seed, runs the explain stage on a fresh copy of it
+(classifier-guided directions, or plain contrastive ones with
+``--unguided``, so the two records differ by the guide alone), scores all 48
+wells with ``run_cells`` and records
 from ``readouts.parquet``: the top attribute's name, the Spearman of its
 per-well mean against ``dose_index`` over the 36 dose wells (not the
 controls), its Z' between the controls, and the same for the hand-built
 reporter (GFP) nucleus/ring ratio. Results go to
-``results/explain_bbbc013_cpu.json`` under the preset's name.
+``results/explain_bbbc013_cpu.json`` under the preset, seed and kind of
+directions.
 
-    python -m benchmarks.bench_explain_bbbc013 --preset tiny
+    python -m benchmarks.bench_explain_bbbc013 --preset tiny [--seed 1] [--unguided]
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -40,7 +45,9 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/screenxai-bench-bbbc013"))
+    parser.add_argument("--unguided", action="store_true", help="plain contrastive directions, no classifier guide")
     args = parser.parse_args()
+    kind = "unguided" if args.unguided else "guided"
     work = args.workdir / f"{args.preset}-seed{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
     plate_path = work / "bbbc013.zarr"
@@ -52,11 +59,18 @@ def main() -> None:
     with LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         start = time.perf_counter()
-        bundle = work / "bundle"
-        if not (bundle / "config.json").exists():
-            train([plate], bundle, client, TrainSettings(preset=args.preset, seed=args.seed,
-                                                         stages=("classifier", "autoencoder", "explain")))
-        timings["train"] = time.perf_counter() - start
+        models = work / "bundle"
+        if not (models / "config.json").exists():
+            train([plate], models, client, TrainSettings(preset=args.preset, seed=args.seed,
+                                                         stages=("classifier", "autoencoder")))
+            timings["train_models"] = time.perf_counter() - start
+        start = time.perf_counter()
+        bundle = work / f"bundle-{kind}"
+        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.copytree(models, bundle, ignore=shutil.ignore_patterns("explain"))
+        train([plate], bundle, client, TrainSettings(preset=args.preset, seed=args.seed, stages=("explain",),
+                                                     explain_guided=not args.unguided))
+        timings["explain"] = time.perf_counter() - start
         start = time.perf_counter()
         result = run_cells([plate], work / f"run-{time.time_ns()}", client, bundle=bundle, exemplars_per_condition=0)
         timings["run"] = time.perf_counter() - start
@@ -74,13 +88,14 @@ def main() -> None:
                                   "changes"]].to_dict(orient="records"),
         "readouts": {name: readouts.loc[name, keep].to_dict() for name in readouts.index},
         "top_attribute": attributes["name"].iloc[0],
+        "directions": kind,
         "goal": {"top_attribute_named_after": "reporter nucleus/ring ratio (or nuclear reporter intensity)",
                  "dose_spearman_over_dose_wells": 0.9},
         "seconds": timings,
     }
     print(json.dumps(figures, indent=2, default=float))
     merged = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    merged[f"{args.preset}-seed{args.seed}"] = figures
+    merged[f"{args.preset}-seed{args.seed}-{kind}"] = figures
     RESULTS.write_text(json.dumps(merged, indent=2, default=float) + "\n")
 
 

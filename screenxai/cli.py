@@ -161,6 +161,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
 
 LOG_EVERY_S = 30.0
+SAME_AXIS_COSINE = 0.9  # an attribute this close to a better one's axis is printed as a repeat of it
 
 
 class LogProgress:
@@ -263,9 +264,12 @@ def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str 
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @click.option("--keep-work", is_flag=True, help="Keep the crop cache and checkpoints (OUT.work) after success.")
+@click.option("--guided/--unguided", default=True, show_default=True,
+              help="Learn classifier-guided attribute directions, or plain contrastive ones "
+                   "(see benchmarks/README.md).")
 def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str, classes: str, preset: str,
           stages: str, wells: str | None, max_cells_per_well: int, nuclear_channel: str | None, seed: int,
-          scheduler: str | None, workers: int | None, keep_work: bool) -> None:
+          scheduler: str | None, workers: int | None, keep_work: bool, guided: bool) -> None:
     """Train the classifier and the diffusion autoencoder on cells of PLATES; write a model bundle to OUT.
 
     Cells are cut by Dask workers into a crop cache, then training runs as
@@ -293,7 +297,7 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         preset=preset, stages=tuple(s.strip() for s in stages.split(",") if s.strip()), class_column=class_column,
         class_names=tuple(c.strip() for c in classes.split(",") if c.strip()), seed=seed,
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
-        wells={p.name: selected for p in opened} if selected else None)
+        wells={p.name: selected for p in opened} if selected else None, explain_guided=guided)
 
     with connect(scheduler, workers) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
@@ -334,7 +338,8 @@ def interpret(bundle: Path, plates: tuple[Path, ...], layout: Path | None, max_c
     _print_interpretable(result.summary["interpretable"])
 
 
-def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well: int, seed: int):
+def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well: int, seed: int,
+                           guided: bool = True):
     """Settings that run one later stage on the bundle's own training wells, preset and classes."""
     from screenxai.models.bundle import load_bundle
     from screenxai.pipeline.train_job import TrainSettings
@@ -351,7 +356,7 @@ def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well:
                                f"(its plates: {sorted(wells)}); use the training plates")
     return TrainSettings(preset=provenance["preset"], stages=(stage,), class_column=loaded.config["class_column"],
                          class_names=loaded.class_names, seed=seed, max_cells_per_well=max_cells_per_well,
-                         wells={p.name: wells[p.name] for p in opened})
+                         wells={p.name: wells[p.name] for p in opened}, explain_guided=guided)
 
 
 @main.command()
@@ -365,8 +370,12 @@ def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well:
 @click.option("--seed", default=0, show_default=True, help="Seed of sampling and direction learning.")
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
+@click.option("--guided/--unguided", default=True, show_default=True,
+              help="Learn classifier-guided attribute directions, or plain contrastive ones "
+                   "(see benchmarks/README.md).")
 def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | None, wells: str | None,
-            exemplars: int, max_cells_per_well: int, seed: int, scheduler: str | None, workers: int | None) -> None:
+            exemplars: int, max_cells_per_well: int, seed: int, scheduler: str | None, workers: int | None,
+            guided: bool) -> None:
     """Find the attributes that change BUNDLE's classifier, name them, and score and render them on PLATES.
 
     Learns latent directions on the training wells' cells, ranks them by
@@ -382,7 +391,7 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
     from screenxai.pipeline.train_job import train as train_job
 
     opened = open_plates(plates, layout=layout)
-    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed)
+    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided)
     selected = [w.strip() for w in wells.split(",")] if wells else None
     with connect(scheduler, workers) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
@@ -395,11 +404,14 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
 
 
 def _print_attributes(explain: dict) -> None:
-    click.echo(f"attributes (ranked with {explain['unet_evaluations']} UNet evaluations, the reference procedure "
-               f"{explain['reference_unet_evaluations']}):")
+    kind = "classifier-guided" if explain["guided"] else "unguided"
+    click.echo(f"attributes ({kind} directions, ranked with {explain['unet_evaluations']} UNet evaluations, "
+               f"the reference procedure {explain['reference_unet_evaluations']}):")
     for row in explain["attributes"]:
-        click.echo(f"  {row['rank']}. {row['name']}: mean change of the probability {row['mean_delta_p']:+.3f}, "
-                   f"flips {100 * row['flip_rate']:.0f}% of cells; {row['changes']}")
+        repeat = (f" (nearly the axis of attribute {row['nearest_rank']}, cosine {row['nearest_cosine']:.2f})"
+                  if row["nearest_cosine"] >= SAME_AXIS_COSINE else "")
+        click.echo(f"  {row['rank']}. {row['name']}{repeat}: mean change of the probability "
+                   f"{row['mean_delta_p']:+.3f}, flips {100 * row['flip_rate']:.0f}% of cells; {row['changes']}")
 
 
 def _print_interpretable(report: dict) -> None:

@@ -93,7 +93,7 @@ def test_unet_evaluations_are_counted_exactly(setting, directions):
     assert result.evaluation_ratio < 1
 
 
-def test_ranking_table_and_cache(ranking):
+def test_ranking_table_and_cache(ranking, directions):
     table = ranking.attributes
     assert table["rank"].tolist() == [1, 2, 3]
     assert table["direction"].is_unique and set(table["sign"]) <= {1, -1}
@@ -101,6 +101,12 @@ def test_ranking_table_and_cache(ranking):
     assert ranking.cache.edited_proba.shape == (N_CELLS, K, 2, 2)
     assert ranking.cache.x_t.shape == (N_CELLS, 2, 32, 32)
     assert table["mean_delta_p"].iloc[0] == pytest.approx(table["mean_delta_p_all"].iloc[0])
+    for r in (1, 2):  # each later attribute names the better one closest to its axis
+        cosines = [direction_agreement(directions, directions, int(table["direction"].iloc[r]),
+                                       int(table["direction"].iloc[b]), int(table["sign"].iloc[r]),
+                                       int(table["sign"].iloc[b])) for b in range(r)]
+        assert table["nearest_rank"].iloc[r] == 1 + int(np.argmax(cosines))
+        assert table["nearest_cosine"].iloc[r] == pytest.approx(max(cosines), abs=1e-5)
 
 
 def test_ranking_rejects_bad_input(setting, directions):

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from screenxai.explain import (DirectionConfig, Directions, EditEffect, cell_region, classifier_guide,
-                               fit_dose_response, learn_directions, load_directions, robust_z, save_directions, ssmd,
-                               well_statistics, z_prime)
+                               classifier_reliance, fit_dose_response, learn_directions, load_directions, robust_z,
+                               save_directions, ssmd, well_statistics, z_prime)
 from screenxai.explain.directions import nt_xent, subspace_rank
 from screenxai.explain.naming import cohens_d, describe
 from screenxai.explain.quality import partial_spearman
-from screenxai.explain.ranking import RankingCache, select_attributes
+from screenxai.explain.ranking import RankingCache, nearest_better_attribute, select_attributes
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier, ClassifierConfig
 
@@ -95,6 +95,19 @@ def test_greedy_selection_drops_explained_cells_and_counts_the_reference():
     assert table["reference_unet_evaluations"].tolist() == [4 * (5 + 2 * 3 * 7), 2 * (5 + 2 * 2 * 7)]
 
 
+def test_a_kept_attribute_is_matched_to_the_better_one_it_repeats():
+    directions = Directions(4, 4, 8)
+    directions.axes.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0.6, 0.8, 0, 0], [-1.0, 0, 0, 0]]))
+    table = pd.DataFrame({"rank": [1, 2, 3], "direction": [0, 1, 3], "sign": [1, 1, -1]})
+    nearest = nearest_better_attribute(directions, table)
+    assert nearest["nearest_rank"].tolist() == [0, 1, 1]  # direction 3 at sign -1 is direction 0 again
+    np.testing.assert_allclose(nearest["nearest_cosine"], [0.0, 0.0, 1.0], atol=1e-6)
+    table = pd.DataFrame({"rank": [1, 2, 3], "direction": [0, 1, 2], "sign": [1, 1, 1]})
+    nearest = nearest_better_attribute(directions, table)
+    assert nearest["nearest_rank"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(nearest["nearest_cosine"], [0.0, 0.0, 0.8], atol=1e-6)
+
+
 def test_selection_stops_at_the_threshold():
     gains = np.full((4, 3, 2), 0.01, np.float32)
     with pytest.raises(ValueError, match="threshold"):
@@ -141,6 +154,16 @@ def test_partial_spearman_removes_a_shared_cause():
     x, y = cause + 0.3 * rng.normal(size=2000), cause + 0.3 * rng.normal(size=2000)
     assert abs(partial_spearman(x, y, cause)) < 0.1
     assert partial_spearman(x, x + 0.1 * rng.normal(size=2000), cause) > 0.5
+
+
+def test_classifier_reliance_tells_a_read_factor_from_one_that_only_moves_with_it():
+    rng = np.random.default_rng(0)
+    dose = rng.uniform(0, 1, 2000)
+    factors = pd.DataFrame({"read": dose + 0.3 * rng.normal(size=2000), "ignored": dose + 0.3 * rng.normal(size=2000)})
+    probability = 1 / (1 + np.exp(-4 * (factors["read"].to_numpy() - 0.5)))
+    assert np.corrcoef(probability, factors["ignored"])[0, 1] > 0.4  # it moves with the probability through dose
+    reliance = classifier_reliance(probability, factors)
+    assert reliance["read"] > 0.95 and abs(reliance["ignored"]) < 0.05
 
 
 def test_naming_text_from_effects():
@@ -200,7 +223,7 @@ def test_a_guide_turns_a_direction_toward_what_the_classifier_reads(latents):
     the response term is what makes one of them the classifier's.
     """
     axis, _ = subspace_axes(latents)
-    config = DirectionConfig(n_directions=3, epochs=3, steps_per_epoch=20, seed=0)
+    config = DirectionConfig(n_directions=3, epochs=3, steps_per_epoch=20, response_cells=16, seed=0)
     plain = learn_directions(latents, config)
     guided = learn_directions(latents, config, guide=planted_guide(latents, [axis]))
     assert best_alignment(guided, axis) >= 0.9
@@ -213,7 +236,8 @@ def test_the_outside_penalty_keeps_directions_off_what_changes_the_background(la
     """The classifier reads two axes; one of them also changes the background. Penalised, the direction drops it."""
     cell, background = subspace_axes(latents)
     guide = planted_guide(latents, [cell, background], spill=background)
-    config = DirectionConfig(n_directions=3, epochs=3, steps_per_epoch=20, seed=0, outside_weight=0.0)
+    config = DirectionConfig(n_directions=3, epochs=3, steps_per_epoch=20, response_cells=16, seed=0,
+                             outside_weight=0.0)
     free = learn_directions(latents, config, guide=guide)
     penalised = learn_directions(latents, DirectionConfig(**{**config.to_dict(), "outside_weight": 2.0}), guide=guide)
     assert best_alignment(penalised, cell) >= 0.9

@@ -112,6 +112,7 @@ def test_attribute_scores_per_cell_and_screen_statistics_beside_the_hand_built_r
 
     result, _ = scored
     _, attributes = load_directions(bundle / "explain")
+    assert json.loads((bundle / "explain" / "directions.json").read_text())["guided"] is True  # the default
     columns = [f"attribute_{r}" for r in attributes["rank"]]
     cells = pd.read_parquet(result.out / "cells")
     assert set(columns) <= set(cells.columns) and cells[columns].notna().all().all()
@@ -290,7 +291,8 @@ def test_the_default_local_cluster_has_one_single_threaded_worker_per_core_witho
         assert worker_device(0) == "cpu"
 
 
-def test_explain_command_learns_attributes_into_the_bundle_and_renders_exemplars(plate, cluster_client, tmp_path):
+def test_explain_command_learns_unguided_attributes_into_the_bundle_and_renders_exemplars(plate, cluster_client,
+                                                                                         tmp_path):
     import xarray as xr
     from click.testing import CliRunner
 
@@ -304,12 +306,13 @@ def test_explain_command_learns_attributes_into_the_bundle_and_renders_exemplars
                                                              check_steps=2))
         assert not (bundle / "explain").exists()
         result = CliRunner().invoke(main, ["explain", str(bundle), plate.url, "-o", str(tmp_path / "out"),
-                                           "--exemplars", "2", "--max-cells-per-well", "30",
+                                           "--exemplars", "2", "--max-cells-per-well", "30", "--unguided",
                                            "--scheduler", cluster_client.scheduler.address])
     finally:
         del PRESETS["mini"]
     assert result.exit_code == 0, result.output
-    assert "attributes (ranked with" in result.output and "1. " in result.output
-    assert (bundle / "explain" / "directions.json").exists()
+    assert "attributes (unguided directions, ranked with" in result.output and "1. " in result.output
+    stored = json.loads((bundle / "explain" / "directions.json").read_text())
+    assert stored["guided"] is False and stored["config"]["n_directions"] == 10
     assert len(pd.read_parquet(tmp_path / "out" / "attributes.parquet")) >= 1
     assert xr.open_zarr(tmp_path / "out" / "counterfactuals.zarr").sizes["cell"] == 4

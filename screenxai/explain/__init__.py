@@ -9,7 +9,8 @@ from screenxai.explain.counterfactuals import make_counterfactuals, write_counte
 from screenxai.explain.directions import (DirectionConfig, Directions, EditEffect, Guide, cell_region,
                                           classifier_guide, decoder_features, learn_directions, random_directions)
 from screenxai.explain.naming import crop_features, name_attributes
-from screenxai.explain.quality import direction_agreement, factor_tracking, flip_rates, localisation
+from screenxai.explain.quality import (classifier_reliance, direction_agreement, factor_tracking, flip_rates,
+                                      localisation)
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
 from screenxai.explain.scores import attribute_columns, attribute_scores, scores_from_latents
 from screenxai.explain.statistics import (fit_dose_response, readout_statistics, robust_z, ssmd, well_means,
@@ -28,6 +29,7 @@ __all__ = [
     "attribute_scores",
     "cell_region",
     "classifier_guide",
+    "classifier_reliance",
     "crop_features",
     "decoder_features",
     "direction_agreement",

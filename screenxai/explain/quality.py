@@ -25,6 +25,24 @@ def partial_spearman(x: np.ndarray, y: np.ndarray, given: np.ndarray) -> float:
     return float((r[0, 1] - r[0, 2] * r[1, 2]) / np.sqrt((1 - r[0, 2] ** 2) * (1 - r[1, 2] ** 2)))
 
 
+def classifier_reliance(probability: np.ndarray, factors: pd.DataFrame) -> dict[str, float]:
+    """Per factor: the partial Spearman of the classifier's probability with it, given the other factors.
+
+    Ranks are compared after the other factors' ranks are regressed out of
+    both, so a factor the classifier does not read scores near 0 even when
+    it moves with dose alongside one it does read. An explanation of the
+    classifier can only find attributes along the factors it relies on.
+    """
+    ranks = factors.rank().to_numpy(float)
+    target = pd.Series(probability).rank().to_numpy(float)
+    reliance = {}
+    for j, factor in enumerate(factors.columns):
+        others = np.column_stack([np.ones(len(ranks)), np.delete(ranks, j, axis=1)])
+        residual = [v - others @ np.linalg.lstsq(others, v, rcond=None)[0] for v in (target, ranks[:, j])]
+        reliance[factor] = float(np.corrcoef(*residual)[0, 1])
+    return reliance
+
+
 def factor_tracking(scores: pd.DataFrame, factors: pd.DataFrame, probability: np.ndarray) -> pd.DataFrame:
     """Per (attribute column, factor): Spearman per cell and partial Spearman given the classifier's probability."""
     rows = []

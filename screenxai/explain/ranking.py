@@ -136,6 +136,25 @@ def select_attributes(cache: RankingCache, target_class: int, n_attributes: int,
     return table
 
 
+def nearest_better_attribute(directions: Directions, table: pd.DataFrame) -> pd.DataFrame:
+    """For each kept attribute, the better-ranked one whose signed mean axis is closest, and that cosine.
+
+    The greedy selection keeps distinct directions, not distinct axes: two
+    directions can edit along nearly the same axis, and an attribute with a
+    cosine near 1 to a better one is the same change again. The first
+    attribute has none: ``nearest_rank`` 0 and ``nearest_cosine`` 0.
+    """
+    signs = torch.tensor(table["sign"].tolist(), dtype=directions.axes.dtype)
+    axes = directions.axes[table["direction"].tolist()].cpu() * signs[:, None]
+    cosine = (torch.nn.functional.normalize(axes, dim=1) @ torch.nn.functional.normalize(axes, dim=1).T).numpy()
+    nearest_rank, nearest_cosine = [0], [0.0]
+    for i in range(1, len(table)):
+        j = int(np.argmax(cosine[i, :i]))
+        nearest_rank.append(int(table["rank"].iloc[j]))
+        nearest_cosine.append(float(cosine[i, j]))
+    return pd.DataFrame({"nearest_rank": nearest_rank, "nearest_cosine": nearest_cosine}, index=table.index)
+
+
 def rank_attributes(autoencoder: DiffusionAutoencoder, directions: Directions, crops: np.ndarray,
                     target_class: int, n_attributes: int = 3, steps_inv: int = 10, steps_dec: int = 10,
                     alpha: float = 2.0, threshold: float = 0.0, batch_size: int = 256) -> Ranking:
@@ -149,8 +168,9 @@ def rank_attributes(autoencoder: DiffusionAutoencoder, directions: Directions, c
     ``mean_delta_p`` and ``flip_rate`` over those cells, ``mean_delta_p_all``
     and ``flip_rate_all`` over all sampled cells, ``explained`` (cells the
     attribute newly flips), ``coverage`` (cumulative fraction explained),
-    ``unet_evaluations`` (decodes of this direction, both signs) and
-    ``reference_unet_evaluations`` (what the reference spends in the round).
+    ``unet_evaluations`` (decodes of this direction, both signs),
+    ``reference_unet_evaluations`` (what the reference spends in the round),
+    and ``nearest_rank`` / ``nearest_cosine`` (``nearest_better_attribute``).
     """
     _check_inputs(autoencoder, directions, crops, target_class, n_attributes, alpha)
     if steps_inv < 1 or steps_dec < 1:
@@ -163,5 +183,6 @@ def rank_attributes(autoencoder: DiffusionAutoencoder, directions: Directions, c
     autoencoder.train(was_training)
     table = select_attributes(cache, target_class, n_attributes, threshold, steps_inv, steps_dec)
     table["alpha"] = alpha
+    table[["nearest_rank", "nearest_cosine"]] = nearest_better_attribute(directions, table)
     return Ranking(table, cache, target_class, alpha, steps_inv, steps_dec, spent,
                    int(table["reference_unet_evaluations"].sum()))

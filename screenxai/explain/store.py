@@ -2,7 +2,8 @@
 
 The directory (e.g. a bundle's ``explain/``) holds ``directions.safetensors``
 and ``directions.json`` (the shape of the directions, the config they were
-learned with, and the attribute table as records).
+learned with, whether a classifier guide shaped them, and the attribute
+table as records).
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ def _plain(value: object) -> object:
 
 
 def save_directions(directions: Directions, attributes: pd.DataFrame, directory: str | Path,
-                    config: DirectionConfig | None = None) -> Path:
-    """Write ``directions`` and ``attributes`` (e.g. ``Ranking.attributes``) into ``directory``; returns it."""
+                    config: DirectionConfig | None = None, guided: bool | None = None) -> Path:
+    """Write ``directions`` and ``attributes`` (e.g. ``Ranking.attributes``) into ``directory``; returns it.
+
+    ``guided``: whether the directions were learned with a classifier guide (None: not known).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().cpu().contiguous() for name, value in directions.state_dict().items()}
@@ -35,7 +39,7 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
     records = [{k: _plain(v) for k, v in row.items()} for row in attributes.to_dict(orient="records")]
     meta = {"format_version": FORMAT_VERSION, "z_dim": directions.z_dim, "n_directions": directions.n_directions,
             "hidden": directions.hidden, "rank": directions.rank,
-            "config": config.to_dict() if config is not None else None, "attributes": records}
+            "config": config.to_dict() if config is not None else None, "guided": guided, "attributes": records}
     (directory / CONFIG).write_text(json.dumps(meta, indent=2))
     return directory
 

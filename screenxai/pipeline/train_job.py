@@ -69,7 +69,10 @@ class TrainSettings:
     give the latent checks of the closing summary. The ``explain`` stage
     learns ``explain_directions`` directions and ranks them on
     ``explain_cells`` cells of the first class, keeping
-    ``explain_attributes`` attributes. ``torch_threads`` is how many threads
+    ``explain_attributes`` attributes; with ``explain_guided`` the directions
+    are classifier-guided (``classifier_guide``), otherwise plain LatentCLR
+    directions (on the BBBC013 plate these kept the dose order better; see
+    ``benchmarks/README.md``). ``torch_threads`` is how many threads
     torch trains with; by default all cores of the worker's machine, since
     the job is the only task on the cluster while it trains.
     """
@@ -87,6 +90,7 @@ class TrainSettings:
     explain_cells: int = 32
     explain_directions: int = 10
     explain_attributes: int = 3
+    explain_guided: bool = True
     torch_threads: int | None = None
 
     def to_dict(self) -> dict:
@@ -238,7 +242,8 @@ def _fit_explanations(crops: np.ndarray, table, autoencoder, classifier, out: Pa
     """Learn directions on the training wells' latents, rank them on cells of the first class, name them.
 
     Directions are guided by the classifier through the auxiliary decoder
-    (``classifier_guide``) when the autoencoder has one.
+    (``classifier_guide``) when ``settings.explain_guided`` and the
+    autoencoder has one; whether they were is recorded with them.
 
     Saves the directions and the named attribute table into the bundle's
     ``explain/`` folder; returns the attribute table as records and the
@@ -251,7 +256,8 @@ def _fit_explanations(crops: np.ndarray, table, autoencoder, classifier, out: Pa
     training_rows = ~validation_rows(table, classifier.split)
     labels, _ = class_labels(table, settings.class_column, settings.class_names)
     config = DirectionConfig(n_directions=settings.explain_directions, seed=settings.seed)
-    guide = classifier_guide(autoencoder) if autoencoder.aux_decoder is not None else None
+    guided = settings.explain_guided and autoencoder.aux_decoder is not None
+    guide = classifier_guide(autoencoder) if guided else None
     directions = learn_directions(encode(autoencoder, crops[training_rows]), config, guide=guide)
     source = np.flatnonzero((labels == 0) & training_rows)
     pick = np.random.default_rng(settings.seed).permutation(source)[:settings.explain_cells]
@@ -262,9 +268,10 @@ def _fit_explanations(crops: np.ndarray, table, autoencoder, classifier, out: Pa
                                            table.iloc[shown], channel_names)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     attributes = name_attributes(ranking.attributes, counterfactuals, channel_names, nuclear_channel=nuclear)
-    save_directions(directions, attributes, out / EXPLAIN_FOLDER, config)
-    return {"attributes": attributes[["rank", "direction", "sign", "mean_delta_p", "flip_rate", "name",
-                                      "changes"]].to_dict(orient="records"),
+    save_directions(directions, attributes, out / EXPLAIN_FOLDER, config, guided=guided)
+    return {"attributes": attributes[["rank", "direction", "sign", "mean_delta_p", "flip_rate", "nearest_rank",
+                                      "nearest_cosine", "name", "changes"]].to_dict(orient="records"),
+            "guided": guided,
             "unet_evaluations": ranking.unet_evaluations,
             "reference_unet_evaluations": ranking.reference_unet_evaluations}
 
