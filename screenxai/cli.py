@@ -162,6 +162,9 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
 LOG_EVERY_S = 30.0
 SAME_AXIS_COSINE = 0.9  # an attribute this close to a better one's axis is printed as a repeat of it
+GUIDED_OPTION = click.option("--guided/--unguided", default=True, show_default=True,
+                             help="Learn classifier-guided attribute directions, or plain contrastive ones "
+                                  "(see benchmarks/README.md).")
 
 
 class LogProgress:
@@ -264,9 +267,7 @@ def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str 
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @click.option("--keep-work", is_flag=True, help="Keep the crop cache and checkpoints (OUT.work) after success.")
-@click.option("--guided/--unguided", default=True, show_default=True,
-              help="Learn classifier-guided attribute directions, or plain contrastive ones "
-                   "(see benchmarks/README.md).")
+@GUIDED_OPTION
 def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str, classes: str, preset: str,
           stages: str, wells: str | None, max_cells_per_well: int, nuclear_channel: str | None, seed: int,
           scheduler: str | None, workers: int | None, keep_work: bool, guided: bool) -> None:
@@ -370,9 +371,7 @@ def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well:
 @click.option("--seed", default=0, show_default=True, help="Seed of sampling and direction learning.")
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
-@click.option("--guided/--unguided", default=True, show_default=True,
-              help="Learn classifier-guided attribute directions, or plain contrastive ones "
-                   "(see benchmarks/README.md).")
+@GUIDED_OPTION
 def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | None, wells: str | None,
             exemplars: int, max_cells_per_well: int, seed: int, scheduler: str | None, workers: int | None,
             guided: bool) -> None:

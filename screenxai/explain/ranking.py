@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from screenxai.explain.directions import Directions
+from screenxai.explain.quality import direction_agreement
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.classifier import predict_proba
 
@@ -144,14 +145,14 @@ def nearest_better_attribute(directions: Directions, table: pd.DataFrame) -> pd.
     cosine near 1 to a better one is the same change again. The first
     attribute has none: ``nearest_rank`` 0 and ``nearest_cosine`` 0.
     """
-    signs = torch.tensor(table["sign"].tolist(), dtype=directions.axes.dtype)
-    axes = directions.axes[table["direction"].tolist()].cpu() * signs[:, None]
-    cosine = (torch.nn.functional.normalize(axes, dim=1) @ torch.nn.functional.normalize(axes, dim=1).T).numpy()
+    kept = list(table.itertuples())
     nearest_rank, nearest_cosine = [0], [0.0]
-    for i in range(1, len(table)):
-        j = int(np.argmax(cosine[i, :i]))
-        nearest_rank.append(int(table["rank"].iloc[j]))
-        nearest_cosine.append(float(cosine[i, j]))
+    for i, row in enumerate(kept[1:], start=1):
+        cosines = [direction_agreement(directions, directions, row.direction, better.direction, row.sign, better.sign)
+                   for better in kept[:i]]
+        best = int(np.argmax(cosines))
+        nearest_rank.append(int(kept[best].rank))
+        nearest_cosine.append(cosines[best])
     return pd.DataFrame({"nearest_rank": nearest_rank, "nearest_cosine": nearest_cosine}, index=table.index)
 
 

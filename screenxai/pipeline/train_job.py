@@ -71,8 +71,8 @@ class TrainSettings:
     ``explain_cells`` cells of the first class, keeping
     ``explain_attributes`` attributes; with ``explain_guided`` the directions
     are classifier-guided (``classifier_guide``), otherwise plain LatentCLR
-    directions (on the BBBC013 plate these kept the dose order better; see
-    ``benchmarks/README.md``). ``torch_threads`` is how many threads
+    directions, which move the classifier less (``benchmarks/README.md``
+    compares the two). ``torch_threads`` is how many threads
     torch trains with; by default all cores of the worker's machine, since
     the job is the only task on the cluster while it trains.
     """
