@@ -5,6 +5,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 PRESET ?= tiny
+# Two pytest-xdist workers: the tiny models' training runs beside the rest of the suite
+# (tests/conftest.py keeps modules that share a trained model on one worker).
+PYTEST_ARGS ?= --numprocesses=2 --dist=loadgroup
 
 .PHONY: setup run test clean
 

@@ -23,6 +23,8 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 BBBC013_PATTERN = "Channel{channel}-{index}-{row}-{column}.tif"
 BBBC013_CHANNELS = "1=GFP,2=DNA"
 PLANTED_DOSE_FACTORS = ["translocation", "nuclear_area"]
+# Session fixtures that train models (minutes each): the modules using one share a pytest-xdist worker.
+HEAVY_SESSION_FIXTURES = ("tiny_models", "bbbc013_classifier")
 
 
 def documented_columns(doc: str, section: str) -> dict[str, str]:
@@ -52,6 +54,39 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and report.skipped and item.get_closest_marker("acceptance") is not None:
         report.outcome = "failed"
         report.longrepr = f"acceptance test {item.nodeid} was skipped under CI=true: {report.longrepr}"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Keep what pytest-xdist's ``loadgroup`` must not split on one worker, longest first.
+
+    Every module is one group, so its module-scoped fixtures are built once;
+    the modules that share a costly session fixture (``HEAVY_SESSION_FIXTURES``)
+    form one group each, so the fixture is built once per run, not once per
+    worker. Those groups run first: the tiny models' training is the suite's
+    critical path. Serial runs get the same, valid, order.
+    """
+    groups = module_groups(items)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(groups[module_of(item)]))
+    first = {name: rank for rank, name in enumerate(HEAVY_SESSION_FIXTURES)}
+    items.sort(key=lambda item: first.get(groups[module_of(item)], len(first)))
+
+
+def module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+def module_groups(items: list[pytest.Item]) -> dict[str, str]:
+    """Each module's xdist group: the heavy session fixture one of its tests uses, else the module itself."""
+    groups: dict[str, str] = {}
+    for item in items:
+        module = module_of(item)
+        groups.setdefault(module, module)
+        for name in HEAVY_SESSION_FIXTURES:
+            if name in getattr(item, "fixturenames", ()):
+                groups[module] = name
+    return groups
 
 
 def pytest_deselected(items):
