@@ -89,6 +89,18 @@ def module_groups(items: list[pytest.Item]) -> dict[str, str]:
     return groups
 
 
+def pytest_configure(config):
+    """Under CI=true with pytest-xdist workers, refuse -m and -k before any worker starts.
+
+    Workers deselect on their own, where ``pytest_deselected`` can only crash
+    the run (an INTERNALERROR without this message), not stop it cleanly.
+    """
+    selecting = config.getoption("markexpr", "") or config.getoption("keyword", "")
+    if IN_CI and getattr(config.option, "numprocesses", None) and selecting:
+        raise pytest.UsageError("CI=true: acceptance tests may not be deselected: -m/-k are refused "
+                                "with pytest-xdist workers")
+
+
 def pytest_deselected(items):
     """Under CI=true, deselecting an acceptance test aborts the run."""
     dropped = [i.nodeid for i in items if i.get_closest_marker("acceptance") is not None]

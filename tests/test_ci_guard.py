@@ -34,8 +34,9 @@ def test_skipped_acceptance_test_fails_only_under_ci(guarded, monkeypatch, ci, f
     result.assert_outcomes(failed=failed, skipped=skipped)
 
 
-def test_deselecting_acceptance_tests_aborts_under_ci(guarded, monkeypatch):
+@pytest.mark.parametrize("workers", [(), ("--numprocesses=2", "--dist=loadgroup")])
+def test_deselecting_acceptance_tests_aborts_under_ci(guarded, monkeypatch, workers):
     monkeypatch.setenv("CI", "true")
-    result = guarded.runpytest_subprocess("-m", "not acceptance")
+    result = guarded.runpytest_subprocess(*workers, "-m", "not acceptance")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*acceptance tests may not be deselected*"])
