@@ -57,8 +57,8 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Keep what pytest-xdist's ``loadgroup`` must not split on one worker, longest first.
+def pytest_collection_modifyitems(items):
+    """Give every test an ``xdist_group`` so that ``--dist=loadgroup`` splits no shared fixture; heaviest first.
 
     Every module is one group, so its module-scoped fixtures are built once;
     the modules that share a costly session fixture (``HEAVY_SESSION_FIXTURES``)
