@@ -3,7 +3,7 @@
 from screenxai.cells.crops import crop_cells
 from screenxai.cells.features import measure_features, perinuclear_rings
 from screenxai.cells.field import CellBatch, CellConfig, field_qc, nuclear_channel_index, process_field
-from screenxai.cells.normalise import NormalisationStats, fit_normalisation, normalise, stats_from_images
+from screenxai.cells.normalise import NormalisationStats, denormalise, fit_normalisation, normalise, stats_from_images
 from screenxai.cells.segment import MatchResult, SegmentationParams, match_objects, segment_nuclei
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "NormalisationStats",
     "SegmentationParams",
     "crop_cells",
+    "denormalise",
     "field_qc",
     "fit_normalisation",
     "match_objects",

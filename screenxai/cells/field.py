@@ -96,6 +96,19 @@ def nuclear_channel_index(channel_names: Sequence[str], nuclear_channel: str | N
     return guesses[0]
 
 
+def reporter_channel_index(channel_names: Sequence[str], nuclear: int, reporter_channel: str | None = None) -> int:
+    """Index of the reporter channel: the one named, else the first channel that is not the nuclear one."""
+    names = list(channel_names)
+    if reporter_channel is not None:
+        if reporter_channel not in names:
+            raise PlateError(f"reporter channel {reporter_channel!r} is not among the channels {names}")
+        return names.index(reporter_channel)
+    others = [i for i in range(len(names)) if i != nuclear]
+    if not others:
+        raise PlateError(f"no reporter channel besides the nuclear one among {names}")
+    return others[0]
+
+
 def field_qc(image: np.ndarray, nuclear: np.ndarray, n_cells: int) -> dict:
     """Quality numbers of a field.
 

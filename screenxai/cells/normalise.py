@@ -116,3 +116,13 @@ def normalise(crops: np.ndarray, stats: NormalisationStats) -> np.ndarray:
     high = np.asarray(stats.high, np.float32)[None, :, None, None]
     scaled = 2 * (crops.astype(np.float32) - low) / (high - low) - 1
     return np.clip(scaled, -1, 1, out=scaled)
+
+
+def denormalise(crops: np.ndarray, stats: NormalisationStats) -> np.ndarray:
+    """The inverse of ``normalise`` (before its clipping): ``[-1, 1]`` back to the plate's intensity units."""
+    if crops.ndim < 3 or crops.shape[-3] != len(stats.channel_names):
+        raise ValueError(f"expected images (..., {len(stats.channel_names)}, H, W) for channels "
+                         f"{list(stats.channel_names)}, got shape {crops.shape}")
+    low = np.asarray(stats.low, np.float32)[:, None, None]
+    high = np.asarray(stats.high, np.float32)[:, None, None]
+    return ((np.asarray(crops, np.float32) + 1) / 2 * (high - low) + low).astype(np.float32)

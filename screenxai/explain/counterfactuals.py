@@ -9,11 +9,14 @@ classifier.
 The result is an ``xarray.Dataset``, dims (cell, attribute, alpha, c, y, x):
 
 - ``image`` (cell, attribute, alpha, c, y, x) float32 in [-1, 1]
-- ``probability`` (cell, attribute, alpha): classifier probability of the target class
-- ``original`` (cell, c, y, x) and ``original_probability`` (cell): the real crop
+- ``probability`` (cell, attribute, alpha): classifier probability of the attribute's target class
+- ``original`` (cell, c, y, x) and ``original_probability`` (cell, attribute): the real crop
 - ``alpha_latent`` (attribute, alpha): the edit's length in ``z_sem`` units
-- coordinates ``plate``, ``well``, ``field``, ``label`` (cell), ``alpha``,
-  ``channel`` (c), ``attribute`` (rank), ``direction`` and ``sign`` (attribute)
+- indexes ``cell`` (the cell id), ``attribute`` (``treatment/rank``, or the
+  attribute id without treatments), ``alpha`` and ``c`` (channel names), so
+  ``ds.image.sel(c="reporter")`` works; coordinates ``plate``, ``well``,
+  ``field``, ``label`` (cell) and ``treatment``, ``rank``, ``attribute_id``,
+  ``direction``, ``sign``, ``target_class`` (attribute)
 
 ``write_counterfactuals`` stores it with ``to_zarr``, one cell per chunk.
 """
@@ -53,20 +56,35 @@ def _check(autoencoder: DiffusionAutoencoder, crops: np.ndarray, table: pd.DataF
         raise ValueError(f"alphas must be distinct and not empty, got {list(alphas)}")
     if max(abs(a) for a in alphas) > MAX_ALPHA:
         raise ValueError(f"|alpha| must be at most {MAX_ALPHA} SD to stay on the data, got {list(alphas)}")
-    for column in ("rank", "direction", "sign", "target_class"):
+    for column in ("attribute", "direction", "sign", "target_class"):
         if column not in attributes.columns:
             raise ValueError(f"attribute table lacks the column {column!r}")
+
+
+ATTRIBUTE_COORDS = ("treatment", "rank", "attribute", "direction", "sign", "target_class")
+
+
+def attribute_keys(attributes: pd.DataFrame) -> np.ndarray:
+    """The ``attribute`` index of the counterfactuals: ``treatment/rank`` when rows carry a treatment, else the id."""
+    if "treatment" in attributes.columns:
+        return np.array([f"{t}/{int(r)}" for t, r in zip(attributes["treatment"], attributes["rank"], strict=True)],
+                        dtype=object)
+    return attributes["attribute"].astype(str).to_numpy(dtype=object)
 
 
 def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
                          crops: np.ndarray, table: pd.DataFrame, channel_names: Sequence[str],
                          alphas: Sequence[float] = (-3.0, -1.5, 0.0, 1.5, 3.0), steps_inv: int = 10,
                          steps_dec: int = 10, batch_size: int = 256) -> xr.Dataset:
-    """Decode each cell along each attribute of ``attributes`` at each alpha (SD units) and score the images."""
+    """Decode each cell along each attribute row of ``attributes`` at each alpha (SD units) and score the images.
+
+    ``probability`` is each image's probability of its attribute's
+    ``target_class``; ``original_probability`` the real crop's, per attribute.
+    """
     _check(autoencoder, crops, table, attributes, alphas, channel_names)
     device = model_device(autoencoder)
     directions = directions.to(device)
-    target = int(attributes["target_class"].iloc[0])
+    targets = attributes["target_class"].to_numpy(np.int64)
     x = torch.from_numpy(np.ascontiguousarray(crops, np.float32)).to(device)
     n, n_attr, n_alpha = len(x), len(attributes), len(alphas)
     images = np.empty((n, n_attr, n_alpha, *crops.shape[1:]), np.float32)
@@ -83,26 +101,35 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
                     decoded = autoencoder.decode(x_t, directions.edit(z, int(row.direction), row.sign * alpha),
                                                  steps_dec)
                     images[i:i + len(xb), a, j] = decoded.cpu().numpy()
-                    probability[i:i + len(xb), a, j] = predict_proba(autoencoder.classifier, decoded)[:, target]
+                    probability[i:i + len(xb), a, j] = predict_proba(autoencoder.classifier, decoded)[:, targets[a]]
     autoencoder.train(was_training)
     scales = directions.scales.cpu().numpy()[attributes["direction"].to_numpy()]
     cells = table.reset_index(drop=True)
+    along = {name: ("attribute", attributes[name].to_numpy()) for name in ATTRIBUTE_COORDS[1:]
+             if name in attributes.columns and name != "attribute"}
+    if "treatment" in attributes.columns:
+        along["treatment"] = ("attribute", attributes["treatment"].astype(str).to_numpy(dtype=object))
+        along["attribute_id"] = ("attribute", attributes["attribute"].astype(str).to_numpy(dtype=object))
+    cell_index = (cells["cell_id"].astype(str).to_numpy(dtype=object) if "cell_id" in cells.columns
+                  else np.array([f"{p}/{w}/{f}/{lab}" for p, w, f, lab in cells[list(CELL_KEYS)].itertuples(index=False)],
+                                dtype=object))
     return xr.Dataset(
         {"image": (("cell", "attribute", "alpha", "c", "y", "x"), images),
          "probability": (("cell", "attribute", "alpha"), probability),
          "original": (("cell", "c", "y", "x"), np.asarray(crops, np.float32)),
-         "original_probability": (("cell",), predict_proba(autoencoder.classifier, x)[:, target]),
+         "original_probability": (("cell", "attribute"), predict_proba(autoencoder.classifier, x)[:, targets]),
          "alpha_latent": (("attribute", "alpha"), np.outer(scales, np.asarray(alphas, np.float64)))},
-        coords={"plate": ("cell", cells["plate"].astype(str).to_numpy()),
+        coords={"cell": cell_index,
+                "plate": ("cell", cells["plate"].astype(str).to_numpy()),
                 "well": ("cell", cells["well"].astype(str).to_numpy()),
                 "field": ("cell", cells["field"].to_numpy(np.int64)),
                 "label": ("cell", cells["label"].to_numpy(np.int64)),
-                "attribute": attributes["rank"].to_numpy(np.int64),
-                "direction": ("attribute", attributes["direction"].to_numpy(np.int64)),
-                "sign": ("attribute", attributes["sign"].to_numpy(np.int64)),
+                "attribute": attribute_keys(attributes),
+                **along,
                 "alpha": np.asarray(alphas, np.float64),
-                "channel": ("c", np.array([str(c) for c in channel_names], dtype=object))},
-        attrs={"target_class": target, "alpha_units": "SD of the cells' z_sem projected on the direction",
+                "c": np.array([str(c) for c in channel_names], dtype=object)},
+        attrs={"alpha_units": "SD of the cells' z_sem projected on the direction",
+               "image_units": "the models' [-1, 1] (image_raw: the plate's intensity units)",
                "max_alpha": MAX_ALPHA, "steps_inv": steps_inv, "steps_dec": steps_dec})
 
 

@@ -65,6 +65,11 @@ class DirectionConfig:
     over K + 1 copies of them per step; this pass is most of a step's cost,
     and 4 cells a step gave the same flips, localisation and cross-seed
     agreement as 16 in a quarter of the time, see ``benchmarks/README.md``).
+    With ``target_classes`` (one class index per direction, cycled), the
+    reward of direction k is the rise of its class's probability instead of
+    the change of all of them: each treatment of a screen gets directions
+    that move cells towards it, where one shared reward lets every direction
+    chase the treatment that is easiest to reach.
     """
 
     n_directions: int = 10
@@ -80,6 +85,7 @@ class DirectionConfig:
     response_weight: float = 1.0
     outside_weight: float = 1.0
     response_cells: int = 4
+    target_classes: tuple[int, ...] = ()
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,12 +101,14 @@ class DirectionConfig:
         for name in ("response_weight", "outside_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"DirectionConfig.{name} must be at least 0, got {getattr(self, name)}")
+        if any(t < 0 for t in self.target_classes):
+            raise ValueError(f"DirectionConfig.target_classes must be class indices, got {self.target_classes}")
         if not 0 < self.subspace_variance <= 1:
             raise ValueError(f"DirectionConfig.subspace_variance must lie in (0, 1], got {self.subspace_variance}")
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
-        return asdict(self)
+        return {**asdict(self), "target_classes": list(self.target_classes)}
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -209,12 +217,23 @@ class EditEffect:
 
     ``response``: the L1 change of the classifier's class probabilities;
     ``inside`` and ``outside``: the mean |change| per pixel of the rendered
-    image inside and outside the cell region.
+    image inside and outside the cell region; ``proba_before`` (B, n_classes)
+    and ``proba_after`` (K, B, n_classes): the probabilities themselves.
     """
 
     response: torch.Tensor
     inside: torch.Tensor
     outside: torch.Tensor
+    proba_before: torch.Tensor
+    proba_after: torch.Tensor
+
+    def gain(self, target_classes: tuple[int, ...]) -> torch.Tensor:
+        """(K, B): the rise of each edit's target-class probability, direction k targeting ``target_classes[k % n]``."""
+        n_edits = self.proba_after.shape[0]
+        targets = torch.tensor([target_classes[k % len(target_classes)] for k in range(n_edits)],
+                               device=self.proba_after.device)
+        after = self.proba_after.gather(2, targets[:, None, None].expand(-1, self.proba_after.shape[1], 1))[..., 0]
+        return after - self.proba_before[:, targets].T
 
 
 Guide = Callable[[torch.Tensor, torch.Tensor], EditEffect]
@@ -254,11 +273,12 @@ def classifier_guide(autoencoder: DiffusionAutoencoder, radius: float = 0.5) -> 
         images = decoder(torch.cat([z, edited.reshape(-1, z.shape[1]), z.mean(0, keepdim=True)]))
         before, after, background = images[:batch], images[batch:-1], images[-1:]
         proba = torch.softmax(classifier((images[:-1] * mask + background * (1 - mask)).clamp(-1, 1)).float(), 1)
-        response = (proba[batch:].reshape(n_edits, batch, -1) - proba[:batch]).abs().sum(-1)
+        edited_proba = proba[batch:].reshape(n_edits, batch, -1)
+        response = (edited_proba - proba[:batch]).abs().sum(-1)
         change = (after.reshape(n_edits, batch, *before.shape[1:]) - before).abs().mean(2)
         inside = (change * mask).sum((-2, -1)) / mask.sum()
         outside = (change * (1 - mask)).sum((-2, -1)) / (1 - mask).sum()
-        return EditEffect(response, inside, outside)
+        return EditEffect(response, inside, outside, proba[:batch], edited_proba)
 
     return guide
 
@@ -319,7 +339,8 @@ def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(
             cells = config.response_cells
             effect = guide(zb[:cells], torch.stack(edited)[:, :cells])
             spill = effect.outside.mean(1) / (effect.inside.mean(1) + 1e-3)
-            loss = loss - config.response_weight * effect.response.mean() + config.outside_weight * spill.mean()
+            reward = effect.gain(config.target_classes) if config.target_classes else effect.response
+            loss = loss - config.response_weight * reward.mean() + config.outside_weight * spill.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()

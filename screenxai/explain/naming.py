@@ -104,7 +104,10 @@ def describe(effects: pd.Series, channel_names: Sequence[str]) -> tuple[str, str
 
 def attribute_effects(counterfactuals: xr.Dataset, channel_names: Sequence[str],
                       nuclear_channel: int = 0) -> pd.DataFrame:
-    """Cohen's d of every feature between ``alpha = 0`` and the largest positive alpha, one row per attribute."""
+    """Cohen's d of every feature between ``alpha = 0`` and the largest positive alpha, one row per attribute.
+
+    ``attribute`` holds the counterfactuals' ``attribute`` index (the attribute id).
+    """
     alphas = counterfactuals["alpha"].to_numpy()
     if 0.0 not in alphas or not (alphas > 0).any():
         raise ValueError(f"naming needs alpha 0 and a positive alpha among the counterfactuals, got {list(alphas)}")
@@ -114,14 +117,18 @@ def attribute_effects(counterfactuals: xr.Dataset, channel_names: Sequence[str],
         sweep = images.sel(attribute=attribute)
         before = crop_features(sweep.sel(alpha=0.0).to_numpy(), channel_names, nuclear_channel)
         after = crop_features(sweep.sel(alpha=alphas.max()).to_numpy(), channel_names, nuclear_channel)
-        rows.append({"rank": int(attribute), **{f"d_{c}": cohens_d(before[c].to_numpy(), after[c].to_numpy())
+        rows.append({"attribute": str(attribute), **{f"d_{c}": cohens_d(before[c].to_numpy(), after[c].to_numpy())
                                                 for c in before.columns}})
     return pd.DataFrame(rows)
 
 
 def name_attributes(attributes: pd.DataFrame, counterfactuals: xr.Dataset, channel_names: Sequence[str],
                     nuclear_channel: int = 0) -> pd.DataFrame:
-    """``attributes`` with ``name``, ``changes`` and one ``d_{feature}`` column per morphology feature."""
+    """``attributes`` with ``name``, ``changes`` and one ``d_{feature}`` column per morphology feature.
+
+    ``counterfactuals`` renders the attribute ids of ``attributes`` (its
+    ``attribute`` column), each once.
+    """
     effects = attribute_effects(counterfactuals, channel_names, nuclear_channel)
     columns = [c for c in effects.columns if c.startswith("d_")]
     described = [describe(row[columns].rename(lambda c: c[2:]).astype(float), channel_names)
@@ -129,4 +136,4 @@ def name_attributes(attributes: pd.DataFrame, counterfactuals: xr.Dataset, chann
     effects["name"] = [name for name, _ in described]
     effects["changes"] = [changes for _, changes in described]
     named = attributes.drop(columns=[c for c in [*columns, "name", "changes"] if c in attributes.columns])
-    return named.merge(effects[["rank", "name", "changes", *columns]], on="rank", how="left")
+    return named.merge(effects[["attribute", "name", "changes", *columns]], on="attribute", how="left")

@@ -16,6 +16,7 @@ count for the same selection is reported beside ours.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,8 +86,12 @@ def _check_inputs(autoencoder: DiffusionAutoencoder, directions: Directions, cro
 
 
 def build_cache(autoencoder: DiffusionAutoencoder, directions: Directions, crops: np.ndarray, alpha: float,
-                steps_inv: int, steps_dec: int, batch_size: int = 256) -> RankingCache:
-    """Invert each cell once, then decode and score every (cell, direction, sign) once."""
+                steps_inv: int, steps_dec: int, batch_size: int = 256,
+                on_direction: Callable[[int, int], None] | None = None) -> RankingCache:
+    """Invert each cell once, then decode and score every (cell, direction, sign) once.
+
+    ``on_direction(done, total)`` is called after each direction's decodes.
+    """
     device = model_device(autoencoder)
     x = torch.from_numpy(np.ascontiguousarray(crops, np.float32)).to(device)
     batches = range(0, len(x), batch_size)
@@ -101,12 +106,31 @@ def build_cache(autoencoder: DiffusionAutoencoder, directions: Directions, crops
                 images = torch.cat([autoencoder.decode(x_t[i:i + batch_size], z_edit[i:i + batch_size], steps_dec)
                                     for i in batches])
                 edited[:, k, s] = predict_proba(autoencoder.classifier, images, batch_size)
+            if on_direction is not None:
+                on_direction(k + 1, directions.n_directions)
     return RankingCache(z.cpu(), x_t.cpu(), predict_proba(autoencoder.classifier, x, batch_size), edited)
 
 
+def attribute_id(direction: int, sign: int) -> str:
+    """The id of the attribute that edits along ``direction`` with ``sign``: ``d3p`` (plus) or ``d3n`` (minus)."""
+    return f"d{int(direction)}{'p' if sign > 0 else 'n'}"
+
+
+def axis_cosines(directions: Directions) -> np.ndarray:
+    """|cosine| between the mean axes of every pair of directions (K, K): 1 means the same axis, either sign."""
+    axes = torch.nn.functional.normalize(directions.axes.detach().cpu().float(), dim=1)
+    return (axes @ axes.T).abs().numpy()
+
+
 def select_attributes(cache: RankingCache, target_class: int, n_attributes: int, threshold: float,
-                      steps_inv: int, steps_dec: int) -> pd.DataFrame:
-    """Greedy selection on memoised scores; one row per kept attribute with the reference's cost of its round."""
+                      steps_inv: int, steps_dec: int, cosines: np.ndarray | None = None,
+                      max_cosine: float = 1.0, exclude: frozenset[int] = frozenset()) -> pd.DataFrame:
+    """Greedy selection on memoised scores; one row per kept attribute with the reference's cost of its round.
+
+    A direction whose axis has |cosine| of at least ``max_cosine`` with a kept
+    one's (``cosines``, from ``axis_cosines``) is the same change and is not
+    a candidate; neither are the directions in ``exclude``.
+    """
     n_cells, n_directions = cache.edited_proba.shape[:2]
     gain = cache.edited_proba[..., target_class] - cache.proba[:, None, None, target_class]
     flips = cache.edited_proba.argmax(-1) == target_class
@@ -115,14 +139,17 @@ def select_attributes(cache: RankingCache, target_class: int, n_attributes: int,
     for r in range(n_attributes):
         pool = remaining if remaining.any() else np.ones(n_cells, bool)
         candidates = np.full((n_directions, len(SIGNS)), -np.inf)
-        free = [k for k in range(n_directions) if k not in {row["direction"] for row in rows}]
+        free = _free_directions(n_directions, [row["direction"] for row in rows], cosines, max_cosine, exclude)
+        if not free:
+            break
         candidates[free] = gain[pool][:, free].mean(0)
         k, s = np.unravel_index(np.argmax(candidates), candidates.shape)
         if candidates[k, s] < threshold:
             break
         explained = remaining & flips[:, k, s]
         rows.append({
-            "rank": r + 1, "direction": int(k), "sign": SIGNS[s], "target_class": target_class,
+            "rank": r + 1, "attribute": attribute_id(k, SIGNS[s]), "direction": int(k), "sign": SIGNS[s],
+            "target_class": target_class,
             "n_cells": int(pool.sum()), "mean_delta_p": float(candidates[k, s]),
             "flip_rate": float(flips[pool, k, s].mean()), "mean_delta_p_all": float(gain[:, k, s].mean()),
             "flip_rate_all": float(flips[:, k, s].mean()), "explained": int(explained.sum()),
@@ -135,6 +162,15 @@ def select_attributes(cache: RankingCache, target_class: int, n_attributes: int,
     table = pd.DataFrame(rows)
     table["coverage"] = np.cumsum(table["explained"]) / n_cells
     return table
+
+
+def _free_directions(n_directions: int, kept: list[int], cosines: np.ndarray | None, max_cosine: float,
+                     exclude: frozenset[int]) -> list[int]:
+    """Directions still candidates: not kept, not excluded, and (with ``cosines``) off every kept axis."""
+    free = [k for k in range(n_directions) if k not in kept and k not in exclude]
+    if cosines is None or not kept:
+        return free
+    return [k for k in free if cosines[k, kept].max() < max_cosine]
 
 
 def nearest_better_attribute(directions: Directions, table: pd.DataFrame) -> pd.DataFrame:
@@ -158,13 +194,16 @@ def nearest_better_attribute(directions: Directions, table: pd.DataFrame) -> pd.
 
 def rank_attributes(autoencoder: DiffusionAutoencoder, directions: Directions, crops: np.ndarray,
                     target_class: int, n_attributes: int = 3, steps_inv: int = 10, steps_dec: int = 10,
-                    alpha: float = 2.0, threshold: float = 0.0, batch_size: int = 256) -> Ranking:
+                    alpha: float = 2.0, threshold: float = 0.0, batch_size: int = 256,
+                    max_cosine: float = 1.0) -> Ranking:
     """Rank ``directions`` by their effect on the classifier's ``target_class`` probability.
 
     ``crops`` (N, C, H, W) in [-1, 1] are cells of the other class(es).
     ``alpha`` is the edit size in SD units (at most ``MAX_ALPHA``). Rounds
     stop at ``n_attributes`` or when the best mean gain falls below
-    ``threshold``. Columns of ``attributes``: ``rank``, ``direction``,
+    ``threshold``. With ``max_cosine`` below 1, a direction along a kept
+    one's axis (|cosine| >= ``max_cosine``) is no candidate. Columns of
+    ``attributes``: ``rank``, ``attribute`` (``attribute_id``), ``direction``,
     ``sign``, ``target_class``, ``n_cells`` (cells ranked on in the round),
     ``mean_delta_p`` and ``flip_rate`` over those cells, ``mean_delta_p_all``
     and ``flip_rate_all`` over all sampled cells, ``explained`` (cells the
@@ -182,7 +221,8 @@ def rank_attributes(autoencoder: DiffusionAutoencoder, directions: Directions, c
     cache = build_cache(autoencoder, directions, crops, alpha, steps_inv, steps_dec, batch_size)
     spent = autoencoder.unet_evaluations - before
     autoencoder.train(was_training)
-    table = select_attributes(cache, target_class, n_attributes, threshold, steps_inv, steps_dec)
+    table = select_attributes(cache, target_class, n_attributes, threshold, steps_inv, steps_dec,
+                              axis_cosines(directions), max_cosine)
     table["alpha"] = alpha
     table[["nearest_rank", "nearest_cosine"]] = nearest_better_attribute(directions, table)
     return Ranking(table, cache, target_class, alpha, steps_inv, steps_dec, spent,

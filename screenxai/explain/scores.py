@@ -17,25 +17,34 @@ from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.latent_checks import encode
 
 
+def unique_attributes(attributes: pd.DataFrame) -> pd.DataFrame:
+    """One row per attribute id (``attribute``, ``direction``, ``sign``), in order of first appearance.
+
+    Treatments of a screen may keep the same attribute; it is scored once.
+    """
+    for column in ("attribute", "direction", "sign"):
+        if column not in attributes.columns:
+            raise ValueError(f"attribute table lacks the column {column!r}")
+    return attributes.drop_duplicates("attribute")[["attribute", "direction", "sign"]].reset_index(drop=True)
+
+
 def attribute_columns(attributes: pd.DataFrame) -> list[str]:
-    """Column names of the scores: ``attribute_{rank}``."""
-    return [f"attribute_{int(rank)}" for rank in attributes["rank"]]
+    """Column names of the scores: ``attribute_{id}``, one per attribute id."""
+    return [f"attribute_{a}" for a in unique_attributes(attributes)["attribute"]]
 
 
 def scores_from_latents(directions: Directions, attributes: pd.DataFrame, z: torch.Tensor) -> pd.DataFrame:
-    """Scores (one column per attribute, ``attribute_columns``) of latents ``z`` (N, z_dim)."""
-    for column in ("rank", "direction", "sign"):
-        if column not in attributes.columns:
-            raise ValueError(f"attribute table lacks the column {column!r}")
+    """Scores (one column per attribute id, ``attribute_columns``) of latents ``z`` (N, z_dim)."""
+    unique = unique_attributes(attributes)
     with torch.no_grad():
         projection = directions.project(z.to(directions.mean.device).float()).cpu().numpy()
-    values = projection[:, attributes["direction"].to_numpy()] * attributes["sign"].to_numpy()[None, :]
+    values = projection[:, unique["direction"].to_numpy()] * unique["sign"].to_numpy()[None, :]
     return pd.DataFrame(values.astype(np.float32), columns=attribute_columns(attributes))
 
 
 def attribute_scores(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
                      crops: np.ndarray, batch_size: int = 256) -> pd.DataFrame:
-    """Scores of crops (N, C, H, W) in [-1, 1]: one row per crop, one ``attribute_{rank}`` column per attribute."""
+    """Scores of crops (N, C, H, W) in [-1, 1]: one row per crop, one ``attribute_{id}`` column per attribute id."""
     config = autoencoder.config
     expected = (config.in_channels, config.image_size, config.image_size)
     if crops.ndim != 4 or tuple(crops.shape[1:]) != expected:

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score
 
 
 def roc_auc(is_positive: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U, ties counted half); NaN if one side is empty."""
+    """Area under the ROC curve (scikit-learn's, ties counted half); NaN if one side is empty."""
     is_positive = np.asarray(is_positive, bool)
-    n_pos, n_neg = int(is_positive.sum()), int((~is_positive).sum())
-    if n_pos == 0 or n_neg == 0:
+    if is_positive.all() or not is_positive.any():
         return float("nan")
-    ranks = rankdata(score)
-    return float((ranks[is_positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(is_positive, score))
 
 
 def ridge_cv_predictions(x: np.ndarray, y: np.ndarray, alpha: float = 1.0, folds: int = 5,

@@ -62,6 +62,7 @@ class ClassifierMetrics:
     n_val_cells: int
     n_val_wells: int
     best_epoch: int
+    auc_vs_negative: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -98,8 +99,8 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 def evaluate(model: CellClassifier, crops: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
-             batch_size: int) -> tuple[float, float, float, dict[str, float]]:
-    """Class-balanced loss, accuracy, balanced accuracy and per-class AUC on ``crops``."""
+             batch_size: int) -> tuple[float, float, float, dict[str, float], dict[str, float]]:
+    """Class-balanced loss, accuracy, balanced accuracy, per-class AUC and AUC against the first class on ``crops``."""
     proba = predict_proba(model, crops, batch_size)
     n_classes = len(class_names)
     log_p = torch.log(torch.from_numpy(proba).clamp_min(1e-12))
@@ -108,7 +109,21 @@ def evaluate(model: CellClassifier, crops: np.ndarray, labels: np.ndarray, class
     accuracy = float((predicted == labels).mean())
     recalls = [float((predicted[labels == k] == k).mean()) for k in range(n_classes) if (labels == k).any()]
     auc = {name: roc_auc(labels == k, proba[:, k]) for k, name in enumerate(class_names)}
-    return loss, accuracy, float(np.mean(recalls)), auc
+    return loss, accuracy, float(np.mean(recalls)), auc, auc_against_first(proba, labels, class_names)
+
+
+def auc_against_first(proba: np.ndarray, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Per class after the first: ROC AUC of ``p_k / (p_k + p_0)`` between cells of class k and of class 0.
+
+    The first class is the negative control, so this is how well the
+    classifier tells each treatment from it, whatever the other classes.
+    """
+    result = {}
+    for k, name in enumerate(class_names[1:], start=1):
+        pair = (labels == 0) | (labels == k)
+        score = proba[pair, k] / np.maximum(proba[pair, k] + proba[pair, 0], 1e-12)
+        result[name] = roc_auc(labels[pair] == k, score)
+    return result
 
 
 def train_classifier(
@@ -163,7 +178,7 @@ def train_classifier(
             optimiser.step()
             total += loss.item()
         check_finite(total / steps, "classifier", epoch)
-        val_loss, accuracy, balanced, _ = evaluate(model, val_x, val_y, names, training.batch_size * 4)
+        val_loss, accuracy, balanced, _, _ = evaluate(model, val_x, val_y, names, training.batch_size * 4)
         state["history"].append({"epoch": epoch, "loss": total / steps, "val_loss": val_loss,
                                  "val_accuracy": accuracy, "val_balanced_accuracy": balanced})
         if val_loss < state["best_loss"]:
@@ -175,7 +190,8 @@ def train_classifier(
             progress(Progress("classifier", epoch, training.epochs, total / steps, val_loss, clock.eta(epoch)))
     model.load_state_dict(state["best_model"])
     model.eval()
-    val_loss, accuracy, balanced, auc = evaluate(model, val_x, val_y, names, training.batch_size * 4)
+    val_loss, accuracy, balanced, auc, auc_vs_negative = evaluate(model, val_x, val_y, names,
+                                                                  training.batch_size * 4)
     metrics = ClassifierMetrics(val_loss, accuracy, balanced, auc, len(val_y), len(split.val_wells),
-                                state["best_epoch"])
+                                state["best_epoch"], auc_vs_negative)
     return TrainedClassifier(model, names, split, metrics, state["history"])

@@ -41,9 +41,9 @@ from screenxai.pipeline.allocator import relax_malloc_thresholds
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
 from screenxai.pipeline.sinks import write_parquet_atomic
-from screenxai.cells.field import nuclear_channel_index
+from screenxai.cells.field import nuclear_channel_index, reporter_channel_index
 from screenxai.models.splits import class_labels
-from screenxai.plate.layout import wells_with
+from screenxai.plate.conditions import ConditionError, Conditions, screen_conditions, training_wells
 from screenxai.plate.reader import Plate
 
 TRAIN_TOPIC = "screenxai-train"
@@ -62,25 +62,32 @@ class TrainJobError(ScreenxaiError):
 class TrainSettings:
     """What ``screenxai train`` trains and on which cells.
 
-    ``wells`` maps plate names to wells to sample; by default each plate's
-    wells whose ``class_column`` is one of ``class_names`` (its controls).
+    ``class_column`` holds the classes (default: ``compound`` when the
+    layout has several treatments, else ``control``) and ``class_names``
+    names them, the negative control first (default: read from the layout,
+    ``screenxai.plate.conditions``). ``wells`` maps plate names to wells to
+    sample; by default the negative wells and each treatment's
+    ``top_dose_levels`` highest dose levels (the two controls in a
+    negative/positive design).
     At most ``max_cells_per_well`` interior cells are taken per well.
     ``check_cells`` held-out cells (of the classifier's validation wells)
     give the latent checks of the closing summary. The ``explain`` stage
-    learns ``explain_directions`` directions and ranks them on
-    ``explain_cells`` cells of the first class, keeping
-    ``explain_attributes`` attributes; with ``explain_guided`` the directions
-    are classifier-guided (``classifier_guide``), otherwise plain LatentCLR
-    directions, which move the classifier less (``benchmarks/README.md``
-    compares the two). ``torch_threads`` is how many threads
+    learns at least ``explain_directions`` directions and ranks them on
+    ``explain_cells`` negative-control cells, keeping ``explain_attributes``
+    distinct attributes per treatment (``screenxai.explain.fit``); with
+    ``explain_guided`` the directions are classifier-guided, otherwise plain
+    LatentCLR directions. ``reporter_channel`` is the channel the
+    interpretable model's adversarial check reads (default: the first that
+    is not the nuclear one). ``torch_threads`` is how many threads
     torch trains with; by default all cores of the worker's machine, since
     the job is the only task on the cluster while it trains.
     """
 
     preset: str = "small"
     stages: tuple[str, ...] = JOB_STAGES
-    class_column: str = "control"
-    class_names: tuple[str, ...] = ("negative", "positive")
+    class_column: str | None = None
+    class_names: tuple[str, ...] = ()
+    top_dose_levels: int = 2
     seed: int = 0
     max_cells_per_well: int | None = 500
     nuclear_channel: str | None = None
@@ -91,6 +98,7 @@ class TrainSettings:
     explain_directions: int = 10
     explain_attributes: int = 3
     explain_guided: bool = True
+    reporter_channel: str | None = None
     torch_threads: int | None = None
 
     def to_dict(self) -> dict:
@@ -118,8 +126,32 @@ def work_folder(out: Path) -> Path:
     return out.with_name(out.name + ".work")
 
 
+def plate_conditions(plate: Plate, settings: TrainSettings) -> Conditions:
+    """The classes of ``plate``'s layout that ``settings`` asks for; ``TrainJobError`` when it has none."""
+    if plate.layout is None:
+        raise TrainJobError(f"plate {plate.name} ({plate.url}) has no layout to find the classes in; "
+                            "give one with --layout")
+    try:
+        return screen_conditions(plate.layout, settings.class_column, settings.class_names or None,
+                                 source=f"layout of plate {plate.name} ({plate.url})")
+    except ConditionError as err:
+        raise TrainJobError(str(err)) from err
+
+
+def job_conditions(plates: Sequence[Plate], settings: TrainSettings) -> Conditions:
+    """The classes every plate shares (the treatments of all plates together)."""
+    found = [plate_conditions(p, settings) for p in plates]
+    columns = {c.class_column for c in found}
+    negatives = {c.negative for c in found}
+    if len(columns) != 1 or len(negatives) != 1:
+        raise TrainJobError(f"the plates disagree on the class column or negative class: "
+                            f"{sorted(columns)}, {sorted(negatives)}; give --class-column and --classes")
+    treatments = tuple(sorted({t for c in found for t in c.treatments}))
+    return Conditions(found[0].class_column, found[0].negative, treatments)
+
+
 def wells_to_sample(plates: Sequence[Plate], settings: TrainSettings) -> dict[str, list[str]]:
-    """Each plate's wells to cut: those given, else the wells of the training classes."""
+    """Each plate's wells to cut: those given, else its negative wells and each treatment's top doses."""
     chosen = {}
     for plate in plates:
         given = (settings.wells or {}).get(plate.name)
@@ -129,13 +161,11 @@ def wells_to_sample(plates: Sequence[Plate], settings: TrainSettings) -> dict[st
                 raise TrainJobError(f"plate {plate.name} ({plate.url}) has no well(s) {missing}")
             chosen[plate.name] = list(given)
             continue
-        if plate.layout is None or settings.class_column not in plate.layout.columns:
-            raise TrainJobError(f"plate {plate.name} ({plate.url}) has no layout column {settings.class_column!r} "
-                                "to find the training wells in; give a layout (--layout) or the wells")
-        wells = wells_with(plate.layout, settings.class_column, list(settings.class_names))
+        conditions = plate_conditions(plate, settings)
+        wells = training_wells(plate.layout, conditions, settings.top_dose_levels)
         if not wells:
-            raise TrainJobError(f"plate {plate.name}: no well has {settings.class_column} in "
-                                f"{list(settings.class_names)}")
+            raise TrainJobError(f"plate {plate.name}: no well has {conditions.class_column} in "
+                                f"{list(conditions.class_names)}")
         chosen[plate.name] = wells
     return chosen
 
@@ -160,7 +190,8 @@ def _claim_work_folder(work: Path, out: Path, settings: TrainSettings, plates: S
     cells = {"plates": [p.url for p in plates], "wells": wells, "preset": settings.preset,
              "max_cells_per_well": settings.max_cells_per_well, "nuclear_channel": settings.nuclear_channel,
              "seed": settings.seed, "screenxai": __version__}
-    training = {"class_column": settings.class_column, "class_names": list(settings.class_names)}
+    training = {"class_column": settings.class_column, "class_names": list(settings.class_names),
+                "top_dose_levels": settings.top_dose_levels}
     path = work / SETTINGS_NAME
     if path.exists():
         found = json.loads(path.read_text())
@@ -184,7 +215,7 @@ def _report(progress: Progress) -> None:
     worker.log_event(TRAIN_TOPIC, asdict(progress))
 
 
-def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> dict:
+def run_training(cache: str, out: str, work: str, settings: TrainSettings, conditions: Conditions) -> dict:
     """Train the asked stages on the cached crops and write the bundle; runs as one task on a worker.
 
     Returns the closing summary: the classifier's validation figures by well
@@ -213,7 +244,7 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
         classifier = classifier_from_bundle(bundle, table)
         summary = dict(bundle.config["provenance"].get("training_summary", {}))
     if model_stages:
-        trained = train_models(crops, table, preset, settings.class_column, settings.class_names, settings.seed,
+        trained = train_models(crops, table, preset, conditions.class_column, conditions.class_names, settings.seed,
                                progress=_report, checkpoint_dir=checkpoints, stages=model_stages,
                                classifier=classifier)
         classifier = trained.classifier
@@ -229,55 +260,41 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings) -> di
     if "explain" in stages:
         autoencoder = trained.autoencoder.model if model_stages and trained.autoencoder is not None \
             else load_bundle(out_path)["autoencoder"]
-        summary["explain"] = _fit_explanations(crops, table, autoencoder, classifier, out_path, settings,
-                                               description["channel_names"])
-    if "interpretable" in stages:
-        summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings,
+        summary["explain"] = _explain(crops, table, autoencoder, classifier, out_path, settings, conditions,
+                                      description["channel_names"])
+    if "interpretable" in stages and len(conditions.class_names) > 2:
+        summary["interpretable"] = {"skipped": "the interpretable model tells two classes apart; this screen has "
+                                               f"{len(conditions.class_names)}"}
+    elif "interpretable" in stages:
+        summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings, conditions,
                                                       description["channel_names"])
     return summary
 
 
-def _fit_explanations(crops: np.ndarray, table, autoencoder, classifier, out: Path, settings: TrainSettings,
-                      channel_names: Sequence[str]) -> dict:
-    """Learn directions on the training wells' latents, rank them on cells of the first class, name them.
+def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, settings: TrainSettings,
+             conditions: Conditions, channel_names: Sequence[str]) -> dict:
+    """Fit every treatment's attributes on the classifier's training wells and save them in ``explain/``."""
+    from screenxai.explain import save_directions
+    from screenxai.explain.fit import ExplainSettings, as_records, fit_explanations
 
-    Directions are guided by the classifier through the auxiliary decoder
-    (``classifier_guide``) when ``settings.explain_guided`` and the
-    autoencoder has one; whether they were is recorded with them.
-
-    Saves the directions and the named attribute table into the bundle's
-    ``explain/`` folder; returns the attribute table as records and the
-    UNet evaluations spent against the reference procedure's.
-    """
-    from screenxai.explain import (DirectionConfig, classifier_guide, learn_directions, make_counterfactuals,
-                                   name_attributes, rank_attributes, save_directions)
-    from screenxai.models.latent_checks import encode
-
-    training_rows = ~validation_rows(table, classifier.split)
-    labels, _ = class_labels(table, settings.class_column, settings.class_names)
-    config = DirectionConfig(n_directions=settings.explain_directions, seed=settings.seed)
-    guided = settings.explain_guided and autoencoder.aux_decoder is not None
-    guide = classifier_guide(autoencoder) if guided else None
-    directions = learn_directions(encode(autoencoder, crops[training_rows]), config, guide=guide)
-    source = np.flatnonzero((labels == 0) & training_rows)
-    pick = np.random.default_rng(settings.seed).permutation(source)[:settings.explain_cells]
-    ranking = rank_attributes(autoencoder, directions, crops[pick], target_class=1,
-                              n_attributes=min(settings.explain_attributes, settings.explain_directions))
-    shown = pick[:min(len(pick), 16)]
-    counterfactuals = make_counterfactuals(autoencoder, directions, ranking.attributes, crops[shown],
-                                           table.iloc[shown], channel_names)
+    labels, _ = class_labels(table, conditions.class_column, conditions.class_names)
+    explain = ExplainSettings(n_directions=settings.explain_directions, n_cells=settings.explain_cells,
+                              n_attributes=settings.explain_attributes, guided=settings.explain_guided,
+                              seed=settings.seed)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
-    attributes = name_attributes(ranking.attributes, counterfactuals, channel_names, nuclear_channel=nuclear)
-    save_directions(directions, attributes, out / EXPLAIN_FOLDER, config, guided=guided)
-    return {"attributes": attributes[["rank", "direction", "sign", "mean_delta_p", "flip_rate", "nearest_rank",
-                                      "nearest_cosine", "name", "changes"]].to_dict(orient="records"),
-            "guided": guided,
-            "unet_evaluations": ranking.unet_evaluations,
-            "reference_unet_evaluations": ranking.reference_unet_evaluations}
+    fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
+                              conditions.class_names, channel_names, nuclear, explain, on_step=_report_step)
+    save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided)
+    return as_records(fitted)
+
+
+def _report_step(step: str, done: int, total: int) -> None:
+    """Send one explain-stage step to the client as a progress event (``stage`` names the step)."""
+    _report(Progress(f"explain: {step}", done - 1, total, float("nan"), None, 0.0))
 
 
 def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings: TrainSettings,
-                       channel_names: Sequence[str]) -> dict:
+                       conditions: Conditions, channel_names: Sequence[str]) -> dict:
     """Fit the interpretable model on the classifier's training wells, score and attack it on its validation wells.
 
     Writes ``interpretable/`` into the bundle with the interpretable table and
@@ -289,13 +306,13 @@ def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings
     held_out = validation_rows(table, classifier.split)
     held_table = table[held_out].reset_index(drop=True)
     model = fit_interpretable(crops[~held_out], table[~held_out].reset_index(drop=True), classifier.model,
-                              InterpretConfig(seed=settings.seed), settings.class_column, settings.class_names,
-                              heldout=(crops[held_out], held_table))
-    labels, _ = class_labels(held_table, settings.class_column, settings.class_names)
+                              InterpretConfig(seed=settings.seed), conditions.class_column,
+                              conditions.class_names, heldout=(crops[held_out], held_table))
+    labels, _ = class_labels(held_table, conditions.class_column, conditions.class_names)
     known = np.flatnonzero(labels >= 0)
     attacked = np.random.default_rng(settings.seed).permutation(known)[:ADVERSARIAL_CELLS]
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
-    reporter = next(i for i in range(len(channel_names)) if i != nuclear)
+    reporter = reporter_channel_index(channel_names, nuclear, settings.reporter_channel)
     sweep = adversarial_check(model, classifier.model, crops[held_out][attacked], labels[attacked],
                               nuclear_channel=nuclear, reporter_channel=reporter)
     model.report["adversarial"] = {"cells": len(attacked), "reporter_channel": channel_names[reporter],
@@ -357,6 +374,7 @@ def train(plates: Sequence[Plate], out: str | Path, client: Client, settings: Tr
     if "classifier" not in settings.stages and not (out / "config.json").exists():
         raise TrainJobError(f"stages {list(settings.stages)} need the classifier of an existing bundle at {out}")
     wells = wells_to_sample(plates, settings)
+    conditions = job_conditions(plates, settings)
     work = work_folder(out)
     _claim_work_folder(work, out, settings, plates, wells)
     fields: list[dict] = []
@@ -371,7 +389,7 @@ def train(plates: Sequence[Plate], out: str | Path, client: Client, settings: Tr
     if on_progress is not None:
         client.subscribe_topic(TRAIN_TOPIC, lambda event: on_progress(_as_progress(event[1])))
     try:
-        future = client.submit(run_training, str(cache), str(out), str(work), settings, pure=False,
+        future = client.submit(run_training, str(cache), str(out), str(work), settings, conditions, pure=False,
                                resources=gpu_resources(client), key=f"train-{out.name}-{uuid.uuid4().hex[:8]}")
         summary = future.result()
     finally:

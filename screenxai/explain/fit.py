@@ -1,0 +1,171 @@
+"""Fit the explanations of a screen: directions, then per treatment distinct, named attributes.
+
+One set of directions is learned on the training cells' latents. The
+negative-control cells to rank on are inverted once and decoded once per
+(direction, sign); the cache holds every class's probability, so each
+treatment's ranking reads the same decodes. A treatment's kept attributes
+are distinct changes: a direction along the axis of one already kept
+(|cosine| >= ``max_cosine``) is no candidate, and an attribute whose
+morphology name repeats a better one's is dropped for the next candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from screenxai.explain.counterfactuals import make_counterfactuals
+from screenxai.explain.directions import DirectionConfig, Directions, classifier_guide, learn_directions
+from screenxai.explain.naming import name_attributes
+from screenxai.explain.ranking import axis_cosines, build_cache, nearest_better_attribute, select_attributes
+from screenxai.explain.scores import unique_attributes
+from screenxai.models.autoencoder import DiffusionAutoencoder
+from screenxai.models.latent_checks import encode
+
+StepCallback = Callable[[str, int, int], None]
+CANDIDATE_SPARE = 2  # candidates ranked beyond the kept attributes, to replace ones whose name repeats
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """How a screen's explanations are fitted.
+
+    ``n_directions`` directions are learned (at least two per treatment in a
+    screen of several); ``n_cells`` negative-control cells are ranked on;
+    each treatment keeps ``n_attributes``; ``shown_cells`` of the ranked
+    cells are rendered to name the attributes. ``guided``: classifier-guided
+    directions, in a screen of several treatments each direction rewarded
+    for moving cells towards one treatment (``DirectionConfig.target_classes``).
+    ``max_cosine``: kept attributes of a treatment have mean axes with
+    |cosine| below it.
+    """
+
+    n_directions: int = 10
+    n_cells: int = 32
+    n_attributes: int = 3
+    shown_cells: int = 16
+    guided: bool = True
+    max_cosine: float = 0.8
+    alpha: float = 2.0
+    steps_inv: int = 10
+    steps_dec: int = 10
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict."""
+        return asdict(self)
+
+
+@dataclass
+class Explanations:
+    """Learned directions and the attribute table: one row per treatment and kept attribute, best first."""
+
+    directions: Directions
+    attributes: pd.DataFrame
+    config: DirectionConfig
+    guided: bool
+    unet_evaluations: dict[str, int]
+
+
+def direction_config(settings: ExplainSettings, n_classes: int, guided: bool) -> DirectionConfig:
+    """The directions to learn: two per treatment at least, each targeting one treatment when guided."""
+    treatments = n_classes - 1
+    if treatments <= 1:
+        return DirectionConfig(n_directions=settings.n_directions, seed=settings.seed)
+    n_directions = max(settings.n_directions, 2 * treatments)
+    targets = tuple(1 + k % treatments for k in range(n_directions)) if guided else ()
+    return DirectionConfig(n_directions=n_directions, target_classes=targets, seed=settings.seed)
+
+
+def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, labels: np.ndarray,
+                     training_rows: np.ndarray, class_names: Sequence[str], channel_names: Sequence[str],
+                     nuclear_channel: int, settings: ExplainSettings = ExplainSettings(),
+                     on_step: StepCallback | None = None) -> Explanations:
+    """Learn directions on the training cells and keep, for every treatment, distinct named attributes.
+
+    ``labels`` holds each crop's class index (0: the negative control, -1:
+    none); ``training_rows`` marks the classifier's training wells, the only
+    cells learned and ranked on. ``on_step(step, done, total)`` reports
+    progress.
+    """
+    step = on_step or (lambda *_: None)
+    guided = settings.guided and autoencoder.aux_decoder is not None
+    config = direction_config(settings, len(class_names), guided)
+    guide = classifier_guide(autoencoder) if guided else None
+    step("directions", 0, 1)
+    directions = learn_directions(encode(autoencoder, crops[training_rows]), config, guide=guide)
+    step("directions", 1, 1)
+    source = np.flatnonzero((labels == 0) & training_rows)
+    if len(source) == 0:
+        raise ValueError(f"no training cell of the negative class {class_names[0]!r} to rank attributes on")
+    pick = np.random.default_rng(settings.seed).permutation(source)[:settings.n_cells]
+    before = autoencoder.unet_evaluations
+    cache = build_cache(autoencoder, directions, crops[pick], settings.alpha, settings.steps_inv, settings.steps_dec,
+                        on_direction=lambda k, n: step("ranking", k, n))
+    ranked = autoencoder.unet_evaluations
+    candidates = _treatment_candidates(cache, directions, class_names, settings)
+    shown = pick[:min(len(pick), settings.shown_cells)]
+    named = _name_candidates(autoencoder, directions, candidates, crops[shown], channel_names, nuclear_channel,
+                             step)
+    attributes = _keep_distinct(named, directions, settings.n_attributes)
+    evaluations = {"ranking": ranked - before, "naming": autoencoder.unet_evaluations - ranked,
+                   "reference": int(attributes["reference_unet_evaluations"].sum()),
+                   "treatments": len(class_names) - 1}
+    return Explanations(directions, attributes, config, guided, evaluations)
+
+
+def _treatment_candidates(cache, directions: Directions, class_names: Sequence[str],
+                          settings: ExplainSettings) -> pd.DataFrame:
+    """Each treatment's ranked candidates from the shared cache, distinct axes, a few spare."""
+    cosines = axis_cosines(directions)
+    n_candidates = min(settings.n_attributes + CANDIDATE_SPARE, directions.n_directions)
+    tables = []
+    for target, treatment in enumerate(class_names[1:], start=1):
+        try:
+            table = select_attributes(cache, target, n_candidates, 0.0, settings.steps_inv, settings.steps_dec,
+                                      cosines, settings.max_cosine)
+        except ValueError:  # nothing moves cells towards it: it keeps no attribute
+            continue
+        tables.append(table.assign(treatment=str(treatment), alpha=settings.alpha))
+    if not tables:
+        raise ValueError("no direction moves the negative cells towards any treatment")
+    return pd.concat(tables, ignore_index=True)
+
+
+def _name_candidates(autoencoder: DiffusionAutoencoder, directions: Directions, candidates: pd.DataFrame,
+                     crops: np.ndarray, channel_names: Sequence[str], nuclear_channel: int,
+                     step: StepCallback) -> pd.DataFrame:
+    """Render every candidate attribute id once on the shown cells and name it; the names joined to ``candidates``."""
+    unique = unique_attributes(candidates).assign(target_class=1)
+    step("naming", 0, 1)
+    table = pd.DataFrame({"plate": "", "well": "", "field": 0, "label": np.arange(len(crops))})
+    rendered = make_counterfactuals(autoencoder, directions, unique, crops, table, channel_names)
+    names = name_attributes(unique, rendered, channel_names, nuclear_channel=nuclear_channel)
+    step("naming", 1, 1)
+    return candidates.merge(names.drop(columns=["direction", "sign", "target_class"]), on="attribute", how="left")
+
+
+def _keep_distinct(candidates: pd.DataFrame, directions: Directions, n_attributes: int) -> pd.DataFrame:
+    """Per treatment, the best ``n_attributes`` candidates whose names differ, ranked 1..n again."""
+    kept = []
+    for treatment, rows in candidates.groupby("treatment", sort=False):
+        rows = rows.sort_values("rank").drop_duplicates("name").head(n_attributes).reset_index(drop=True)
+        rows["rank"] = np.arange(1, len(rows) + 1)
+        rows[["nearest_rank", "nearest_cosine"]] = nearest_better_attribute(directions, rows)
+        kept.append(rows)
+    table = pd.concat(kept, ignore_index=True)
+    first = ["treatment", "rank", "attribute", "direction", "sign", "target_class", "name", "changes"]
+    return table[[*first, *[c for c in table.columns if c not in first]]]
+
+
+def as_records(explanations: Explanations) -> dict:
+    """The summary of the explain stage for the bundle's training summary (JSON-ready)."""
+    columns = ["treatment", "rank", "attribute", "direction", "sign", "mean_delta_p", "flip_rate", "nearest_rank",
+               "nearest_cosine", "name", "changes"]
+    return {"attributes": explanations.attributes[columns].to_dict(orient="records"),
+            "guided": explanations.guided, "n_directions": explanations.directions.n_directions,
+            "unet_evaluations": explanations.unet_evaluations}
+
