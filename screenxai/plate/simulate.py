@@ -252,7 +252,8 @@ def simulate_screen(
     ``nuclei`` label image; its layout (see ``design_layout``) is stored in
     the plate. ``design`` is ``"controls"`` (``rows`` default 4) or
     ``"treatments"`` (``replicates`` rows per compound of ``TREATMENTS``;
-    ``rows`` follows from it and is best left unset). The truth (one row
+    ``rows`` follows from it and is best left unset; the controls design
+    ignores ``replicates``). The truth (one row
     per labelled nucleus) is written to ``truth_path(out)``. The same
     ``seed`` gives the same pixels and truth. Raises ``ValueError`` for
     out-of-range arguments and ``PlateError`` when ``out`` exists and
