@@ -33,22 +33,31 @@ def main() -> None:
 
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--rows", default=4, show_default=True, help="Plate rows (A, B, ...).")
+@click.option("--design", type=click.Choice(["controls", "treatments"]), default="controls", show_default=True,
+              help="controls: one compound, negative and positive controls; treatments: six compounds with "
+                   "distinct mechanisms, DMSO negatives (see docs/simulation.md).")
+@click.option("--rows", type=int,
+              help="Plate rows (A, B, ...); default 4 (controls), set by --replicates (treatments).")
+@click.option("--replicates", default=2, show_default=True, help="Treatments design: plate rows per compound.")
 @click.option("--columns", default=6, show_default=True,
-              help="Plate columns: first negative controls, last positive controls, a dose series between.")
+              help="Plate columns: first negative controls, then a half-log dose series up to 10 µM.")
 @click.option("--fields", default=2, show_default=True, help="Fields of view per well.")
 @click.option("--size", default=512, show_default=True, help="Field width and height in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives the same plate.")
 @click.option("--ngff-version", type=click.Choice(["0.4", "0.5"]), default="0.5", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing plate at OUT.")
-def simulate(out: Path, rows: int, columns: int, fields: int, size: int, seed: int, ngff_version: str,
-             overwrite: bool) -> None:
+def simulate(out: Path, design: str, rows: int | None, replicates: int, columns: int, fields: int, size: int,
+             seed: int, ngff_version: str, overwrite: bool) -> None:
     """Write a synthetic screen with planted, dose-dependent phenotypes to OUT (an OME-Zarr plate)."""
     from screenxai.plate.simulate import simulate_screen
 
-    screen = simulate_screen(out, rows=rows, columns=columns, fields=fields, size=size, seed=seed,
-                             ngff_version=ngff_version, overwrite=overwrite)
-    click.echo(f"wrote {screen.plate_path} ({rows * columns} wells x {fields} fields, "
+    try:
+        screen = simulate_screen(out, rows=rows, columns=columns, fields=fields, size=size, seed=seed,
+                                 ngff_version=ngff_version, overwrite=overwrite, design=design,
+                                 replicates=replicates)
+    except ValueError as err:  # out-of-range or conflicting options
+        raise click.UsageError(str(err)) from None
+    click.echo(f"wrote {screen.plate_path} ({len(screen.layout)} wells x {fields} fields, "
                f"{len(screen.truth)} cells); ground truth in {screen.truth_path}")
 
 

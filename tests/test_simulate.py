@@ -1,21 +1,30 @@
-"""Tests of the synthetic screen: plate structure, truth, planted factors, nuisance, seeds."""
+"""Tests of the synthetic screen: plate structure, truth, planted factors, nuisance, seeds, designs."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
+from conftest import documented_columns
 from scipy.stats import rankdata, spearmanr
 
+from screenxai.cli import main
 from screenxai.errors import PlateError
 from screenxai.plate import open_plate
 from screenxai.plate.simulate import (
     CLASS_FACTORS,
+    MECHANISM_GROUPS,
+    NEGATIVE_CONTROL,
     PLANTED_FACTORS,
+    TREATMENTS,
     SimulatedScreen,
+    design_layout,
     simulate_screen,
+    treatment_layout,
     truth_path,
 )
 
@@ -203,3 +212,175 @@ def test_existing_plate_is_kept_without_overwrite(small: SimulatedScreen) -> Non
     with pytest.raises(PlateError, match="already exists"):
         simulate_screen(small.plate_path, rows=1, columns=3, fields=1, size=64)
     assert len(open_plate(small.plate_path).wells) == 6
+
+
+# --- the treatments design ------------------------------------------------
+
+TREATMENT_COLUMNS = 4
+# the design as specified: compound -> the planted factors it moves
+SPECIFIED_MECHANISMS = {
+    "translocator-hi": ("translocation",),
+    "translocator-lo": ("translocation",),
+    "enlarger": ("nuclear_area",),
+    "granulator": ("texture",),
+    "dual": ("translocation", "nuclear_area"),
+    "inert": (),
+}
+FACTOR_PAIRS = [(compound, factor) for compound in SPECIFIED_MECHANISMS for factor in PLANTED_FACTORS]
+# the default design's truth and layout, computed before the treatments design was added
+CONTROLS_TRUTH_SHA256 = "c49097c3def7276fca98831d889fc9f20f947a92945d094ab2140090056b2939"
+CONTROLS_LAYOUT_SHA256 = "f272dd6f7db95a95c272d2aea74b5eae3b33dc56521bb0c5feff79e6429dcf77"
+
+
+@pytest.fixture(scope="module")
+def treated(tmp_path_factory: pytest.TempPathFactory) -> SimulatedScreen:
+    """A treatments plate: 6 compounds x 2 replicate rows, 4 columns, one 256 px field per well."""
+    return simulate_screen(tmp_path_factory.mktemp("treated") / "treated.zarr", columns=TREATMENT_COLUMNS,
+                           fields=1, size=256, design="treatments")
+
+
+def _cohens_d(negative: pd.Series, treated: pd.Series) -> float:
+    """Difference of means (treated - negative) over the pooled SD."""
+    n0, n1 = len(negative), len(treated)
+    pooled = np.sqrt(((n0 - 1) * negative.var() + (n1 - 1) * treated.var()) / (n0 + n1 - 2))
+    return float((treated.mean() - negative.mean()) / pooled)
+
+
+def _frame_checksum(frame: pd.DataFrame) -> str:
+    """SHA-256 of a table's CSV text, floats rounded to 6 decimals."""
+    return hashlib.sha256(frame.round(6).to_csv(index=False).encode()).hexdigest()
+
+
+def test_the_public_description_matches_the_specified_design() -> None:
+    assert dict(TREATMENTS) == SPECIFIED_MECHANISMS and list(TREATMENTS) == list(SPECIFIED_MECHANISMS)
+    assert NEGATIVE_CONTROL == "DMSO" and NEGATIVE_CONTROL not in TREATMENTS
+    assert set(MECHANISM_GROUPS) == set(TREATMENTS)
+    assert MECHANISM_GROUPS["translocator-hi"] == MECHANISM_GROUPS["translocator-lo"]
+    others = [MECHANISM_GROUPS[c] for c in ("translocator-hi", "enlarger", "granulator", "dual", "inert")]
+    assert len(set(others)) == len(others)
+
+
+def test_treatment_layout(treated: SimulatedScreen) -> None:
+    layout = open_plate(treated.plate_path).layout
+    pd.testing.assert_frame_equal(layout, treated.layout, check_dtype=False)
+    assert list(layout.columns) == ["well", "row", "column", "compound", "dose_index", "dose", "control"]
+    assert sorted(layout["row"].unique()) == list("ABCDEFGHIJKL")
+    assert len(layout) == 12 * TREATMENT_COLUMNS
+    treated_wells = layout[layout["column"] > 1]
+    rows_of = treated_wells.groupby("compound")["row"].unique().map(sorted).to_dict()
+    expected = {c: [chr(ord("A") + 2 * i), chr(ord("A") + 2 * i + 1)] for i, c in enumerate(SPECIFIED_MECHANISMS)}
+    assert rows_of == expected
+    negatives = layout[layout["column"] == 1]
+    assert len(negatives) == 12 and (negatives["compound"] == "DMSO").all()
+    assert (negatives["dose"] == 0).all() and (negatives["dose_index"] == 0).all()
+    assert (negatives["control"] == "negative").all() and (treated_wells["control"] == "treated").all()
+    for _, row in treated_wells.groupby("row"):
+        row = row.sort_values("column")
+        assert row["dose_index"].tolist() == [1, 2, 3]
+        assert row["dose"].tolist() == pytest.approx([1.0, 10**0.5, 10.0])
+
+
+def test_replicates_set_the_rows_and_conflicting_rows_are_refused(tmp_path: Path) -> None:
+    single = treatment_layout(5, replicates=1)
+    assert single["row"].unique().tolist() == list("ABCDEF")
+    assert single.loc[single["column"] > 1, "compound"].unique().tolist() == list(SPECIFIED_MECHANISMS)
+    pd.testing.assert_frame_equal(design_layout("treatments", 5, rows=6, replicates=1), single)
+    assert len(design_layout("treatments", 3, replicates=5)) == 30 * 3
+    out = tmp_path / "bad.zarr"
+    for arguments, message in [({"rows": 4}, "rows is set by the treatments design"), ({"replicates": 0}, "replicates"),
+                               ({"replicates": 6}, "replicates")]:
+        with pytest.raises(ValueError, match=message):
+            simulate_screen(out, design="treatments", **arguments)
+    with pytest.raises(ValueError, match="design must be one of controls, treatments"):
+        simulate_screen(out, design="bogus")
+    assert not out.exists() and not truth_path(out).exists()
+
+
+def test_treatment_truth_matches_layout_and_labels(treated: SimulatedScreen) -> None:
+    truth = pd.read_parquet(treated.truth_path)
+    pd.testing.assert_frame_equal(truth, treated.truth)
+    per_well = truth.groupby("well")[["compound", "dose", "dose_index", "control"]].first()
+    layout = treated.layout.set_index("well")[per_well.columns]
+    pd.testing.assert_frame_equal(per_well, layout.loc[per_well.index], check_dtype=False)
+    assert truth["well"].nunique() == len(layout)
+    assert truth["texture"].between(0, 1).all() and truth["translocation"].between(0, 1).all()
+    labels = _field_labels(treated)
+    cells = truth.groupby(["well", "field"])["label"].apply(set).to_dict()
+    for key, image in labels.items():
+        assert set(np.unique(image).tolist()) - {0} == cells.get(key, set()), key
+
+
+def test_truth_columns_are_documented(treated: SimulatedScreen, small: SimulatedScreen) -> None:
+    documented = documented_columns("outputs.md", "<plate>.truth.parquet")
+    assert list(treated.truth.columns) == list(documented)
+    assert list(small.truth.columns) == [c for c in documented if c != "compound"]
+    for column, dtype in documented.items():
+        series = treated.truth[column]
+        assert (pd.api.types.is_string_dtype(series) if dtype == "string" else str(series.dtype) == dtype), column
+
+
+@pytest.mark.parametrize(("compound", "factor"), FACTOR_PAIRS, ids=[f"{c}-{f}" for c, f in FACTOR_PAIRS])
+def test_planted_effects_are_large_and_specific(treated: SimulatedScreen, compound: str, factor: str) -> None:
+    truth = treated.truth
+    negative = truth.loc[truth["control"] == "negative", factor]
+    top = truth.loc[(truth["compound"] == compound) & (truth["dose_index"] == TREATMENT_COLUMNS - 1), factor]
+    assert len(negative) > 300 and len(top) > 50
+    d = _cohens_d(negative, top)
+    if factor in SPECIFIED_MECHANISMS[compound]:
+        assert d >= 3, f"{compound} {factor}: Cohen's d {d:.2f}, planted"
+    else:
+        assert abs(d) < 0.5, f"{compound} {factor}: Cohen's d {d:.2f}, not planted"
+
+
+@pytest.mark.parametrize(("compound", "factor"), [p for p in FACTOR_PAIRS if p[1] in SPECIFIED_MECHANISMS[p[0]]],
+                         ids=lambda value: value)
+def test_planted_factors_rise_with_dose(treated: SimulatedScreen, compound: str, factor: str) -> None:
+    rows = treated.layout.loc[treated.layout["compound"] == compound, "row"].unique()
+    assert len(rows) == 2
+    wells = treated.truth[treated.truth["well"].str[0].isin(rows)]
+    means = wells.groupby("well")[[factor, "dose_index"]].mean()
+    assert len(means) == 2 * TREATMENT_COLUMNS
+    rho = spearmanr(means["dose_index"], means[factor]).statistic
+    assert rho > 0.9, f"{compound} {factor}: Spearman {rho:.3f}"
+
+
+def test_the_less_potent_translocator_translocates_less_at_every_dose(treated: SimulatedScreen) -> None:
+    truth = treated.truth[treated.truth["control"] == "treated"]
+    means = truth.groupby(["compound", "dose_index"])["translocation"].mean().unstack()
+    gap = means.loc["translocator-hi"] - means.loc["translocator-lo"]
+    assert (gap > 0.05).all(), gap
+
+
+def test_the_controls_design_is_unchanged(tmp_path: Path) -> None:
+    screen = simulate_screen(tmp_path / "d.zarr", columns=6, fields=1, size=128, seed=5)
+    assert screen.layout["row"].nunique() == 4
+    assert _frame_checksum(screen.truth) == CONTROLS_TRUTH_SHA256
+    assert _frame_checksum(open_plate(screen.plate_path).layout) == CONTROLS_LAYOUT_SHA256
+    explicit = simulate_screen(tmp_path / "e" / "d.zarr", rows=4, columns=6, fields=1, size=128, seed=5,
+                               design="controls", replicates=3)
+    assert explicit.truth_path.read_bytes() == screen.truth_path.read_bytes()
+
+
+def test_cli_simulates_the_treatments_design(tmp_path: Path) -> None:
+    out = tmp_path / "cli.zarr"
+    result = CliRunner().invoke(main, ["simulate", str(out), "--design", "treatments", "--columns", "4",
+                                       "--fields", "1", "--size", "256"])
+    assert result.exit_code == 0, result.output
+    assert "48 wells x 1 fields" in result.output
+    layout = open_plate(out).layout
+    assert set(layout["compound"]) == {"DMSO", *SPECIFIED_MECHANISMS}
+    assert layout.groupby("compound")["row"].nunique().drop("DMSO").eq(2).all()
+    assert "compound" in pd.read_parquet(truth_path(out)).columns
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--design", "bogus"], "Invalid value for '--design'"),
+    (["--design", "treatments", "--rows", "4"], "rows is set by the treatments design"),
+    (["--columns", "2"], "columns must be an integer from 3 to 48"),
+])
+def test_cli_bad_simulate_options_are_usage_errors(tmp_path: Path, arguments: list[str], message: str) -> None:
+    out = tmp_path / "bad.zarr"
+    result = CliRunner().invoke(main, ["simulate", str(out), *arguments])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()

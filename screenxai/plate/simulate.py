@@ -2,10 +2,19 @@
 
 ``simulate_screen`` writes an OME-Zarr HCS plate of fluorescent cells (a DNA
 stain and a reporter) and, beside it, a Parquet table with the planted truth
-of every cell. Column 1 holds negative controls, the last column positive
-controls (the top dose), the columns between a half-log dose series.
+of every cell. It knows two designs:
 
-Each cell carries three planted factors, drawn independently per cell:
+- ``"controls"`` (the default): one compound in every row; column 1 holds
+  negative controls, the last column positive controls (the top dose), the
+  columns between a half-log dose series;
+- ``"treatments"``: the compounds of ``TREATMENTS``, each on ``replicates``
+  consecutive rows with its own mechanism (``TREATMENT_EFFECTS``); column 1
+  of every row holds negative controls (DMSO), columns 2.. a half-log dose
+  series of the row's compound up to the top dose.
+
+Each cell carries three planted factors, drawn independently per cell (as
+described here for the controls design; in the treatments design each
+compound moves only its own factors, see ``TREATMENT_EFFECTS``):
 
 - ``translocation``: the fraction of the cell's reporter inside the nucleus
   (cytoplasmic in untreated cells, nuclear at high dose), a Hill curve of dose;
@@ -24,8 +33,10 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -83,9 +94,59 @@ EDGE_WELL_DIMMING = 0.85  # intensity factor of wells on the plate's edge
 WELL_SCALE_SD = 0.1  # per-well log SD of intensity
 FIELD_SCALE_SD = 0.05  # per-field log SD of intensity (focus, lamp)
 
+# --- Treatments design ----------------------------------------------------
+# Fixed, like the planted effect sizes above, before any analysis method was
+# run on plates of this design; they are NOT to be tuned to make later
+# methods (grouping treatments by mechanism, calling them active) pass.
+# Translocation uses TRANSLOCATION_BASE/MAX/CELL_SD above, the nuclear area
+# NUCLEAR_AREA_BASE/CELL_SD above; the curves (EC50 in µM, Hill slope) and
+# the maxima of area and texture are these.
+NEGATIVE_CONTROL = "DMSO"  # compound of the negative controls in column 1 of every row
+TREATMENT_AREA_GAIN = 1.0  # relative nuclear-area gain at saturating dose (x2.0)
+TEXTURE_BASE = 0.15  # mean texture of an untreated cell (0 smooth .. 1 spotty)
+TEXTURE_MAX_GAIN = 0.70  # texture added at saturating dose (0.15 -> 0.85)
+TEXTURE_CELL_SD = 0.10  # per-cell SD of texture around its dose mean, before clipping to [0, 1]
+
+
+@dataclass(frozen=True)
+class DoseResponse:
+    """A compound's Hill curve for one planted factor: half-maximal at ``ec50`` µM, slope ``hill``."""
+
+    ec50: float
+    hill: float
+
+
+TREATMENT_EFFECTS: Mapping[str, Mapping[str, DoseResponse]] = MappingProxyType({
+    compound: MappingProxyType(effects) for compound, effects in {
+        "translocator-hi": {"translocation": DoseResponse(0.3, 1.5)},
+        "translocator-lo": {"translocation": DoseResponse(3.0, 1.5)},  # 10x less potent
+        "enlarger": {"nuclear_area": DoseResponse(1.0, 1.0)},
+        "granulator": {"texture": DoseResponse(1.0, 1.0)},
+        "dual": {"translocation": DoseResponse(1.0, 1.5), "nuclear_area": DoseResponse(1.0, 1.0)},
+        "inert": {},
+    }.items()
+})
+# compound -> the planted factors it moves (its mechanisms), in plate-row order
+TREATMENTS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {compound: tuple(effects) for compound, effects in TREATMENT_EFFECTS.items()})
+# compound -> ground-truth mechanism group: compounds moving the same factors share one
+MECHANISM_GROUPS: Mapping[str, str] = MappingProxyType(
+    {compound: "+".join(factors) or "none" for compound, factors in TREATMENTS.items()})
+DESIGNS = ("controls", "treatments")
+
 _NUCLEUS_EDGE = 0.7  # width of a nucleus's soft edge, pixels
 _CELL_EDGE = 1.5  # width of a cytoplasm's soft edge, pixels
-_LIMITS = {"rows": (1, 32), "columns": (3, 48), "fields": (1, 100), "size": (64, 4096)}
+_LIMITS = {"rows": (1, 32), "columns": (3, 48), "fields": (1, 100), "size": (64, 4096),
+           "replicates": (1, 32 // len(TREATMENTS))}
+
+
+@dataclass(frozen=True)
+class _Phenotype:
+    """Dose means of the planted factors of a well's cells."""
+
+    translocation: float  # mean fraction of the reporter in the nucleus
+    nuclear_area: float  # median nuclear area, pixels
+    texture: float | None  # mean texture; None: uniform on [0, 1] (the controls design)
 
 
 @dataclass
@@ -121,19 +182,58 @@ def simulated_layout(rows: int, columns: int) -> pd.DataFrame:
     _check_range("columns", columns)
     records = []
     for r in range(rows):
-        row = chr(ord("A") + r) if r < 26 else "A" + chr(ord("A") + r - 26)
+        row = _row_name(r)
         for c in range(1, columns + 1):
-            index = c - 1
             control = "negative" if c == 1 else "positive" if c == columns else "dose"
-            dose = 0.0 if c == 1 else TOP_DOSE / DILUTION ** (columns - c)
             records.append({"well": well_id(row, c), "row": row, "column": c, "compound": COMPOUND,
-                            "dose_index": index, "dose": float(dose), "control": control})
+                            "dose_index": c - 1, "dose": _column_dose(c, columns), "control": control})
     return pd.DataFrame.from_records(records)
+
+
+def treatment_layout(columns: int, replicates: int = 2) -> pd.DataFrame:
+    """Layout of the treatments design: each compound of ``TREATMENTS`` on ``replicates`` rows.
+
+    Rows follow ``TREATMENTS`` in order (A, B for the first compound with two
+    replicates, ...). In every row column 1 holds a negative control
+    (``NEGATIVE_CONTROL``, dose 0, control ``negative``), columns 2.. the
+    row's compound at doses ``TOP_DOSE / DILUTION**k`` rising to the right
+    (dose_index 1.., control ``treated``).
+    """
+    _check_range("columns", columns)
+    _check_range("replicates", replicates)
+    records = []
+    for t, compound in enumerate(TREATMENTS):
+        for r in range(t * replicates, (t + 1) * replicates):
+            row = _row_name(r)
+            for c in range(1, columns + 1):
+                negative = c == 1
+                records.append({"well": well_id(row, c), "row": row, "column": c,
+                                "compound": NEGATIVE_CONTROL if negative else compound, "dose_index": c - 1,
+                                "dose": _column_dose(c, columns), "control": "negative" if negative else "treated"})
+    return pd.DataFrame.from_records(records)
+
+
+def design_layout(design: str, columns: int, rows: int | None = None, replicates: int = 2) -> pd.DataFrame:
+    """Layout of ``design``; ``rows`` (default 4) only for the controls design.
+
+    The treatments design sets its rows itself (``replicates`` per compound)
+    and refuses an explicit ``rows`` that differs.
+    """
+    if design == "controls":
+        return simulated_layout(4 if rows is None else rows, columns)
+    if design != "treatments":
+        raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {design!r}")
+    _check_range("replicates", replicates)
+    needed = len(TREATMENTS) * replicates
+    if rows is not None and rows != needed:
+        raise ValueError(f"rows is set by the treatments design ({len(TREATMENTS)} compounds x {replicates} "
+                         f"replicates = {needed} rows), got rows={rows!r}; leave rows unset")
+    return treatment_layout(columns, replicates)
 
 
 def simulate_screen(
     out: str | Path,
-    rows: int = 4,
+    rows: int | None = None,
     columns: int = 6,
     fields: int = 2,
     size: int = 512,
@@ -141,13 +241,20 @@ def simulate_screen(
     name: str | None = None,
     ngff_version: str = "0.5",
     overwrite: bool = False,
+    *,
+    design: str = "controls",
+    replicates: int = 2,
 ) -> SimulatedScreen:
     """Write a synthetic screen to ``out`` and its per-cell truth beside it.
 
     The plate has ``rows`` x ``columns`` wells of ``fields`` fields, each a
     uint16 image (DNA, reporter) of ``size`` x ``size`` pixels with a
-    ``nuclei`` label image; its layout is stored in the plate. The truth
-    (one row per labelled nucleus) is written to ``truth_path(out)``. The same
+    ``nuclei`` label image; its layout (see ``design_layout``) is stored in
+    the plate. ``design`` is ``"controls"`` (``rows`` default 4) or
+    ``"treatments"`` (``replicates`` rows per compound of ``TREATMENTS``;
+    ``rows`` follows from it and is best left unset; the controls design
+    ignores ``replicates``). The truth (one row
+    per labelled nucleus) is written to ``truth_path(out)``. The same
     ``seed`` gives the same pixels and truth. Raises ``ValueError`` for
     out-of-range arguments and ``PlateError`` when ``out`` exists and
     ``overwrite`` is false.
@@ -157,16 +264,18 @@ def simulate_screen(
     of reporter in the nucleus), ``nuclear_area`` (pixels, the planted
     ellipse) and ``texture`` (0 smooth .. 1 spotty), ``reporter_total`` and
     ``dna_total`` (photo-electrons before illumination and well effects),
-    ``centroid_y, centroid_x`` (the nucleus centre, pixels) and the well's
-    ``dose`` (µM), ``dose_index`` and ``control``.
+    ``centroid_y, centroid_x`` (the nucleus centre, pixels), in the
+    treatments design the well's ``compound``, and the well's ``dose`` (µM),
+    ``dose_index`` and ``control``.
     """
     for argument, value in (("rows", rows), ("columns", columns), ("fields", fields), ("size", size)):
-        _check_range(argument, value)
+        if value is not None or argument != "rows":
+            _check_range(argument, value)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     out = Path(out)
     name = name or out.stem
-    layout = simulated_layout(rows, columns)
+    layout = design_layout(design, columns, rows, replicates)
     well_scales = _well_scales(layout, seed)
     vignette = _vignetting(size)
     textures = _texture_banks(seed)
@@ -176,14 +285,15 @@ def simulate_screen(
     with PlateWriter(out, name=name, channel_names=CHANNEL_NAMES, ngff_version=ngff_version,
                      pyramid_levels=levels, overwrite=overwrite) as writer:
         for well, scale in zip(layout.itertuples(index=False), well_scales):
+            phenotype = _phenotype(design, well.compound, well.dose)
             for f in range(fields):
                 rng = np.random.default_rng([seed, 1, well.column, _row_number(well.row), f])
-                image, labels, cells = _simulate_field(rng, well.dose, size, scale * vignette, textures)
+                image, labels, cells = _simulate_field(rng, phenotype, size, scale * vignette, textures)
                 writer.add_field(FieldImage(well.well, f, image, {LABEL_NAME: labels}))
-                tables.append(cells.assign(plate=name, well=well.well, field=f, dose=well.dose,
-                                           dose_index=well.dose_index, control=well.control))
+                tables.append(cells.assign(plate=name, well=well.well, field=f, compound=well.compound,
+                                           dose=well.dose, dose_index=well.dose_index, control=well.control))
         writer.set_layout(layout)
-    truth = _truth_table(tables)
+    truth = _truth_table(tables, with_compound=design == "treatments")
     path = truth_path(out)
     _write_parquet(truth, path)
     return SimulatedScreen(out, path, truth, layout)
@@ -193,6 +303,33 @@ def _check_range(argument: str, value: int) -> None:
     low, high = _LIMITS[argument]
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
         raise ValueError(f"{argument} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _row_name(index: int) -> str:
+    """Plate row letter(s) of the 0-based row ``index``: A..Z, then AA, AB, ..."""
+    return chr(ord("A") + index) if index < 26 else "A" + chr(ord("A") + index - 26)
+
+
+def _column_dose(column: int, columns: int) -> float:
+    """Dose (µM) of a plate column: 0 in column 1, half-log steps up to ``TOP_DOSE`` in the last."""
+    return 0.0 if column == 1 else float(TOP_DOSE / DILUTION ** (columns - column))
+
+
+def _phenotype(design: str, compound: str, dose: float) -> _Phenotype:
+    """Dose means of a well's planted factors under ``design``."""
+    if design == "controls":
+        return _Phenotype(
+            translocation=TRANSLOCATION_BASE + (TRANSLOCATION_MAX - TRANSLOCATION_BASE) * hill(
+                dose, TRANSLOCATION_EC50, TRANSLOCATION_HILL),
+            nuclear_area=NUCLEAR_AREA_BASE * (1 + NUCLEAR_AREA_MAX_GAIN * hill(
+                dose, NUCLEAR_AREA_EC50, NUCLEAR_AREA_HILL)),
+            texture=None)
+    effects = TREATMENT_EFFECTS.get(compound, {})
+    effect = {factor: float(hill(dose, curve.ec50, curve.hill)) for factor, curve in effects.items()}
+    return _Phenotype(
+        translocation=TRANSLOCATION_BASE + (TRANSLOCATION_MAX - TRANSLOCATION_BASE) * effect.get("translocation", 0.0),
+        nuclear_area=NUCLEAR_AREA_BASE * (1 + TREATMENT_AREA_GAIN * effect.get("nuclear_area", 0.0)),
+        texture=TEXTURE_BASE + TEXTURE_MAX_GAIN * effect.get("texture", 0.0))
 
 
 def _row_number(row: str) -> int:
@@ -226,11 +363,11 @@ def _texture_banks(seed: int, size: int = 1024) -> tuple[np.ndarray, np.ndarray]
     return _smooth_noise(rng, (size, size), 1.0), _smooth_noise(rng, (size, size), 1.5)
 
 
-def _simulate_field(rng: np.random.Generator, dose: float, size: int, illumination: np.ndarray,
+def _simulate_field(rng: np.random.Generator, phenotype: _Phenotype, size: int, illumination: np.ndarray,
                     textures: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Image (2, size, size) uint16, nuclei labels and truth of one field."""
     n = rng.poisson(CELLS_PER_512_FIELD * (size / 512) ** 2)
-    cells = _draw_cells(rng, n, dose)
+    cells = _draw_cells(rng, n, phenotype)
     cells = _place_cells(rng, cells, size)
     signal, labels = _render(rng, cells, size, textures)
     labels, kept = _relabel(labels, len(cells["cy"]))
@@ -249,13 +386,11 @@ def _simulate_field(rng: np.random.Generator, dose: float, size: int, illuminati
     return image, labels, table
 
 
-def _draw_cells(rng: np.random.Generator, n: int, dose: float) -> dict[str, np.ndarray]:
-    """Planted factors and nuisance attributes of ``n`` cells at ``dose``."""
-    t_mean = TRANSLOCATION_BASE + (TRANSLOCATION_MAX - TRANSLOCATION_BASE) * hill(
-        dose, TRANSLOCATION_EC50, TRANSLOCATION_HILL)
+def _draw_cells(rng: np.random.Generator, n: int, phenotype: _Phenotype) -> dict[str, np.ndarray]:
+    """Planted factors and nuisance attributes of ``n`` cells around ``phenotype``."""
+    t_mean = phenotype.translocation
     logit = np.log(t_mean / (1 - t_mean)) + rng.normal(0.0, TRANSLOCATION_CELL_SD, n)
-    area_mean = NUCLEAR_AREA_BASE * (1 + NUCLEAR_AREA_MAX_GAIN * hill(dose, NUCLEAR_AREA_EC50, NUCLEAR_AREA_HILL))
-    area = area_mean * np.exp(rng.normal(0.0, NUCLEAR_AREA_CELL_SD, n))
+    area = phenotype.nuclear_area * np.exp(rng.normal(0.0, NUCLEAR_AREA_CELL_SD, n))
     aspect = rng.uniform(1.0, NUCLEUS_MAX_ASPECT, n)
     radius = np.sqrt(area / np.pi)
     major = radius * np.sqrt(aspect)
@@ -268,7 +403,7 @@ def _draw_cells(rng: np.random.Generator, n: int, dose: float) -> dict[str, np.n
     return {
         "translocation": 1 / (1 + np.exp(-logit)),
         "nuclear_area": area,
-        "texture": rng.uniform(0.0, 1.0, n),
+        "texture": _draw_texture(rng, n, phenotype.texture),
         "reporter_total": REPORTER_TOTAL * np.exp(rng.normal(0.0, REPORTER_TOTAL_SD, n)),
         "dna_total": DNA_TOTAL * np.exp(rng.normal(0.0, DNA_TOTAL_SD, n)),
         "chromatin": rng.uniform(*CHROMATIN_SD, n),
@@ -280,6 +415,13 @@ def _draw_cells(rng: np.random.Generator, n: int, dose: float) -> dict[str, np.n
         "harmonics": harmonics,
         "cell_radius": cell_radius,
     }
+
+
+def _draw_texture(rng: np.random.Generator, n: int, mean: float | None) -> np.ndarray:
+    """Per-cell texture: uniform on [0, 1] without a ``mean``, else Normal around it, clipped to [0, 1]."""
+    if mean is None:
+        return rng.uniform(0.0, 1.0, n)
+    return np.clip(mean + rng.normal(0.0, TEXTURE_CELL_SD, n), 0.0, 1.0)
 
 
 def _place_cells(rng: np.random.Generator, cells: dict[str, np.ndarray], size: int,
@@ -482,9 +624,10 @@ def _acquire(rng: np.random.Generator, signal: np.ndarray, gain: np.ndarray) -> 
     return np.clip(counts, 0, np.iinfo(np.uint16).max).astype(np.uint16)
 
 
-def _truth_table(tables: list[pd.DataFrame]) -> pd.DataFrame:
+def _truth_table(tables: list[pd.DataFrame], with_compound: bool) -> pd.DataFrame:
     columns = ["plate", "well", "field", "label", *PLANTED_FACTORS, "reporter_total", "dna_total",
-               "centroid_y", "centroid_x", "dose", "dose_index", "control"]
+               "centroid_y", "centroid_x", *(["compound"] if with_compound else []), "dose", "dose_index",
+               "control"]
     truth = pd.concat(tables, ignore_index=True)[columns]
     return truth.astype({"field": "int32", "label": "int32", "dose_index": "int32"})
 
