@@ -129,9 +129,12 @@ def info(plate_path: Path) -> None:
 @click.option("--strict", is_flag=True, help="Stop at the first failed field instead of recording it.")
 @click.option("--exemplars-per-well", default=0, show_default=True,
               help="Typical cells of every well to render along each attribute, besides 4 per condition.")
+@CLASS_COLUMN_OPTION
+@TOP_DOSES_OPTION
 def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
         layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
-        nuclear_channel: str | None, resume: bool, strict: bool, exemplars_per_well: int) -> None:
+        nuclear_channel: str | None, resume: bool, strict: bool, exemplars_per_well: int, class_column: str | None,
+        top_doses: int) -> None:
     """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
@@ -144,6 +147,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
     from screenxai.pipeline.run import field_tasks, open_plates, run_cells
+    from screenxai.pipeline.train_job import TrainSettings
 
     console = Console(stderr=True)
     if not plates:
@@ -161,7 +165,9 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     with connect(scheduler, workers) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
         if bundle is None and not cells_only:
-            bundle = _train_for_run(opened, out / "bundle", client, preset, nuclear_channel, console)
+            bundle = _train_for_run(opened, out / "bundle", client, console,
+                                    TrainSettings(preset=preset, nuclear_channel=nuclear_channel,
+                                                  class_column=class_column, top_dose_levels=top_doses))
         with _field_progress(console, n_fields) as on_field:
             result = run_cells(opened, out, client, config, selected, on_field=on_field,
                                bundle=None if cells_only else bundle, resume=resume, strict=strict,
@@ -170,7 +176,11 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
 
 LOG_EVERY_S = 30.0
-SAME_AXIS_COSINE = 0.9  # an attribute this close to a better one's axis is printed as a repeat of it
+CLASS_COLUMN_OPTION = click.option(
+    "--class-column", help="Layout column holding the classes (default: compound when the layout has several "
+                           "treatments, else control).")
+TOP_DOSES_OPTION = click.option("--top-doses", default=2, show_default=True,
+                                help="Highest dose levels of each treatment the classifier trains on.")
 GUIDED_OPTION = click.option("--guided/--unguided", default=True, show_default=True,
                              help="Learn classifier-guided attribute directions, or plain contrastive ones "
                                   "(see benchmarks/README.md).")
@@ -239,21 +249,17 @@ def _epoch_printer(console):
     return epoch_line
 
 
-def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str | None, console) -> Path:
-    """Train a bundle with ``screenxai train``'s defaults on the plates' controls (reused when complete)."""
+def _train_for_run(plates, out: Path, client, console, settings) -> Path:
+    """Train a bundle with ``settings`` (``screenxai train``'s defaults otherwise); reused when complete."""
     from screenxai.models.bundle import load_bundle
-    from screenxai.pipeline.train_job import JOB_STAGES, TrainSettings
     from screenxai.pipeline.train_job import train as train_job
 
     if (out / "config.json").exists() and not out.with_name(out.name + ".work").exists():
         load_bundle(out)
         console.print(f"using the bundle trained earlier at {out}")
         return out
-    console.print(f"no bundle given: training one ({preset} preset) on the plates' controls into {out}")
-
-    result = train_job(plates, out, client, TrainSettings(preset=preset, stages=JOB_STAGES,
-                                                          nuclear_channel=nuclear_channel),
-                       on_progress=_epoch_printer(console))
+    console.print(f"no bundle given: training one ({settings.preset} preset) on the plates' conditions into {out}")
+    result = train_job(plates, out, client, settings, on_progress=_epoch_printer(console))
     _print_training_summary(result)
     return result.bundle
 
@@ -262,9 +268,10 @@ def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str 
 @click.argument("plates", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Model bundle to write.")
 @click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
-@click.option("--class-column", default="control", show_default=True, help="Layout column holding the classes.")
-@click.option("--classes", default="negative,positive", show_default=True,
-              help="Comma-separated classes of that column for the classifier to tell apart.")
+@CLASS_COLUMN_OPTION
+@click.option("--classes", help="Comma-separated classes of that column for the classifier to tell apart, the "
+                                "negative control first (default: read from the layout).")
+@TOP_DOSES_OPTION
 @click.option("--preset", default="small", show_default=True,
               help="Model size: tiny (tests), small (CPU demo), base (GPU).")
 @click.option("--stages", default="classifier,autoencoder,explain,interpretable", show_default=True,
@@ -277,9 +284,10 @@ def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str 
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @click.option("--keep-work", is_flag=True, help="Keep the crop cache and checkpoints (OUT.work) after success.")
 @GUIDED_OPTION
-def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str, classes: str, preset: str,
-          stages: str, wells: str | None, max_cells_per_well: int, nuclear_channel: str | None, seed: int,
-          scheduler: str | None, workers: int | None, keep_work: bool, guided: bool) -> None:
+def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str | None, classes: str | None,
+          top_doses: int, preset: str, stages: str, wells: str | None, max_cells_per_well: int,
+          nuclear_channel: str | None, seed: int, scheduler: str | None, workers: int | None, keep_work: bool,
+          guided: bool) -> None:
     """Train the classifier and the diffusion autoencoder on cells of PLATES; write a model bundle to OUT.
 
     Cells are cut by Dask workers into a crop cache, then training runs as
@@ -305,7 +313,8 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
     selected = [w.strip() for w in wells.split(",")] if wells else None
     settings = TrainSettings(
         preset=preset, stages=tuple(s.strip() for s in stages.split(",") if s.strip()), class_column=class_column,
-        class_names=tuple(c.strip() for c in classes.split(",") if c.strip()), seed=seed,
+        class_names=tuple(c.strip() for c in (classes or "").split(",") if c.strip()), top_dose_levels=top_doses,
+        seed=seed,
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
         wells={p.name: selected for p in opened} if selected else None, explain_guided=guided)
 
@@ -413,16 +422,21 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
 
 def _print_attributes(explain: dict) -> None:
     kind = "classifier-guided" if explain["guided"] else "unguided"
-    click.echo(f"attributes ({kind} directions, ranked with {explain['unet_evaluations']} UNet evaluations, "
-               f"the reference procedure {explain['reference_unet_evaluations']}):")
-    for row in explain["attributes"]:
-        repeat = (f" (nearly the axis of attribute {row['nearest_rank']}, cosine {row['nearest_cosine']:.2f})"
-                  if row["nearest_cosine"] >= SAME_AXIS_COSINE else "")
-        click.echo(f"  {row['rank']}. {row['name']}{repeat}: mean change of the probability "
-                   f"{row['mean_delta_p']:+.3f}, flips {100 * row['flip_rate']:.0f}% of cells; {row['changes']}")
+    cost = explain["unet_evaluations"]
+    click.echo(f"attributes ({kind}, {explain['n_directions']} directions; {cost['ranking']} UNet evaluations rank "
+               f"them for all {cost['treatments']} treatment(s) at once, {cost['naming']} name them; the reference "
+               f"procedure would rank with {cost['reference']}):")
+    for treatment in dict.fromkeys(row["treatment"] for row in explain["attributes"]):
+        click.echo(f"  {treatment}:")
+        for row in (r for r in explain["attributes"] if r["treatment"] == treatment):
+            click.echo(f"    {row['rank']}. {row['name']} [{row['attribute']}]: mean change of the probability "
+                       f"{row['mean_delta_p']:+.3f}, flips {100 * row['flip_rate']:.0f}% of cells; {row['changes']}")
 
 
 def _print_interpretable(report: dict) -> None:
+    if "skipped" in report:
+        click.echo(f"interpretable model: not fitted: {report['skipped']}")
+        return
     held = report["heldout"]
     accuracy = held["accuracy"]
     click.echo(f"formula ({report['complexity']} nodes; > 0 means {report['positive_class']}): {report['formula']}")
@@ -471,8 +485,26 @@ def _print_summary(result) -> None:
     flagged = wells[wells.filter(like="qc_").any(axis=1)]
     if len(flagged):
         click.echo(f"QC flags on {len(flagged)} well(s): {', '.join(flagged['well'])}")
+    _print_treatments(result.out / "treatments.parquet")
     if len(result.failures):
         click.echo(f"{len(result.failures)} field(s) failed; see {result.out / 'failures.parquet'}", err=True)
+
+
+def _print_treatments(path: Path) -> None:
+    """The treatments table, strongest first, with the inactive ones said plainly."""
+    import pandas as pd
+
+    if not path.exists():
+        return
+    table = pd.read_parquet(path)
+    click.echo("treatments (strongest first):")
+    for row in table.itertuples():
+        if not row.active:
+            click.echo(f"  {row.treatment}: inactive (strongest attribute at {row.activity_z:.1f} robust z)")
+            continue
+        click.echo(f"  {row.treatment}: group {row.group}; {row.top_attribute_name} [{row.top_attribute}], "
+                   f"robust z {row.robust_z_top_dose:+.1f} at the top dose, EC50 {row.ec50:.3g} "
+                   f"(fit R^2 {row.fit_r2:.2f}); AUC against the negative control {row.auc_vs_negative:.2f}")
 
 
 if __name__ == "__main__":

@@ -197,12 +197,62 @@ def planted_guide(latents: torch.Tensor, read: list[torch.Tensor], spill: torch.
         logit = 3 * sum((z - centre) @ axis for axis in read)
         return torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], dim=-1)
 
+    return _guide(proba, spill)
+
+
+def _guide(proba, spill: torch.Tensor | None = None):
+    """An ``EditEffect`` guide from a probability function of latents; moving along ``spill`` counts as outside."""
     def guide(z: torch.Tensor, edited: torch.Tensor) -> EditEffect:
         change = edited - z
         outside = (change @ spill).abs() if spill is not None else torch.zeros(change.shape[:2])
-        return EditEffect((proba(edited) - proba(z)).abs().sum(-1), change.norm(dim=-1) - outside, outside)
+        before, after = proba(z), proba(edited)
+        return EditEffect((after - before).abs().sum(-1), change.norm(dim=-1) - outside, outside, before, after)
 
     return guide
+
+
+def three_class_guide(latents: torch.Tensor, first: torch.Tensor, second: torch.Tensor):
+    """A classifier of a negative class and two treatments: treatment 1 lies along ``first``, 2 along ``second``."""
+    centre = latents.mean(0)
+
+    def proba(z: torch.Tensor) -> torch.Tensor:
+        logits = torch.stack([torch.zeros(z.shape[:-1]), 3 * (z - centre) @ first, 3 * (z - centre) @ second], -1)
+        return torch.softmax(logits, -1)
+
+    return _guide(proba)
+
+
+def test_per_treatment_guidance_gives_each_treatment_its_own_axis(latents):
+    """Each treatment gets a direction along its own axis (cosine >= 0.9), which the shared reward does not give.
+
+    Directions 0 and 2 target treatment 1, 1 and 3 treatment 2. With the
+    shared reward (the L1 change of all probabilities) nothing ties a
+    direction to a treatment: fewer than both axes get a direction.
+    """
+    first, second = subspace_axes(latents)
+    config = DirectionConfig(n_directions=4, epochs=6, steps_per_epoch=20, response_cells=16, seed=0,
+                             target_classes=(1, 2, 1, 2))
+    guide = three_class_guide(latents, first, second)
+    learned = learn_directions(latents, config, guide=guide)
+    assert float((learned.axes[[0, 2]] @ first).abs().max()) >= 0.9, learned.axes @ first
+    assert float((learned.axes[[1, 3]] @ second).abs().max()) >= 0.9, learned.axes @ second
+    shared = learn_directions(latents, DirectionConfig(**{**config.to_dict(), "target_classes": ()}), guide=guide)
+    assert min(best_alignment(shared, first), best_alignment(shared, second)) < 0.9
+    with pytest.raises(ValueError, match="target_classes"):
+        DirectionConfig(target_classes=(1, -1))
+
+
+def test_selection_skips_a_direction_along_a_kept_axis():
+    """Direction 1 raises the target most after direction 0 but lies on its axis; direction 2 is kept instead."""
+    gains = np.zeros((4, 3, 2), np.float32)
+    gains[:, 0, 0], gains[:, 1, 1], gains[:, 2, 0] = 0.5, 0.4, 0.2
+    cosines = np.array([[1.0, 0.95, 0.1], [0.95, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    table = select_attributes(synthetic_cache(gains), 1, 2, 0.0, 1, 1, cosines, max_cosine=0.8)
+    assert table["direction"].tolist() == [0, 2]
+    assert table["attribute"].tolist() == ["d0p", "d2p"]
+    unfiltered = select_attributes(synthetic_cache(gains), 1, 2, 0.0, 1, 1)
+    assert unfiltered["direction"].tolist() == [0, 1]
+    assert unfiltered["attribute"].tolist() == ["d0p", "d1n"]
 
 
 def subspace_axes(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

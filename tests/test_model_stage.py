@@ -113,18 +113,23 @@ def test_attribute_scores_per_cell_and_screen_statistics_beside_the_hand_built_r
     result, _ = scored
     _, attributes = load_directions(bundle / "explain")
     assert json.loads((bundle / "explain" / "directions.json").read_text())["guided"] is True  # the default
-    columns = [f"attribute_{r}" for r in attributes["rank"]]
+    ids = list(dict.fromkeys(attributes["attribute"]))
+    columns = [f"attribute_{a}" for a in ids]
     cells = pd.read_parquet(result.out / "cells")
     assert set(columns) <= set(cells.columns) and cells[columns].notna().all().all()
     wells = pd.read_parquet(result.out / "wells.parquet")
-    assert {f"mean_{columns[0]}", f"{columns[0]}_sd", f"{columns[0]}_robust_z"} <= set(wells.columns)
-    negative = wells.loc[wells["control"] == "negative", f"{columns[0]}_robust_z"]
+    assert {f"mean_{columns[0]}", f"sd_{columns[0]}", f"robust_z_{columns[0]}"} <= set(wells.columns)
+    negative = wells.loc[wells["control"] == "negative", f"robust_z_{columns[0]}"]
     assert abs(negative.median()) < 1  # robust z is centred on the negative controls
     table = pd.read_parquet(result.out / "attributes.parquet")
-    assert list(table["rank"]) == list(attributes["rank"])
-    assert {"name", "changes", "mean_delta_p", "flip_rate", "z_prime", "ssmd", "ec50", "hill"} <= set(table.columns)
+    assert list(table["rank"]) == list(attributes["rank"]) and set(table["treatment"]) == {"positive"}
+    assert {"name", "changes", "mean_delta_p", "flip_rate", "control_z_prime", "control_ssmd", "ec50",
+            "hill", "max_effect", "robust_z_top_dose"} <= set(table.columns)
     readouts = pd.read_parquet(result.out / "readouts.parquet")
     assert {*columns, "reporter_ratio"} <= set(readouts["readout"])
+    treatments = pd.read_parquet(result.out / "treatments.parquet")
+    assert treatments["treatment"].tolist() == ["positive"]
+    assert treatments["top_attribute"].iloc[0] == table.loc[table["rank"] == 1, "attribute"].iloc[0]
 
 
 def test_counterfactuals_of_exemplar_cells_open_with_xarray(scored, cluster_client):
@@ -135,10 +140,10 @@ def test_counterfactuals_of_exemplar_cells_open_with_xarray(scored, cluster_clie
     assert dataset["image"].dims == ("cell", "attribute", "alpha", "c", "y", "x")
     assert dataset.sizes["cell"] == 8 and sorted(set(dataset["condition"].values)) == ["negative", "positive"]
     assert dataset["image"].chunks[0] == (1,) * 8
-    assert {"plate", "well", "field", "label", "alpha", "channel"} <= set(dataset.coords)
+    assert {"plate", "well", "field", "label", "alpha", "c", "treatment"} <= set(dataset.coords)
     assert dataset["probability"].dims == ("cell", "attribute", "alpha")
     cells = pd.read_parquet(result.out / "cells").set_index("cell_id")
-    positive = dataset["cell_id"].values[dataset["condition"].values == "positive"]
+    positive = dataset["cell"].values[dataset["condition"].values == "positive"]
     others = cells.loc[cells.index.difference(positive)]
     assert cells.loc[positive, "p_positive"].min() >= others.loc[others["well"].isin(["A04", "B04"]),
                                                                    "p_positive"].median()
@@ -174,21 +179,24 @@ def test_the_plugin_refuses_a_folder_that_is_not_a_bundle(tmp_path):
 @pytest.mark.parametrize("section, path", [("cells/ with a bundle", "cells"), ("embeddings/", "embeddings"),
                                            ("wells.parquet with a bundle", "wells.parquet"),
                                            ("attributes.parquet", "attributes.parquet"),
+                                           ("attributes.parquet, two-class statistics", "attributes.parquet"),
+                                           ("treatments.parquet", "treatments.parquet"),
+                                           ("similarity.parquet", "similarity.parquet"),
                                            ("readouts.parquet", "readouts.parquet")])
 def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle, section, path):
     result, _ = scored
     data = pd.read_parquet(result.out / path)
     loaded = load_bundle(bundle)
     z_dim = loaded.config["models"]["autoencoder"]["config"]["z_dim"]
-    ranks = pd.read_parquet(result.out / "attributes.parquet")["rank"].tolist()
+    ids = list(dict.fromkeys(pd.read_parquet(result.out / "attributes.parquet")["attribute"]))
     features = [c for c in pd.read_parquet(result.out / "cells").columns
                 if c in ("area", "perimeter", "form_factor") or c.endswith(("_ratio", "_texture", "_mean"))]
 
     def expand(name: str) -> list[str]:
         if "{class}" in name:
             return [name.replace("{class}", c) for c in loaded.class_names]
-        if "{rank}" in name:
-            return [name.replace("{rank}", str(r)) for r in ranks]
+        if "{attribute}" in name:
+            return [name.replace("{attribute}", a) for a in ids]
         if name == "d_{feature}":
             return [f"d_{f}" for f in features]
         return [f"z_{i}" for i in range(z_dim)] if name == "z_{i}" else [name]

@@ -66,10 +66,11 @@ class DirectionConfig:
     and 4 cells a step gave the same flips, localisation and cross-seed
     agreement as 16 in a quarter of the time, see ``benchmarks/README.md``).
     With ``target_classes`` (one class index per direction, cycled), the
-    reward of direction k is the rise of its class's probability instead of
-    the change of all of them: each treatment of a screen gets directions
-    that move cells towards it, where one shared reward lets every direction
-    chase the treatment that is easiest to reach.
+    reward of direction k is the rise of its class's probability against
+    the negative control (``EditEffect.gain``) instead of the change of all
+    probabilities: each treatment of a screen gets directions that move
+    cells towards it, where one shared reward lets every direction chase
+    the treatment that is easiest to reach.
     """
 
     n_directions: int = 10
@@ -228,12 +229,19 @@ class EditEffect:
     proba_after: torch.Tensor
 
     def gain(self, target_classes: tuple[int, ...]) -> torch.Tensor:
-        """(K, B): the rise of each edit's target-class probability, direction k targeting ``target_classes[k % n]``."""
+        """(K, B): the rise, by each edit, of its target class's probability against class 0 alone.
+
+        Direction k targets ``target_classes[k % n]`` = t; the probability is
+        ``p_t / (p_t + p_0)``, the classifier's odds of t over the negative
+        control (class 0), which other treatments' classes do not dilute.
+        """
         n_edits = self.proba_after.shape[0]
         targets = torch.tensor([target_classes[k % len(target_classes)] for k in range(n_edits)],
                                device=self.proba_after.device)
         after = self.proba_after.gather(2, targets[:, None, None].expand(-1, self.proba_after.shape[1], 1))[..., 0]
-        return after - self.proba_before[:, targets].T
+        before = self.proba_before[:, targets].T
+        return (after / (after + self.proba_after[..., 0] + 1e-8)
+                - before / (before + self.proba_before[:, 0] + 1e-8))
 
 
 Guide = Callable[[torch.Tensor, torch.Tensor], EditEffect]

@@ -58,7 +58,8 @@ def flip_rates(counterfactuals: xr.Dataset, classifier: torch.nn.Module | None =
     """Share of cells that an edit at a positive alpha flips to the target class.
 
     A flip: the probability of the target class is at most 0.5 at ``alpha = 0``
-    (the cell's reconstruction) and above 0.5 at some positive alpha. ``top``:
+    (the cell's reconstruction) and above 0.5 at some positive alpha (each
+    attribute's own ``target_class``). ``top``:
     by the first attribute; ``any``: by any attribute. With ``classifier``,
     the images are scored by it instead of the stored probability.
     """
@@ -69,8 +70,9 @@ def flip_rates(counterfactuals: xr.Dataset, classifier: torch.nn.Module | None =
         p = counterfactuals["probability"].to_numpy()
     else:
         images = counterfactuals["image"].to_numpy()
-        flat = predict_proba(classifier, images.reshape(-1, *images.shape[3:]))
-        p = flat[:, int(counterfactuals.attrs["target_class"])].reshape(images.shape[:3])
+        flat = predict_proba(classifier, images.reshape(-1, *images.shape[3:])).reshape(*images.shape[:3], -1)
+        targets = counterfactuals["target_class"].to_numpy().astype(int)
+        p = np.take_along_axis(flat, targets[None, :, None, None], axis=3)[..., 0]
     flipped = (p[:, :, alphas > 0] > 0.5).any(2) & (p[:, :, alphas == 0][:, :, 0] <= 0.5)
     return {"top": float(flipped[:, 0].mean()), "any": float(flipped.any(1).mean())}
 

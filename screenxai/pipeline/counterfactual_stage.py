@@ -137,10 +137,24 @@ def render_exemplars(tasks: Sequence[FieldTask], configs: dict[str, CellConfig],
     rows = position.loc[list(cell_ids)].to_numpy()
     directions, attributes = models.explanations
     bundle = models.bundle
+    chosen = table.iloc[rows]
     dataset = make_counterfactuals(bundle["autoencoder"], directions, attributes, np.concatenate(crops)[rows],
-                                   table.iloc[rows], bundle.channel_names, alphas)
-    return dataset.assign_coords(condition=("cell", np.asarray(conditions, dtype=object)),
-                                 cell_id=("cell", np.asarray(cell_ids, dtype=object)))
+                                   chosen, bundle.channel_names, alphas)
+    dataset = with_raw_intensities(dataset, chosen["plate"].astype(str).tolist(), configs)
+    return dataset.assign_coords(condition=("cell", np.asarray(conditions, dtype=object)))
+
+
+def with_raw_intensities(dataset: xr.Dataset, plates: Sequence[str], configs: dict[str, CellConfig]) -> xr.Dataset:
+    """``dataset`` with ``image_raw`` and ``original_raw``: its images in each cell's plate's intensity units."""
+    from screenxai.cells import denormalise
+
+    image = np.empty(dataset["image"].shape, np.float32)
+    original = np.empty(dataset["original"].shape, np.float32)
+    for i, plate in enumerate(plates):
+        stats = configs[plate].normalisation
+        image[i] = denormalise(dataset["image"].to_numpy()[i], stats)
+        original[i] = denormalise(dataset["original"].to_numpy()[i], stats)
+    return dataset.assign(image_raw=(dataset["image"].dims, image), original_raw=(dataset["original"].dims, original))
 
 
 def counterfactual_stage(client: Client, exemplars: pd.DataFrame, tasks: Sequence[FieldTask],

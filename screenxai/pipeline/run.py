@@ -41,7 +41,8 @@ from screenxai.pipeline.cluster import model_capacity
 from screenxai.pipeline.counterfactual_stage import choose_exemplars, choose_well_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
-from screenxai.pipeline.summary import aggregate_wells, attribute_tables, field_qc_flags, well_table
+from screenxai.pipeline.summary import aggregate_wells, attribute_tables, field_qc_flags, well_table, with_layouts
+from screenxai.plate.conditions import Conditions
 
 FIELDS_PER_BATCH = 8
 EXEMPLARS_PER_CONDITION = 4
@@ -148,7 +149,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     wells_table = well_table(aggregates, fields, layouts)
     explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
     if explain is not None and explain.is_dir():
-        wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table)
+        wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table, loaded)
         if exemplars_per_condition > 0 or exemplars_per_well > 0:
             if not todo:  # a resumed run with nothing left: the models still have to reach the workers
                 client.register_plugin(BundlePlugin.from_path(loaded.path))
@@ -262,21 +263,41 @@ def _exemplars(cells: dd.DataFrame, aggregates: pd.DataFrame, layouts: dict, bun
 
 
 def _write_attribute_tables(out: Path, aggregates: pd.DataFrame, layouts: dict, explain: Path,
-                            wells: pd.DataFrame) -> pd.DataFrame:
-    """Write ``attributes.parquet`` and ``readouts.parquet``; return ``wells`` with attribute SDs and robust z."""
+                            wells: pd.DataFrame, bundle: Bundle) -> pd.DataFrame:
+    """Write ``attributes``, ``treatments``, ``similarity`` (and, two-class, ``readouts``) tables; return ``wells``
+    with every attribute id's SD and robust z."""
     from screenxai.explain import load_directions
+    from screenxai.pipeline.treatments import treatment_tables
 
     _, attributes = load_directions(explain)
+    conditions = bundle_conditions(bundle)
+    metrics = bundle.config["provenance"].get("classifier_metrics", {})
+    auc = metrics.get("auc_vs_negative") or {conditions.treatments[0]: metrics.get("auc", {}).get(
+        conditions.treatments[0], float("nan"))}
     try:
-        per_well, named, readouts = attribute_tables(aggregates, layouts, attributes)
-    except ValueError as err:  # no controls or dose axis: the attributes without screen statistics
-        named, readouts, per_well = attributes, None, None
-        named = named.assign(statistics_error=str(err))
+        tables = treatment_tables(with_layouts(aggregates, layouts), attributes, conditions, auc)
+    except (ValueError, KeyError) as err:  # no negative wells, no dose axis: the attributes without statistics
+        write_parquet_atomic(attributes.assign(statistics_error=str(err)), out / "attributes.parquet")
+        return wells
+    named = tables.attributes
+    if conditions.two_class:
+        try:
+            named, readouts = attribute_tables(aggregates, layouts, named)
+            write_parquet_atomic(readouts, out / "readouts.parquet")
+        except ValueError:  # no positive controls or no dose axis: no control statistics
+            pass
     write_parquet_atomic(named, out / "attributes.parquet")
-    if readouts is not None:
-        write_parquet_atomic(readouts, out / "readouts.parquet")
-        wells = wells.merge(per_well, on=["plate", "well"], how="left")
-    return wells
+    write_parquet_atomic(tables.treatments, out / "treatments.parquet")
+    write_parquet_atomic(tables.similarity, out / "similarity.parquet")
+    spread = aggregates[["plate", "well", *[c for c in aggregates.columns if c.startswith("sd_attribute_")]]]
+    return wells.merge(spread, on=["plate", "well"], how="left").merge(tables.well_scores, on=["plate", "well"],
+                                                                       how="left")
+
+
+def bundle_conditions(bundle: Bundle) -> Conditions:
+    """The classes a bundle's classifier tells apart: its class column, negative class first, then treatments."""
+    names = tuple(bundle.class_names)
+    return Conditions(bundle.config["class_column"], names[0], names[1:])
 
 
 def copy_bundle(source: Path, target: Path) -> None:

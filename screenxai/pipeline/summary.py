@@ -156,16 +156,17 @@ def condition_summary(wells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 
 def attribute_tables(aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame | None], attributes: pd.DataFrame,
-                     dose_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Screen statistics of the learned attributes beside the hand-built nucleus/ring ratios.
+                     dose_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Control statistics of the learned attributes beside the hand-built nucleus/ring ratios (two-class designs).
 
-    ``aggregates`` is :func:`aggregate_wells`'s table. Returns (per-well SDs
-    and robust z-scores of every learned attribute, the ``attributes`` table
-    with its statistics joined, one row of statistics per readout). Needs a
+    ``aggregates`` is :func:`aggregate_wells`'s table. Returns (the
+    ``attributes`` table with each attribute id's statistics joined, one row
+    of statistics per readout: Z', SSMD, dose Spearman, 4PL fit). Needs a
     ``control`` layout column with at least two negative and two positive
     wells; the dose axis is ``dose``, else ``dose_index``.
     """
-    from screenxai.explain import attribute_columns, readout_statistics
+    from screenxai.explain import attribute_columns
+    from screenxai.stats import readout_statistics
 
     wells = with_layouts(aggregates, layouts)
     dose_column = dose_column or next((c for c in ("dose", "dose_index") if c in wells.columns), None)
@@ -176,9 +177,7 @@ def attribute_tables(aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame |
     readout_names = [*learned, *ratios]
     wells = wells.rename(columns={**{f"mean_{c}": f"{c}_mean" for c in readout_names},
                                   **{f"sd_{c}": f"{c}_sd" for c in readout_names}})
-    wells, readouts = readout_statistics(wells, readout_names, dose_column=dose_column)
-    keep = ["plate", "well", *[f"{c}_{s}" for c in learned for s in ("sd", "robust_z")]]
-    by_readout = readouts.set_index("readout")
-    named = attributes.assign(readout=learned).join(by_readout, on="readout").drop(columns="readout")
-    per_well = wells[keep].astype({c: "float64" for c in keep[2:]})
-    return per_well, named, readouts
+    _, readouts = readout_statistics(wells, readout_names, dose_column=dose_column)
+    by_readout = readouts.set_index("readout").add_prefix("control_")
+    named = attributes.assign(readout="attribute_" + attributes["attribute"]).join(by_readout, on="readout")
+    return named.drop(columns="readout"), readouts

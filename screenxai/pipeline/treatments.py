@@ -1,0 +1,132 @@
+"""Per-treatment tables of a run, from its per-well table: what each treatment does, at which dose, and alike whom.
+
+Every attribute id has per-well means (``mean_attribute_<id>``); here they
+get per-well robust z-scores against the negative wells, each treatment's
+kept attributes a dose-response fit over its wells and the negative wells
+(at dose 0), and each treatment a profile (mean robust z of every attribute
+over its top-dose wells). Profiles give the activity call, the treatment x
+treatment cosine similarity and the mechanism groups cut from it
+(``screenxai.stats``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+
+from screenxai.plate.conditions import Conditions, dose_column, negative_wells, treatment_wells
+from screenxai.stats import (StatisticsError, call_activity, dose_response, mechanism_groups, negative_profiles,
+                             profile_similarity, top_dose_wells, treatment_profiles, well_robust_z)
+
+TREATMENT = "treatment"
+GROUP_SIMILARITY = 0.8  # treatments whose profiles' mean cosine similarity reaches this act alike
+ACTIVITY_THRESHOLD = 3.0  # robust z (MAD units) a treatment's strongest attribute must reach
+
+
+@dataclass
+class TreatmentTables:
+    """What ``treatment_tables`` computes: per-well robust z, attributes, treatments, similarity."""
+
+    well_scores: pd.DataFrame
+    attributes: pd.DataFrame
+    treatments: pd.DataFrame
+    similarity: pd.DataFrame
+
+
+def value_column(attribute: str) -> str:
+    """The per-well mean column of an attribute id."""
+    return f"mean_attribute_{attribute}"
+
+
+def label_treatments(wells: pd.DataFrame, conditions: Conditions) -> pd.DataFrame:
+    """``wells`` with a ``treatment`` column: the negative class, a treatment's name, or NaN for other wells."""
+    labels = pd.Series(np.nan, index=wells.index, dtype=object)
+    for plate, rows in wells.groupby("plate"):
+        layout = rows[["well", conditions.class_column]].drop_duplicates("well")
+        for treatment in conditions.treatments:
+            chosen = set(treatment_wells(layout, conditions, treatment))
+            labels[rows.index[rows["well"].isin(chosen)]] = treatment
+        negatives = set(negative_wells(layout, conditions))
+        labels[rows.index[rows["well"].isin(negatives)]] = conditions.negative
+    return wells.assign(**{TREATMENT: labels})
+
+
+def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions,
+                     auc_vs_negative: dict[str, float], top_doses: int = 1) -> TreatmentTables:
+    """The per-treatment tables from ``wells`` (layout columns joined) and the bundle's ``attributes``.
+
+    ``top_doses`` highest dose levels of a treatment make its profile.
+    """
+    wells = label_treatments(wells, conditions)
+    dose = dose_column(wells) or "dose_index"
+    ids = list(dict.fromkeys(attributes["attribute"]))
+    values = [value_column(a) for a in ids]
+    labelled = wells[wells[TREATMENT].notna()]
+    scores = well_robust_z(labelled, TREATMENT, values, conditions.negative)
+    well_scores = wells[["plate", "well"]].join(scores.rename(columns=lambda c: "robust_z_" + c.removeprefix("mean_")))
+    named = _attribute_statistics(labelled, scores, attributes, conditions, dose, top_doses)
+    profiles = treatment_profiles(labelled, TREATMENT, values, conditions.negative, top_doses, dose_level(labelled))
+    similarity = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")))
+    treatments = _treatment_table(labelled, profiles, similarity, named, conditions, auc_vs_negative, top_doses)
+    return TreatmentTables(well_scores, named, treatments, similarity)
+
+
+def dose_level(wells: pd.DataFrame) -> str:
+    """The column whose order ranks dose levels: ``dose_index``, else ``dose``."""
+    return "dose_index" if "dose_index" in wells.columns else "dose"
+
+
+def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes: pd.DataFrame,
+                          conditions: Conditions, dose: str, top_doses: int) -> pd.DataFrame:
+    """``attributes`` with each row's dose-response over its treatment's wells and its top-dose robust z."""
+    top = top_dose_wells(wells, TREATMENT, conditions.negative, top_doses, dose_level(wells))
+    rows = []
+    for row in attributes.itertuples(index=False):
+        column = value_column(row.attribute)
+        fit = dose_response(wells, column, row.treatment, TREATMENT, conditions.negative, dose)
+        own = wells[TREATMENT].isin([row.treatment, conditions.negative])
+        rho = spearmanr(wells.loc[own, dose].fillna(0), wells.loc[own, column]).statistic if own.sum() >= 3 else np.nan
+        at_top = top.index[top[TREATMENT] == row.treatment]
+        rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")}, "dose_spearman": float(rho),
+                     "robust_z_top_dose": float(scores.loc[at_top, column].mean())})
+    return pd.concat([attributes.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+
+
+def _treatment_table(wells: pd.DataFrame, profiles: pd.DataFrame, similarity: pd.DataFrame, named: pd.DataFrame,
+                     conditions: Conditions, auc_vs_negative: dict[str, float], top_doses: int) -> pd.DataFrame:
+    """One row per treatment: activity, group, top attribute and its fit, AUC against the negative control."""
+    top = top_dose_wells(wells, TREATMENT, conditions.negative, top_doses, dose_level(wells))
+    sizes = top.groupby(TREATMENT).size()
+    activity = _activity(wells, profiles, sizes, conditions)
+    groups = mechanism_groups(similarity, activity.rename(index=str), GROUP_SIMILARITY)
+    best = named[named["rank"] == 1].set_index("treatment")
+    table = pd.DataFrame({"treatment": list(conditions.treatments)}).set_index("treatment")
+    table["active"] = activity["active"].reindex(table.index).fillna(False).astype(bool)
+    table["group"] = groups.reindex(table.index).fillna("inactive").astype(str)
+    table["n_wells"] = wells[TREATMENT].value_counts().reindex(table.index).fillna(0).astype("int64")
+    table["activity_z"] = activity["activity_z"].reindex(table.index).astype("float64")
+    table["null_z"] = activity["null_z"].reindex(table.index).astype("float64")
+    table["top_attribute"] = best["attribute"].reindex(table.index).astype(object)
+    table["top_attribute_name"] = best["name"].reindex(table.index).astype(object)
+    for source, target in (("ec50", "ec50"), ("hill", "hill"), ("max_effect", "max_effect"), ("r2", "fit_r2"),
+                           ("dose_spearman", "dose_spearman"), ("robust_z_top_dose", "robust_z_top_dose")):
+        table[target] = best[source].reindex(table.index).astype("float64")
+    table["auc_vs_negative"] = pd.Series(auc_vs_negative, dtype="float64").reindex(table.index)
+    table = table.reset_index().sort_values(["active", "activity_z"], ascending=False, kind="stable")
+    return table.reset_index(drop=True)
+
+
+def _activity(wells: pd.DataFrame, profiles: pd.DataFrame, sizes: pd.Series, conditions: Conditions) -> pd.DataFrame:
+    """``call_activity`` against pseudo-treatments of negative wells; the threshold alone when too few negatives."""
+    try:
+        null = negative_profiles(wells, TREATMENT, list(profiles.columns), conditions.negative)
+        return call_activity(profiles, null, sizes, ACTIVITY_THRESHOLD)
+    except StatisticsError:
+        strength = profiles.abs().fillna(0)
+        table = pd.DataFrame({"n_wells": sizes.reindex(profiles.index), "activity_z": strength.max(axis=1),
+                              "null_z": np.nan, "top_attribute": strength.idxmax(axis=1)}, index=profiles.index)
+        table["active"] = table["activity_z"] >= ACTIVITY_THRESHOLD
+        return table
