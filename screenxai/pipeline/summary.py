@@ -165,7 +165,8 @@ def attribute_tables(aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame |
     ``control`` layout column with at least two negative and two positive
     wells; the dose axis is ``dose``, else ``dose_index``.
     """
-    from screenxai.explain import attribute_columns, readout_statistics
+    from screenxai.explain import attribute_columns
+    from screenxai.stats import readout_statistics
 
     wells = with_layouts(aggregates, layouts)
     dose_column = dose_column or next((c for c in ("dose", "dose_index") if c in wells.columns), None)

@@ -1,4 +1,4 @@
-"""Screen statistics of per-cell readouts: per-well means, robust z, Z', SSMD and dose-response fits.
+"""Screen statistics over tables: per-well means, robust z, Z', SSMD, dose-response fits, treatment profiles.
 
 The same functions serve learned attributes and hand-built readouts (e.g. a
 channel's nucleus/ring ratio), so they can be compared side by side.
