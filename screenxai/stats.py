@@ -290,7 +290,7 @@ def call_activity(profiles: pd.DataFrame, negative_scores: pd.DataFrame, sizes: 
     ``negative_scores``, from :func:`negative_profiles`) of the same size as
     the treatment's top-dose group (``sizes``: wells per treatment, or one
     count for all). A treatment that moves nothing beyond the negative
-    wells' spread is so called inactive even when the threshold is low.
+    wells' spread is thus inactive even when the threshold is low.
     Returns, indexed by treatment: ``n_wells``, ``activity_z``, ``null_z``,
     ``top_attribute`` (the attribute of ``activity_z``) and ``active``.
     """

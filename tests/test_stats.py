@@ -246,3 +246,16 @@ def test_mechanism_groups_of_one_or_no_active_treatment():
     similarity, activity = hand_made({}, {"P": 5}, ("Q",))
     assert mechanism_groups(similarity, activity).to_dict() == {"P": "G1", "Q": "inactive"}
     assert mechanism_groups(similarity, activity.assign(active=False)).eq("inactive").all()
+
+
+def test_the_null_is_matched_to_each_treatments_group_size(wells, profiles):
+    """Over all groups of k wells the largest |mean| is that of the k most extreme wells, so it falls with k."""
+    scores = negative_profiles(wells, "treatment", ATTRIBUTES, "negative")
+    ordered = np.sort(scores.to_numpy(), axis=0)
+    for k in (1, 2, 3):
+        extreme = np.maximum(ordered[-k:].mean(axis=0), -ordered[:k].mean(axis=0)).max()
+        assert null_activity(scores, k) == pytest.approx(extreme)
+    calls = call_activity(profiles, scores, pd.Series({t: 2 if t in "AB" else 3 for t in "ABCDEF"}))
+    assert calls.loc["A", "null_z"] == pytest.approx(null_activity(scores, 2))
+    assert calls.loc["C", "null_z"] == pytest.approx(null_activity(scores, 3))
+    assert calls.loc["C", "null_z"] < calls.loc["A", "null_z"]
