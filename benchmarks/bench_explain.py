@@ -37,7 +37,7 @@ from scipy.stats import spearmanr
 from benchmarks.bench_models import simulated_cells
 from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide, direction_agreement,
                                factor_tracking, flip_rates, learn_directions, localisation, make_counterfactuals,
-                               name_attributes, random_directions, rank_attributes, well_statistics)
+                               name_attributes, random_directions, rank_attributes)
 from screenxai.explain.quality import classifier_reliance, partial_spearman
 from screenxai.models import load_bundle, predict_proba
 from screenxai.models.classifier import ClassifierConfig
@@ -45,6 +45,7 @@ from screenxai.models.latent_checks import encode
 from screenxai.models.metrics import ridge_cv_predictions
 from screenxai.models.presets import get_preset
 from screenxai.models.train_classifier import train_classifier
+from screenxai.stats import well_statistics
 
 FACTORS = ["translocation", "nuclear_area"]
 

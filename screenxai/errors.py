@@ -19,3 +19,7 @@ class LayoutError(ScreenxaiError):
 
 class ConversionError(ScreenxaiError):
     """TIFF files cannot be turned into a plate as asked."""
+
+
+class StatisticsError(ScreenxaiError, ValueError):
+    """A well table lacks the columns or wells a screen statistic needs."""

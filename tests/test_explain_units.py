@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from screenxai.explain import (DirectionConfig, Directions, EditEffect, cell_region, classifier_guide,
-                               classifier_reliance, fit_dose_response, learn_directions, load_directions, robust_z,
-                               save_directions, ssmd, well_statistics, z_prime)
+                               classifier_reliance, learn_directions, load_directions, save_directions)
 from screenxai.explain.directions import nt_xent, subspace_rank
 from screenxai.explain.naming import cohens_d, describe
 from screenxai.explain.quality import partial_spearman
 from screenxai.explain.ranking import RankingCache, nearest_better_attribute, select_attributes
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier, ClassifierConfig
+from screenxai.stats import fit_dose_response, robust_z, ssmd, well_statistics, z_prime
 
 torch.set_num_threads(1)
 

@@ -1,8 +1,9 @@
-"""DiffEx explanations: attribute directions, cached ranking, counterfactuals, names, scores, screen statistics.
+"""DiffEx explanations: attribute directions, cached ranking, counterfactuals, names and scores.
 
 Inputs are a ``DiffusionAutoencoder`` (with its frozen classifier), float32
 crops (N, C, H, W) in [-1, 1] and pandas tables; outputs are DataFrames,
-an ``xarray.Dataset`` of counterfactuals and files in a directory.
+an ``xarray.Dataset`` of counterfactuals and files in a directory. The screen
+statistics live in :mod:`screenxai.stats`; they are re-exported here.
 """
 
 from screenxai.explain.counterfactuals import make_counterfactuals, write_counterfactuals
@@ -13,9 +14,9 @@ from screenxai.explain.quality import (classifier_reliance, direction_agreement,
                                       localisation)
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
 from screenxai.explain.scores import attribute_columns, attribute_scores, scores_from_latents
-from screenxai.explain.statistics import (fit_dose_response, readout_statistics, robust_z, ssmd, well_means,
-                                         well_statistics, z_prime)
 from screenxai.explain.store import load_directions, save_directions
+from screenxai.stats import (fit_dose_response, readout_statistics, robust_z, ssmd, well_means, well_statistics,
+                             z_prime)
 
 __all__ = [
     "MAX_ALPHA",
