@@ -1,0 +1,166 @@
+"""Every treatment of a simulated multi-treatment screen explained, through the product; figures as JSON.
+
+Simulates the ``treatments`` design (``docs/simulation.md``: six treatments,
+three mechanisms, two at different potencies, one with two mechanisms, one
+inert), trains a bundle with ``screenxai train``'s defaults (class column
+``compound``, each treatment's two top dose levels), scores every well with
+``run_cells`` and judges the outputs against the planted truth
+(``screenxai.explain.validation``):
+
+- per treatment and planted factor: |Spearman| of the top attribute's well
+  means with the factor's over the treatment's and the negative wells, and
+  whether its name is the factor's; for the two-mechanism treatment the
+  best of its top three attributes for each factor;
+- activity calls and the adjusted Rand index of the mechanism groups;
+- negative controls: random directions (untrained MLPs on the same
+  subspace) ranked by the same procedure, and a pseudo-treatment made of
+  negative wells, which must be called inactive;
+- UNet evaluations of the shared ranking cache and of naming.
+
+Results go to ``results/treatments_cpu.json`` under ``{preset}-seed{seed}``.
+
+    python -m benchmarks.bench_treatments --preset tiny [--seed 1] [--columns 6] [--size 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from distributed import Client, LocalCluster
+
+from screenxai.explain import load_directions, random_directions, scores_from_latents
+from screenxai.explain.ranking import axis_cosines, build_cache, select_attributes
+from screenxai.explain.validation import grouping_agreement, treatment_report
+from screenxai.models.bundle import load_bundle
+from screenxai.models.latent_checks import encode
+from screenxai.pipeline.crop_cache import read_crop_cache
+from screenxai.pipeline.run import bundle_conditions, run_cells
+from screenxai.pipeline.summary import with_layouts
+from screenxai.pipeline.train_job import TrainSettings, train, work_folder
+from screenxai.pipeline.treatments import treatment_tables
+from screenxai.plate.conditions import Conditions
+from screenxai.plate.reader import open_plate
+from screenxai.plate.simulate import MECHANISM_GROUPS, NEGATIVE_CONTROL, TREATMENTS, simulate_screen
+
+RESULTS = Path(__file__).parent / "results" / "treatments_cpu.json"
+SHUFFLED = "negative-wells"
+
+
+def random_direction_tracking(bundle_path: Path, wells: pd.DataFrame, truth: pd.DataFrame, run: Path,
+                              seed: int) -> pd.DataFrame:
+    """The treatment report of random directions ranked like the learned ones, scored on the run's embeddings."""
+    bundle = load_bundle(bundle_path)
+    learned, _ = load_directions(bundle_path / "explain")
+    crops, table, _ = read_crop_cache(work_folder(bundle_path) / "cache")
+    autoencoder = bundle["autoencoder"].eval()
+    conditions = bundle_conditions(bundle)
+    z = encode(autoencoder, crops)
+    directions = random_directions(z, learned.n_directions, seed=seed)
+    negative = np.flatnonzero(table[conditions.class_column].astype(str).eq(conditions.negative).to_numpy())
+    pick = np.random.default_rng(seed).permutation(negative)[:32]
+    cache = build_cache(autoencoder, directions, crops[pick], 2.0, 10, 10)
+    rows = []
+    for target, treatment in enumerate(conditions.treatments, start=1):
+        selected = select_attributes(cache, target, 3, -1.0, 10, 10, axis_cosines(directions), 0.8)
+        rows.append(selected.assign(treatment=treatment, name=""))
+    attributes = pd.concat(rows, ignore_index=True)
+    embeddings = pd.read_parquet(run / "embeddings")
+    scores = scores_from_latents(directions, attributes,
+                                 torch.from_numpy(embeddings.filter(like="z_").to_numpy(np.float32)))
+    per_cell = pd.concat([embeddings[["plate", "well"]].astype(str).reset_index(drop=True), scores], axis=1)
+    means = per_cell.groupby(["plate", "well"], as_index=False).mean().rename(
+        columns=lambda c: f"mean_{c}" if c.startswith("attribute_") else c)
+    random_wells = wells[["plate", "well", "compound"]].merge(means, on=["plate", "well"])
+    planted = {t: f for t, f in TREATMENTS.items() if f}
+    return treatment_report(random_wells, attributes, truth, planted, NEGATIVE_CONTROL)
+
+
+def shuffled_negative_call(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions) -> dict:
+    """Half of the negative wells relabelled as a pseudo-treatment (same dose indices as a real one): its call."""
+    negatives = wells.index[wells["compound"] == conditions.negative]
+    fake = negatives[::2]
+    relabelled = wells.copy()
+    relabelled.loc[fake, "compound"] = SHUFFLED
+    relabelled.loc[fake, "dose_index"] = np.resize(sorted(wells["dose_index"].unique())[1:], len(fake))
+    relabelled.loc[fake, "dose"] = relabelled.loc[fake, "dose_index"].astype(float)
+    first = attributes[attributes["treatment"] == conditions.treatments[0]]
+    extended = pd.concat([attributes, first.assign(treatment=SHUFFLED)], ignore_index=True)
+    shuffled = Conditions(conditions.class_column, conditions.negative, (*conditions.treatments, SHUFFLED))
+    tables = treatment_tables(relabelled, extended, shuffled, {})
+    row = tables.treatments.set_index("treatment").loc[SHUFFLED]
+    return {"wells": len(fake), "active": bool(row["active"]), "activity_z": float(row["activity_z"]),
+            "null_z": float(row["null_z"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--columns", type=int, default=6)
+    parser.add_argument("--fields", type=int, default=1)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/screenxai-bench-treatments"))
+    args = parser.parse_args()
+    work = args.workdir / f"{args.preset}-seed{args.seed}"
+    work.mkdir(parents=True, exist_ok=True)
+    plate_path = work / "plate.zarr"
+    if not plate_path.exists():
+        simulate_screen(plate_path, columns=args.columns, fields=args.fields, size=args.size, seed=args.seed,
+                        design="treatments")
+    truth = pd.read_parquet(work / "plate.truth.parquet")
+    plate = open_plate(plate_path)
+    timings = {}
+    with LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        start = time.perf_counter()
+        trained = train([plate], work / "bundle", client, TrainSettings(preset=args.preset, seed=args.seed),
+                        keep_work=True)
+        timings["train_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        run = run_cells([plate], work / "run", client, bundle=work / "bundle", resume=True)
+        timings["run_s"] = time.perf_counter() - start
+    out = run.out
+    wells = pd.read_parquet(out / "wells.parquet")
+    attributes = pd.read_parquet(out / "attributes.parquet")
+    treatments = pd.read_parquet(out / "treatments.parquet")
+    planted = {t: f for t, f in TREATMENTS.items() if f}
+    report = treatment_report(wells, attributes, truth, planted, NEGATIVE_CONTROL)
+    random = random_direction_tracking(work / "bundle", wells, truth, out, args.seed)
+    conditions = bundle_conditions(load_bundle(work / "bundle"))
+    record = {
+        "preset": args.preset, "seed": args.seed,
+        "plate": {"columns": args.columns, "fields": args.fields, "size": args.size, "wells": len(wells),
+                  "cells": int(wells["n_cells"].sum())},
+        "classifier": trained.summary["classifier"],
+        "explain": trained.summary["explain"]["unet_evaluations"],
+        "attributes": attributes[["treatment", "rank", "attribute", "name", "mean_delta_p", "flip_rate",
+                                  "dose_spearman", "robust_z_top_dose"]].to_dict(orient="records"),
+        "treatments": treatments.to_dict(orient="records"),
+        "factor_tracking": report.to_dict(orient="records"),
+        "random_directions_tracking": random.to_dict(orient="records"),
+        "activity_exact": bool((treatments.set_index("treatment")["active"]
+                                == pd.Series({t: bool(f) for t, f in TREATMENTS.items()})).all()),
+        "grouping_ari": grouping_agreement(treatments, dict(MECHANISM_GROUPS)),
+        "shuffled_negative_wells": shuffled_negative_call(with_layouts(wells, {}), attributes, conditions),
+        "timings_s": timings,
+        "hardware": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, torch "
+                    f"{torch.__version__}",
+        "load_average_at_end": os.getloadavg(),
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[f"{args.preset}-seed{args.seed}"] = record
+    RESULTS.write_text(json.dumps(results, indent=2, default=float))
+    print(json.dumps({k: record[k] for k in ("factor_tracking", "activity_exact", "grouping_ari",
+                                             "shuffled_negative_wells", "timings_s")}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

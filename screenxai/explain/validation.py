@@ -1,0 +1,79 @@
+"""Judge a run's explanations against the planted truth of a simulated multi-treatment screen.
+
+For tests and benchmarks only: a real screen has no planted truth. Each
+treatment of ``screenxai.plate.simulate.TREATMENTS`` moves known factors;
+a good explanation's top attribute follows the treatment's factor from well
+to well, is named after it, the treatments that do the same thing share a
+mechanism group, and the inert one is called inactive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import adjusted_rand_score
+
+from screenxai.explain.naming import feature_label
+
+# The morphology features in which each planted factor shows (``screenxai.cells`` feature columns).
+FACTOR_FEATURES = {
+    "translocation": ("reporter_ratio", "reporter_nucleus_mean", "reporter_ring_mean"),
+    "nuclear_area": ("area", "perimeter", "major_axis_length", "minor_axis_length"),
+    "texture": ("reporter_texture",),
+}
+CHANNELS = ("DNA", "reporter")
+
+
+def names_factor(name: str, factor: str) -> bool:
+    """Whether an attribute's name (e.g. ``nuclear area up``) is one of the factor's morphology features."""
+    return any(name.startswith(feature_label(feature, CHANNELS) + " ") for feature in FACTOR_FEATURES[factor])
+
+
+def well_truth(truth: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
+    """Per-well means of the planted factors (one row per plate and well)."""
+    return truth.groupby(["plate", "well"], as_index=False)[list(factors)].mean()
+
+
+def factor_tracking(wells: pd.DataFrame, truth_wells: pd.DataFrame, treatment: str, negative: str,
+                    attribute: str, factor: str, treatment_column: str = "compound") -> float:
+    """|Spearman| of an attribute's well means with a factor's over the treatment's and the negative wells."""
+    joined = wells.merge(truth_wells, on=["plate", "well"])
+    rows = joined[joined[treatment_column].isin([treatment, negative])]
+    return float(abs(spearmanr(rows[f"mean_attribute_{attribute}"], rows[factor]).statistic))
+
+
+def treatment_report(wells: pd.DataFrame, attributes: pd.DataFrame, truth: pd.DataFrame,
+                     planted: dict[str, tuple[str, ...]], negative: str, top: int = 3) -> pd.DataFrame:
+    """Per (treatment, planted factor): the best of its top attributes at tracking the factor, and the top one's.
+
+    Columns: ``treatment``, ``factor``, ``top_attribute``, ``top_name``,
+    ``top_spearman`` (rank-1 attribute vs the factor), ``top_named``
+    (whether the rank-1 name is the factor's), ``best_rank`` and
+    ``best_spearman`` (the top-``top`` attribute that tracks it best).
+    """
+    factors = sorted({f for fs in planted.values() for f in fs})
+    truth_wells = well_truth(truth, factors)
+    rows = []
+    for treatment, moved in planted.items():
+        kept = attributes[attributes["treatment"] == treatment].sort_values("rank").head(top)
+        for factor in moved:
+            tracking = [factor_tracking(wells, truth_wells, treatment, negative, a, factor) for a in kept["attribute"]]
+            best = int(np.nanargmax(tracking)) if tracking else -1
+            rows.append({"treatment": treatment, "factor": factor,
+                         "top_attribute": kept["attribute"].iloc[0] if len(kept) else None,
+                         "top_name": kept["name"].iloc[0] if len(kept) else None,
+                         "top_spearman": tracking[0] if tracking else np.nan,
+                         "top_named": bool(len(kept)) and names_factor(kept["name"].iloc[0], factor),
+                         "best_rank": int(kept["rank"].iloc[best]) if tracking else -1,
+                         "best_spearman": tracking[best] if tracking else np.nan,
+                         "best_named": bool(tracking) and names_factor(kept["name"].iloc[best], factor)})
+    return pd.DataFrame(rows)
+
+
+def grouping_agreement(treatments: pd.DataFrame, true_groups: dict[str, str]) -> float:
+    """Adjusted Rand index of the run's mechanism groups against the planted ones (inactive as a group)."""
+    table = treatments.set_index("treatment").loc[list(true_groups)]
+    return float(adjusted_rand_score(list(true_groups.values()), table["group"].tolist()))
