@@ -14,6 +14,13 @@ from screenxai import __version__
 from screenxai.errors import ScreenxaiError
 
 
+CLASS_COLUMN_OPTION = click.option(
+    "--class-column", help="Layout column holding the classes (default: compound when the layout has several "
+                           "treatments, else control).")
+TOP_DOSES_OPTION = click.option("--top-doses", default=2, show_default=True,
+                                help="Highest dose levels of each treatment the classifier trains on.")
+
+
 class _Group(click.Group):
     """Turn bad-input errors into one clear line on stderr and exit status 2."""
 
@@ -176,11 +183,6 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
 
 LOG_EVERY_S = 30.0
-CLASS_COLUMN_OPTION = click.option(
-    "--class-column", help="Layout column holding the classes (default: compound when the layout has several "
-                           "treatments, else control).")
-TOP_DOSES_OPTION = click.option("--top-doses", default=2, show_default=True,
-                                help="Highest dose levels of each treatment the classifier trains on.")
 GUIDED_OPTION = click.option("--guided/--unguided", default=True, show_default=True,
                              help="Learn classifier-guided attribute directions, or plain contrastive ones "
                                   "(see benchmarks/README.md).")
@@ -243,6 +245,10 @@ def _field_progress(console, total: int) -> Iterator[Callable[[dict], None]]:
 def _epoch_printer(console):
     """A progress callback printing one line per finished training epoch."""
     def epoch_line(p) -> None:
+        if p.stage.startswith("explain"):
+            left = "" if p.eta_s != p.eta_s else f", {p.eta_s:.0f} s left in this step"  # NaN: not yet known
+            console.print(f"{p.stage} {p.epoch + 1}/{p.epochs}{left}")
+            return
         val = "" if p.val_loss is None else f", validation {p.val_loss:.4f}"
         console.print(f"{p.stage} epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}{val}, "
                       f"{p.eta_s:.0f} s left in this stage")

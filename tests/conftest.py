@@ -24,7 +24,7 @@ BBBC013_PATTERN = "Channel{channel}-{index}-{row}-{column}.tif"
 BBBC013_CHANNELS = "1=GFP,2=DNA"
 PLANTED_DOSE_FACTORS = ["translocation", "nuclear_area"]
 # Session fixtures that train models (minutes each): the modules using one share a pytest-xdist worker.
-HEAVY_SESSION_FIXTURES = ("tiny_models", "bbbc013_classifier")
+HEAVY_SESSION_FIXTURES = ("tiny_models", "treatment_screen", "bbbc013_classifier")
 
 
 def documented_columns(doc: str, section: str) -> dict[str, str]:
@@ -210,3 +210,33 @@ def bbbc013_classifier(bbbc013_plate: Path, bbbc013_control_cells, tmp_path_fact
         train([open_plate(bbbc013_plate)], out, client, settings)
     _, table = bbbc013_control_cells
     return classifier_from_bundle(load_bundle(out), table)
+
+
+@pytest.fixture(scope="session")
+def treatment_screen(tmp_path_factory: pytest.TempPathFactory):
+    """A simulated multi-treatment screen (the ``treatments`` design) trained with the tiny preset and run, once.
+
+    ``screenxai run``'s defaults: class column ``compound``, each treatment's
+    two top dose levels, guided directions, every well scored. Returns the
+    run folder (``out``), the bundle, the layout, the planted truth and the
+    plate's column count.
+    """
+    import types
+
+    from distributed import Client, LocalCluster
+
+    from screenxai.pipeline.run import run_cells
+    from screenxai.pipeline.train_job import TrainSettings, train
+    from screenxai.plate.reader import open_plate
+    from screenxai.plate.simulate import simulate_screen
+
+    root = tmp_path_factory.mktemp("treatment-screen")
+    columns = 5
+    screen = simulate_screen(root / "plate.zarr", columns=columns, fields=1, size=384, seed=3, design="treatments")
+    plate = open_plate(screen.plate_path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        train([plate], root / "bundle", client, TrainSettings(preset="tiny", seed=0, torch_threads=1))
+        result = run_cells([plate], root / "run", client, bundle=root / "bundle")
+    return types.SimpleNamespace(out=result.out, bundle=root / "bundle", layout=screen.layout, truth=screen.truth,
+                                 columns=columns)

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 from distributed import Client, LocalCluster, get_task_stream
 
-from screenxai.models.presets import PRESETS
+from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import RunResult, run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.reader import Plate, open_plate
@@ -132,15 +132,12 @@ def plate(tmp_path_factory) -> Plate:
 @pytest.fixture(scope="module")
 def bundle(plate, local_client, tmp_path_factory) -> Path:
     """A mini-preset bundle (classifier and autoencoder); worker processes load it without knowing the preset."""
-    PRESETS["mini"] = MINI
-    try:
+    with registered_preset(MINI):
         out = tmp_path_factory.mktemp("cluster-bundle") / "bundle"
         train([plate], out, local_client, TrainSettings(preset="mini", seed=1, max_cells_per_well=30,
                                                         stages=("classifier", "autoencoder"),
                                                         check_cells=8, check_steps=2))
         return out
-    finally:
-        del PRESETS["mini"]
 
 
 def _sorted_table(out: Path, name: str) -> pd.DataFrame:

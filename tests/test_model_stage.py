@@ -14,7 +14,7 @@ from screenxai.cells import CellConfig, fit_normalisation, process_field
 from screenxai.errors import ScreenxaiError
 from screenxai.models.bundle import BundleError, load_bundle
 from screenxai.models.classifier import predict_proba
-from screenxai.models.presets import PRESETS
+from screenxai.models.presets import registered_preset
 from screenxai.pipeline.bundle_plugin import BundlePlugin
 from screenxai.pipeline.run import run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
@@ -43,15 +43,12 @@ def plate(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def bundle(plate, cluster_client, tmp_path_factory):
-    PRESETS["mini"] = MINI
-    try:
+    with registered_preset(MINI):
         out = tmp_path_factory.mktemp("bundle") / "bundle"
         settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, explain_cells=12, check_cells=8,
                                  check_steps=2)
         train([plate], out, cluster_client, settings)
         return out
-    finally:
-        del PRESETS["mini"]
 
 
 @pytest.fixture(scope="module")
@@ -269,12 +266,9 @@ def test_run_command_without_a_bundle_trains_one_then_scores(plate, cluster_clie
 
     from screenxai.cli import main
 
-    PRESETS["mini"] = MINI
-    try:
+    with registered_preset(MINI):
         result = CliRunner().invoke(main, ["run", plate.url, "-o", str(tmp_path / "out"), "--preset", "mini",
                                            "--scheduler", cluster_client.scheduler.address])
-    finally:
-        del PRESETS["mini"]
     assert result.exit_code == 0, result.output
     assert "no bundle given: training one (mini preset)" in result.output
     assert "formula (" in result.output and "mean_p_positive" in result.output
@@ -307,8 +301,7 @@ def test_explain_command_learns_unguided_attributes_into_the_bundle_and_renders_
     from screenxai.cli import main
 
     bundle = tmp_path / "bundle"
-    PRESETS["mini"] = MINI
-    try:
+    with registered_preset(MINI):
         train([plate], bundle, cluster_client, TrainSettings(preset="mini", seed=2, max_cells_per_well=30,
                                                              stages=("classifier", "autoencoder"), check_cells=4,
                                                              check_steps=2))
@@ -316,8 +309,6 @@ def test_explain_command_learns_unguided_attributes_into_the_bundle_and_renders_
         result = CliRunner().invoke(main, ["explain", str(bundle), plate.url, "-o", str(tmp_path / "out"),
                                            "--exemplars", "2", "--max-cells-per-well", "30", "--unguided",
                                            "--scheduler", cluster_client.scheduler.address])
-    finally:
-        del PRESETS["mini"]
     assert result.exit_code == 0, result.output
     assert "attributes (unguided directions, ranked with" in result.output and "1. " in result.output
     stored = json.loads((bundle / "explain" / "directions.json").read_text())

@@ -21,7 +21,7 @@ import torch
 from distributed import Client, LocalCluster, get_task_stream
 
 from screenxai.errors import ScreenxaiError
-from screenxai.models.presets import PRESETS
+from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import RUN_RECORD, RunResult, record_hash, run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.reader import Plate, open_plate
@@ -55,16 +55,13 @@ def bundle(plate, client, tmp_path_factory) -> Path:
     shared 2-core test machine its threads then wait on each other and the
     explain stage runs about 30 times slower, so it trains on one thread here.
     """
-    PRESETS["mini"] = MINI
-    try:
+    with registered_preset(MINI):
         out = tmp_path_factory.mktemp("resume-bundle") / "bundle"
         settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, check_cells=8, check_steps=2,
                                  stages=("classifier", "autoencoder", "explain"), explain_cells=12, torch_threads=1)
         train([plate], out, client, settings)
         assert torch.get_num_threads() == 1  # the in-process worker trained on the threads asked for
         return out
-    finally:
-        del PRESETS["mini"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from distributed import Client, LocalCluster
 from screenxai.cli import main
 from screenxai.models.bundle import load_bundle
 from screenxai.models.classifier import predict_proba
-from screenxai.models.presets import PRESETS
+from screenxai.models.presets import registered_preset
 from screenxai.pipeline.crop_cache import CropCacheError, read_crop_cache
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.train_job import TrainJobError, TrainSettings, train, work_folder
@@ -29,9 +29,8 @@ SETTINGS = TrainSettings(preset="mini", stages=("classifier", "autoencoder"), se
 @pytest.fixture(scope="module", autouse=True)
 def mini_preset():
     """The 16 px test preset, known to in-process workers for this module."""
-    PRESETS["mini"] = MINI
-    yield
-    del PRESETS["mini"]
+    with registered_preset(MINI):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -315,7 +315,8 @@ def _subspace_directions(z: torch.Tensor, n_directions: int, hidden: int, varian
 
 
 def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(),
-                     features: FeatureMap | None = None, guide: Guide | None = None) -> Directions:
+                     features: FeatureMap | None = None, guide: Guide | None = None,
+                     on_epoch: Callable[[int, int], None] | None = None) -> Directions:
     """Learn K directions on latents ``z`` (N, z_dim) with NT-Xent, then calibrate them on ``z``.
 
     ``features`` (frozen, optional) maps latents to the space in which an
@@ -323,6 +324,7 @@ def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(
     ``guide`` (frozen, optional, e.g. ``classifier_guide``): the mean change
     of its response is rewarded (``config.response_weight``) and the share
     of image change outside the cell penalised (``config.outside_weight``).
+    ``on_epoch(done, total)`` is called after each epoch.
     """
     if z.ndim != 2 or len(z) < 2:
         raise ValueError(f"expected latents of shape (N >= 2, z_dim), got {tuple(z.shape)}")
@@ -337,7 +339,7 @@ def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(
     step_size = config.alpha * directions.sd.pow(2).mean().sqrt()
     gen = generator(config.seed)
     batch = min(config.batch_size, len(z))
-    for _ in range(config.epochs * config.steps_per_epoch):
+    for step in range(config.epochs * config.steps_per_epoch):
         zb = z[torch.randperm(len(z), generator=gen)[:batch].to(z.device)]
         edited = [zb + step_size * directions.direction(zb, k) for k in range(config.n_directions)]
         base = feature_map(zb)
@@ -352,6 +354,8 @@ def learn_directions(z: torch.Tensor, config: DirectionConfig = DirectionConfig(
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
+        if on_epoch is not None and (step + 1) % config.steps_per_epoch == 0:
+            on_epoch((step + 1) // config.steps_per_epoch, config.epochs)
     return directions.eval().requires_grad_(False).calibrate(z)
 
 

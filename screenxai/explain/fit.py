@@ -95,9 +95,8 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     guided = settings.guided and autoencoder.aux_decoder is not None
     config = direction_config(settings, len(class_names), guided)
     guide = classifier_guide(autoencoder) if guided else None
-    step("directions", 0, 1)
-    directions = learn_directions(encode(autoencoder, crops[training_rows]), config, guide=guide)
-    step("directions", 1, 1)
+    directions = learn_directions(encode(autoencoder, crops[training_rows]), config, guide=guide,
+                                  on_epoch=lambda done, total: step("directions", done, total))
     source = np.flatnonzero((labels == 0) & training_rows)
     if len(source) == 0:
         raise ValueError(f"no training cell of the negative class {class_names[0]!r} to rank attributes on")
@@ -140,7 +139,6 @@ def _name_candidates(autoencoder: DiffusionAutoencoder, directions: Directions, 
                      step: StepCallback) -> pd.DataFrame:
     """Render every candidate attribute id once on the shown cells and name it; the names joined to ``candidates``."""
     unique = unique_attributes(candidates).assign(target_class=1)
-    step("naming", 0, 1)
     table = pd.DataFrame({"plate": "", "well": "", "field": 0, "label": np.arange(len(crops))})
     rendered = make_counterfactuals(autoencoder, directions, unique, crops, table, channel_names)
     names = name_attributes(unique, rendered, channel_names, nuclear_channel=nuclear_channel)

@@ -9,6 +9,9 @@ tens of millions of parameters, bfloat16 autocast on CUDA).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from dataclasses import dataclass, field, replace
 
 from screenxai.models.train_autoencoder import AutoencoderTraining
@@ -75,6 +78,21 @@ PRESETS: dict[str, Preset] = {
                          **_RECIPE),
         autoencoder_training=AutoencoderTraining(pretrain_epochs=20, epochs=100, batch_size=64, lr=2e-4)),
 }
+
+
+@contextmanager
+def registered_preset(preset: Preset) -> Iterator[Preset]:
+    """Make ``preset`` known by its name while the block runs (e.g. a smaller model for a test).
+
+    Only this process learns it: workers in other processes do not.
+    """
+    if preset.name in PRESETS:
+        raise ValueError(f"a preset named {preset.name!r} exists already")
+    PRESETS[preset.name] = preset
+    try:
+        yield preset
+    finally:
+        del PRESETS[preset.name]
 
 
 def get_preset(name: str) -> Preset:

@@ -283,14 +283,21 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
                               seed=settings.seed)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
-                              conditions.class_names, channel_names, nuclear, explain, on_step=_report_step)
+                              conditions.class_names, channel_names, nuclear, explain, on_step=StepReporter())
     save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided)
     return as_records(fitted)
 
 
-def _report_step(step: str, done: int, total: int) -> None:
-    """Send one explain-stage step to the client as a progress event (``stage`` names the step)."""
-    _report(Progress(f"explain: {step}", done - 1, total, float("nan"), None, 0.0))
+class StepReporter:
+    """Sends explain-stage steps to the client as progress events, with the time left in each step."""
+
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, step: str, done: int, total: int) -> None:
+        start, first = self.first.setdefault(step, (time.perf_counter(), done))
+        left = (time.perf_counter() - start) / (done - first) * (total - done) if done > first else float("nan")
+        _report(Progress(f"explain: {step}", done - 1, total, float("nan"), None, left))
 
 
 def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings: TrainSettings,

@@ -1,0 +1,119 @@
+"""Every treatment of a simulated multi-treatment screen explained by ``screenxai run`` with the tiny preset.
+
+The plate is the simulator's ``treatments`` design (docs/simulation.md):
+six treatments with planted mechanisms fixed before any method ran. One
+bundle is trained with the run's defaults (class column ``compound``, each
+treatment's two top dose levels) and every well scored, once per test run
+(``treatment_screen``); the tests read the run's tables back.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from conftest import documented_columns
+from screenxai.explain import load_directions
+from screenxai.explain.ranking import axis_cosines
+from screenxai.models.bundle import load_bundle
+from screenxai.plate.simulate import NEGATIVE_CONTROL, TREATMENTS
+
+
+@pytest.fixture(scope="module")
+def run(treatment_screen):
+    return treatment_screen
+
+
+def test_the_classifier_tells_every_treatment_from_the_negative_control_trained_on_top_doses(run):
+    bundle = load_bundle(run.bundle)
+    assert bundle.config["class_column"] == "compound"
+    assert bundle.class_names == (NEGATIVE_CONTROL, *sorted(TREATMENTS))
+    layout = run.layout.set_index("well")
+    wells = [key.split("/", 1)[1] for key in bundle.config["provenance"]["wells"]]
+    doses = layout.loc[wells]
+    assert set(doses.loc[doses["compound"] != NEGATIVE_CONTROL, "dose_index"]) == {run.columns - 2, run.columns - 1}
+    assert set(layout.index[layout["compound"] == NEGATIVE_CONTROL]) <= set(wells)
+    auc = bundle.config["provenance"]["classifier_metrics"]["auc_vs_negative"]
+    assert set(auc) == set(TREATMENTS)
+
+
+def test_every_treatment_keeps_distinct_named_attributes(run):
+    attributes = pd.read_parquet(run.out / "attributes.parquet")
+    directions, _ = load_directions(run.bundle / "explain")
+    cosines = axis_cosines(directions)
+    assert set(attributes["treatment"]) == set(TREATMENTS)
+    for treatment, rows in attributes.groupby("treatment"):
+        assert rows["rank"].tolist() == list(range(1, len(rows) + 1)), treatment
+        assert rows["name"].is_unique, (treatment, rows["name"].tolist())
+        kept = rows["direction"].to_numpy()
+        pairs = cosines[np.ix_(kept, kept)][np.triu_indices(len(kept), 1)]
+        assert (pairs < 0.8).all(), (treatment, pairs)
+
+
+def test_ranking_every_treatment_costs_one_cache(run):
+    """One inversion per ranked cell and one decode per (cell, direction, sign), whatever the treatments."""
+    summary = json.loads((run.bundle / "config.json").read_text())["provenance"]["training_summary"]["explain"]
+    directions, _ = load_directions(run.bundle / "explain")
+    n, k, steps = 32, directions.n_directions, 10
+    assert summary["unet_evaluations"]["ranking"] == n * steps + n * 2 * k * steps
+    assert summary["unet_evaluations"]["treatments"] == len(TREATMENTS)
+    assert k >= 2 * len(TREATMENTS)
+
+
+def test_wells_carry_every_attribute_ids_mean_sd_and_robust_z(run):
+    wells = pd.read_parquet(run.out / "wells.parquet")
+    ids = pd.read_parquet(run.out / "attributes.parquet")["attribute"].unique()
+    for attribute in ids:
+        for prefix in ("mean", "sd", "robust_z"):
+            assert f"{prefix}_attribute_{attribute}" in wells, (prefix, attribute)
+    negative = wells[wells["compound"] == NEGATIVE_CONTROL]
+    medians = negative[[f"robust_z_attribute_{a}" for a in ids]].median()
+    assert (medians.abs() < 1e-6).all()  # robust z is centred on the negative wells' median
+
+
+def test_treatments_table_has_one_row_per_treatment_active_first(run):
+    table = pd.read_parquet(run.out / "treatments.parquet")
+    assert sorted(table["treatment"]) == sorted(TREATMENTS)
+    order = list(zip(~table["active"], -table["activity_z"], strict=True))
+    assert order == sorted(order)
+    assert (table.loc[~table["active"], "group"] == "inactive").all()
+    attributes = pd.read_parquet(run.out / "attributes.parquet")
+    top = attributes[attributes["rank"] == 1].set_index("treatment")["attribute"]
+    assert table.set_index("treatment")["top_attribute"].to_dict() == top.to_dict()
+
+
+def test_similarity_is_a_symmetric_table_of_every_pair(run):
+    similarity = pd.read_parquet(run.out / "similarity.parquet")
+    square = similarity.pivot(index="treatment", columns="other", values="similarity")
+    assert sorted(square.index) == sorted(TREATMENTS) == sorted(square.columns)
+    np.testing.assert_allclose(square.to_numpy(), square.to_numpy().T, atol=1e-9)
+    np.testing.assert_allclose(np.diag(square.to_numpy()), 1.0, atol=1e-9)
+
+
+def test_counterfactuals_render_every_treatments_attributes(run):
+    dataset = xr.open_zarr(run.out / "counterfactuals.zarr")
+    attributes = pd.read_parquet(run.out / "attributes.parquet")
+    assert sorted(dataset["attribute"].to_numpy()) == sorted(f"{t}/{r}" for t, r in
+                                                             zip(attributes["treatment"], attributes["rank"]))
+    assert set(dataset["treatment"].to_numpy()) == set(TREATMENTS)
+    assert dataset["image_raw"].sel(c="reporter").min() >= 0  # raw camera units, not [-1, 1]
+    first = str(dataset["cell"].to_numpy()[0])
+    assert dataset["original"].sel(cell=first).shape[0] == 2
+
+
+@pytest.mark.parametrize("section, path", [("attributes.parquet", "attributes.parquet"),
+                                           ("treatments.parquet", "treatments.parquet"),
+                                           ("similarity.parquet", "similarity.parquet")])
+def test_every_documented_column_of_the_treatment_tables_reads_back(run, section, path):
+    data = pd.read_parquet(run.out / path)
+    features = [c.removeprefix("d_") for c in data.columns if c.startswith("d_")]
+    for name, dtype in documented_columns("outputs.md", section).items():
+        columns = [f"d_{f}" for f in features] if name == "d_{feature}" else [name]
+        for column in columns:
+            assert column in data, f"{section}: documented column {column} missing"
+            kind = "string" if pd.api.types.is_string_dtype(data[column].dtype) else str(data[column].dtype)
+            assert kind == dtype, f"{section}: {column} is {data[column].dtype}, docs say {dtype}"
