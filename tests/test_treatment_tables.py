@@ -1,0 +1,92 @@
+"""Per-treatment tables from a per-well table with planted attribute responses (no models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from screenxai.pipeline.treatments import label_treatments, treatment_tables
+from screenxai.plate.conditions import Conditions
+
+DOSES = [0.1, 0.3, 1.0, 3.0, 10.0]
+NOISE_SD = 0.1  # well-to-well SD of every attribute's well mean, chosen before the tables were computed
+EFFECT = 2.0  # planted maximal change of an attribute's well mean: 20 noise SDs
+
+
+def planted_wells(seed: int = 0) -> pd.DataFrame:
+    """12 negative wells; ``hi`` and ``lo`` move d0p (EC50 0.3 and 3), ``big`` moves d1p, ``none`` nothing."""
+    rng = np.random.default_rng(seed)
+    rows = [{"well": f"N{i:02d}", "compound": "DMSO", "control": "negative", "dose": 0.0, "dose_index": 0}
+            for i in range(12)]
+    for compound in ("hi", "lo", "big", "none"):
+        for replicate in range(2):
+            rows += [{"well": f"{compound}{replicate}{i}", "compound": compound, "control": "treated", "dose": dose,
+                      "dose_index": i + 1} for i, dose in enumerate(DOSES)]
+    wells = pd.DataFrame(rows).assign(plate="p")
+    ec50 = {"hi": 0.3, "lo": 3.0}
+    hill = wells["dose"] / (wells["dose"] + wells["compound"].map(ec50).fillna(1.0))
+    wells["mean_attribute_d0p"] = EFFECT * hill * wells["compound"].isin(["hi", "lo"])
+    wells["mean_attribute_d1p"] = EFFECT * hill * wells["compound"].eq("big")
+    for column in ("mean_attribute_d0p", "mean_attribute_d1p"):
+        wells[column] += rng.normal(0, NOISE_SD, len(wells))
+    return wells
+
+
+def kept_attributes() -> pd.DataFrame:
+    rows = [("hi", 1, "d0p"), ("lo", 1, "d0p"), ("big", 1, "d1p"), ("big", 2, "d0p"), ("none", 1, "d1p")]
+    return pd.DataFrame([{"treatment": t, "rank": r, "attribute": a, "direction": int(a[1]), "sign": 1,
+                          "name": f"feature {a[1]} up"} for t, r, a in rows])
+
+
+@pytest.fixture(scope="module")
+def tables():
+    conditions = Conditions("compound", "DMSO", ("big", "hi", "lo", "none"))
+    return treatment_tables(planted_wells(), kept_attributes(), conditions, {"hi": 0.9, "lo": 0.8})
+
+
+def test_treatments_are_called_grouped_and_ordered(tables):
+    table = tables.treatments.set_index("treatment")
+    assert table["active"].to_dict() == {"hi": True, "lo": True, "big": True, "none": False}
+    assert table.loc["hi", "group"] == table.loc["lo", "group"] != table.loc["big", "group"]
+    assert table.loc["none", "group"] == "inactive"
+    assert list(tables.treatments["treatment"])[-1] == "none"
+    assert table.loc["hi", "auc_vs_negative"] == 0.9 and np.isnan(table.loc["big", "auc_vs_negative"])
+    assert table.loc["big", "top_attribute"] == "d1p"
+
+
+def test_each_kept_attribute_gets_its_treatments_dose_response(tables):
+    named = tables.attributes.set_index(["treatment", "rank"])
+    assert named.loc[("hi", 1), "ec50"] < named.loc[("lo", 1), "ec50"]
+    assert named.loc[("hi", 1), "ec50"] == pytest.approx(0.3, rel=0.5)
+    assert named.loc[("big", 1), "max_effect"] == pytest.approx(EFFECT * 10 / 11, rel=0.2)
+    assert named.loc[("big", 1), "robust_z_top_dose"] > 10
+    assert abs(named.loc[("big", 2), "robust_z_top_dose"]) < 3  # big does not move d0p
+    assert named.loc[("hi", 1), "dose_spearman"] > 0.8
+
+
+def test_every_well_gets_robust_z_of_every_attribute_id(tables):
+    scores = tables.well_scores
+    assert {"robust_z_attribute_d0p", "robust_z_attribute_d1p"} <= set(scores.columns)
+    wells = planted_wells()
+    negative = scores.loc[wells["compound"].eq("DMSO").to_numpy(), "robust_z_attribute_d0p"]
+    assert negative.median() == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_pseudo_treatment_of_negative_wells_is_inactive():
+    """Half of the negative wells relabelled as a treatment with a dose series: nothing beyond their spread."""
+    wells = planted_wells(seed=1)
+    fake = wells.index[wells["compound"].eq("DMSO")][:6]
+    wells.loc[fake, "compound"] = "fake"
+    wells.loc[fake, "dose_index"] = [1, 2, 3, 4, 5, 5]
+    wells.loc[fake, "dose"] = [0.1, 0.3, 1.0, 3.0, 10.0, 10.0]
+    attributes = pd.concat([kept_attributes(), kept_attributes().iloc[:1].assign(treatment="fake")])
+    conditions = Conditions("compound", "DMSO", ("big", "fake", "hi", "lo", "none"))
+    table = treatment_tables(wells, attributes, conditions, {}).treatments.set_index("treatment")
+    assert not table.loc["fake", "active"] and table.loc["hi", "active"]
+
+
+def test_the_two_class_treatment_is_every_non_negative_well():
+    wells = pd.DataFrame({"plate": "p", "well": ["A01", "A02", "A03"], "control": ["negative", "dose", "positive"]})
+    labelled = label_treatments(wells, Conditions("control", "negative", ("positive",)))
+    assert labelled["treatment"].tolist() == ["negative", "positive", "positive"]
