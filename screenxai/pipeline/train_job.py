@@ -79,8 +79,8 @@ class TrainSettings:
     LatentCLR directions. ``reporter_channel`` is the channel the
     interpretable model's adversarial check reads (default: the first that
     is not the nuclear one). ``torch_threads`` is how many threads
-    torch trains with; by default all cores of the worker's machine, since
-    the job is the only task on the cluster while it trains.
+    torch trains with; by default the threads of the worker it runs on
+    (``worker_threads``).
     """
 
     preset: str = "small"
@@ -116,9 +116,17 @@ class TrainResult:
     fields: list[dict] = field(default_factory=list)
 
 
-def machine_cores() -> int:
-    """Cores this process may run on."""
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+def worker_threads() -> int:
+    """Threads the Dask worker running this task was given (cores of the machine outside a worker).
+
+    Torch trains on as many threads as the scheduler allotted the worker, so
+    a training task never runs more threads than its worker has cores for:
+    several torch threads on busy cores slow training many times over.
+    """
+    try:
+        return max(1, get_worker().state.nthreads)
+    except ValueError:  # not in a worker
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def work_folder(out: Path) -> Path:
@@ -233,7 +241,7 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings, condi
     stages = check_job_stages(settings.stages)
     model_stages = tuple(s for s in stages if s in STAGES)
     relax_malloc_thresholds()  # a worker started by `dask worker` has a fixed trim threshold that slows torch
-    torch.set_num_threads(settings.torch_threads or machine_cores())
+    torch.set_num_threads(settings.torch_threads or worker_threads())
     torch.manual_seed(settings.seed)
     classifier, summary = None, {}
     if "classifier" not in stages:
