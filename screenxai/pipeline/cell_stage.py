@@ -70,9 +70,6 @@ def run_field(task: FieldTask, config: CellConfig) -> dict:
     """Process one field and write its cells; return its status and QC row."""
     start = time.perf_counter()
     try:
-        import torch
-
-        torch.set_num_threads(1)
         batch = process_field(cached_plate(task.plate_url, task.plate_name), task.well, task.field, config)
         table = batch.table.drop(columns=list(PARTITION_COLUMNS))
         status = {**done_status(task.identity, batch.qc), "seconds": time.perf_counter() - start}

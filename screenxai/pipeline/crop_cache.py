@@ -71,9 +71,6 @@ def _field_seed(seed: int, plate: str, well: str, field: int) -> int:
 
 def cache_field(task: CropTask, config: CellConfig) -> dict:
     """Cut one field's interior cells (border cells excluded), sample them, write crops and table."""
-    import torch
-
-    torch.set_num_threads(1)
     table_path = task.stem.with_suffix(".parquet")
     if is_done(table_path):
         return {"plate": task.plate_name, "well": task.well, "field": task.field, "status": "cached",

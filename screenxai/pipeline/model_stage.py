@@ -50,7 +50,6 @@ class FieldCells:
 
 def cut_field(task: FieldTask, config: CellConfig) -> FieldCells:
     """Read, segment, crop and measure one field; failures are kept as the field's status."""
-    torch.set_num_threads(1)
     start = time.perf_counter()
     try:
         batch = process_field(cached_plate(task.plate_url, task.plate_name), task.well, task.field, config)
