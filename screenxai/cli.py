@@ -446,6 +446,11 @@ def _print_interpretable(report: dict) -> None:
     held = report["heldout"]
     accuracy = held["accuracy"]
     click.echo(f"formula ({report['complexity']} nodes; > 0 means {report['positive_class']}): {report['formula']}")
+    if report.get("latent_features"):
+        from screenxai.interpret.latent_names import describe_latents
+        import pandas as pd
+
+        click.echo(f"  where {describe_latents(pd.DataFrame(report['latent_features']))}")
     click.echo(f"on {report['cells']['heldout']} cells of {report['wells']['heldout']} held-out wells: accuracy "
                f"black box {accuracy['blackbox']:.3f}, sparse model {accuracy['sparse']:.3f}, "
                f"formula {accuracy['formula']:.3f}; fidelity {held['fidelity']:.3f}, "

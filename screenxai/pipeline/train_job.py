@@ -41,7 +41,9 @@ from screenxai.pipeline.allocator import relax_malloc_thresholds
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
 from screenxai.pipeline.sinks import write_parquet_atomic
+from screenxai.cells.features import feature_columns
 from screenxai.cells.field import nuclear_channel_index, reporter_channel_index
+from screenxai.interpret.latent_names import describe_latents
 from screenxai.models.splits import class_labels
 from screenxai.plate.conditions import ConditionError, Conditions, screen_conditions, training_wells
 from screenxai.plate.reader import Plate
@@ -317,6 +319,7 @@ def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings
     """
     from screenxai.interpret import InterpretConfig, adversarial_check, fit_interpretable, flip_budgets
     from screenxai.interpret import save_interpretable
+    from screenxai.interpret.latent_names import latent_features
 
     held_out = validation_rows(table, classifier.split)
     held_table = table[held_out].reset_index(drop=True)
@@ -332,6 +335,9 @@ def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings
                               nuclear_channel=nuclear, reporter_channel=reporter)
     model.report["adversarial"] = {"cells": len(attacked), "reporter_channel": channel_names[reporter],
                                    "half_flip_budget": flip_budgets(sweep)}
+    named = latent_features(model.latents(crops[~held_out]), table.loc[~held_out, feature_columns(channel_names)],
+                            model.report["formula_variables"], channel_names)
+    model.report["latent_features"] = named.to_dict(orient="records")
     folder = save_interpretable(model, out / INTERPRETABLE_FOLDER, overwrite=True)
     write_parquet_atomic(sweep, folder / "adversarial.parquet")
     write_parquet_atomic(interpretable_table(model.report), folder / "interpretable.parquet")
@@ -352,6 +358,8 @@ def interpretable_table(report: dict) -> pd.DataFrame:
         "parameters_sparse": int(report["parameters"]["sparse_nonzero"]),
         "flip_budget_blackbox": report["adversarial"]["half_flip_budget"].get("blackbox", float("nan")),
         "flip_budget_formula": report["adversarial"]["half_flip_budget"].get("formula", float("nan")),
+        "latent_features": describe_latents(pd.DataFrame(report.get("latent_features", []),
+                                                         columns=["latent", "feature", "label", "spearman"])),
     }])
 
 
