@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def write_config(path: Path, settings: dict) -> Path:
 SETTINGS = {"name": "screen-a", "workers": 2, "gpu_workers": 1, "cores": 4, "memory": "16GB",
             "walltime": "02:00:00", "partition": "cpu", "gpu_queue": "gpu", "interface": "lo",
             "image": "registry.example.org/screenxai:cpu", "gpu_image": "registry.example.org/screenxai:cuda",
-            "namespace": "screens", "environment": {"SCREENXAI_CACHE": "/scratch/cache"}}
+            "namespace": "screens", "data_claim": "screens-data", "environment": {"SCREENXAI_CACHE": "/scratch/cache"}}
 
 
 def test_configuration_files_in_yaml_and_json_read_alike_with_relative_certificates(tmp_path, certificates):
@@ -167,9 +168,12 @@ def test_kubernetes_resources_hold_resources_gpu_group_environment_and_tls_but_n
     assert (cpu_worker["replicas"], gpu_worker["replicas"]) == (2, 1)
     for pod in (cluster["spec"]["scheduler"], cpu_worker, gpu_worker):
         container = pod["spec"]["containers"][0]
-        assert pod["spec"]["volumes"] == [{"name": "tls", "secret": {"secretName": "screenxai-tls",
-                                                                      "defaultMode": 0o400}}]
-        assert container["volumeMounts"][0]["mountPath"] == "/etc/dask/tls"
+        assert pod["spec"]["volumes"] == [{"name": "data", "persistentVolumeClaim": {"claimName": "screens-data"}},
+                                          {"name": "tls", "secret": {"secretName": "screenxai-tls",
+                                                                     "defaultMode": 0o440}}]
+        assert pod["spec"]["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000, "fsGroup": 1000}
+        assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"},
+                                             {"name": "tls", "mountPath": "/etc/dask/tls", "readOnly": True}]
         env = {e["name"]: e["value"] for e in container["env"]}
         assert env["SCREENXAI_CACHE"] == "/scratch/cache" and env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
         assert container["resources"]["requests"] == {"cpu": "4", "memory": "16000000000"}
@@ -223,3 +227,56 @@ def test_pipeline_runs_over_tls_and_clients_without_the_certificates_are_refused
         with pytest.raises(ClusterError, match="tls:// address needs --tls-ca-file"):
             with connect(scheduler=address):
                 pass
+
+
+@pytest.fixture(scope="module")
+def small_plate(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cli-plate") / "plate.zarr"
+    simulate_screen(path, rows=1, columns=3, fields=1, size=64)
+    return path
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_run_and_train_take_the_cluster_options_and_fail_in_one_line(tmp_path, small_plate, command, monkeypatch,
+                                                                     certificates):
+    from click.testing import CliRunner
+
+    from screenxai.cli import main
+
+    config = write_config(tmp_path / "c.yaml", SETTINGS)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    base = [command, str(small_plate), "-o", str(tmp_path / "out")]
+    slurm = CliRunner().invoke(main, [*base, "--cluster", "slurm", "--cluster-config", str(config)])
+    assert slurm.exit_code == 2 and slurm.output.strip().startswith("error: sbatch not found")
+    partial = CliRunner().invoke(main, [*base, "--tls-cert", certificates.cert])
+    assert partial.exit_code == 2 and "TLS needs all of --tls-ca-file, --tls-cert and --tls-key" in partial.output
+    plain = CliRunner().invoke(main, [*base, "--scheduler", "tls://127.0.0.1:9"])
+    assert plain.exit_code == 2 and "a tls:// address needs --tls-ca-file" in plain.output
+    assert "Traceback" not in slurm.output + partial.output + plain.output
+
+
+def test_every_deploy_recipe_starts_the_scheduler_and_workers_with_tls():
+    slurm = load_cluster_config(REPO / "deploy" / "slurm" / "cluster.yaml")
+    assert slurm.tls is not None and slurm.gpu_workers >= 1
+    assert slurm.tls.key == str((REPO / "deploy" / "slurm" / "tls" / "key.pem").resolve())
+    compose = yaml.safe_load((REPO / "deploy" / "docker" / "compose.yaml").read_text())["services"]
+    dask_services = {name: s["command"] for name, s in compose.items() if s["command"][0] == "dask"}
+    assert set(dask_services) == {"scheduler", "cpu-worker", "gpu-worker"}
+    for name, command in dask_services.items():
+        assert {"--tls-ca-file", "--tls-cert", "--tls-key"} <= set(command), name
+    assert dask_services["scheduler"][dask_services["scheduler"].index("--protocol") + 1] == "tls"
+    assert all("tls://scheduler:8786" in dask_services[w] for w in ("cpu-worker", "gpu-worker"))
+    assert "GPU=1" in dask_services["gpu-worker"]
+    assert all(p.startswith("127.0.0.1:") for s in compose.values() for p in s.get("ports", []))
+    job = yaml.safe_load((REPO / "deploy" / "kubernetes" / "run-job.yaml").read_text())
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--scheduler") + 1].startswith("tls://") and "--tls-key" in args
+
+
+def test_cuda_image_takes_torch_from_the_index_of_its_cuda_base():
+    dockerfile = (REPO / "deploy" / "docker" / "Dockerfile.cuda").read_text()
+    cuda = re.search(r"ARG CUDA_VERSION=(\d+)\.(\d+)", dockerfile)
+    index = re.search(r"ARG TORCH_INDEX=\S+/whl/cu(\d+)", dockerfile)
+    assert re.search(r"^FROM nvidia/cuda:\$\{CUDA_VERSION\}", dockerfile, re.MULTILINE)
+    assert index.group(1) == cuda.group(1) + cuda.group(2)
+    assert 'pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"' in dockerfile

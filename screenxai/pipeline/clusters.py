@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 KINDS = ("local", "slurm", "kubernetes")
 SCHEDULER_PORT = 8786
+IMAGE_USER = 1000  # the user of deploy/docker's images
 TLS_MOUNT = "/etc/dask/tls"  # where Kubernetes pods mount the TLS secret
 # Keys of a kubernetes.io/tls secret with the CA beside it (as cert-manager writes them).
 TLS_SECRET_FILES = {"ca_file": "ca.crt", "cert": "tls.crt", "key": "tls.key"}
@@ -80,6 +81,8 @@ class ClusterConfig:
     gpu_image: str = "screenxai:cuda"  # Kubernetes image of the GPU workers
     namespace: str = "default"  # Kubernetes
     tls_secret: str = "screenxai-tls"  # Kubernetes secret holding ca.crt, tls.crt and tls.key
+    data_claim: str | None = None  # Kubernetes PersistentVolumeClaim (ReadWriteMany) of plates and outputs
+    data_path: str = "/data"  # where pods mount it
     environment: dict[str, str] = field(default_factory=dict)  # variables set on every worker
     tls: TLSFiles | None = None
 
@@ -224,11 +227,22 @@ def _tls_arguments() -> list[str]:
             "--tls-key", f"{TLS_MOUNT}/{TLS_SECRET_FILES['key']}"]
 
 
-def _with_tls(pod: dict, config: ClusterConfig) -> dict:
-    """``pod`` (a scheduler or worker spec) with the TLS secret mounted read-only in its container."""
-    container = pod["spec"]["containers"][0]
-    container["volumeMounts"] = [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}]
-    pod["spec"]["volumes"] = [{"name": "tls", "secret": {"secretName": config.tls_secret, "defaultMode": 0o400}}]
+def _with_volumes(pod: dict, config: ClusterConfig, tls: bool) -> dict:
+    """``pod`` (a scheduler or worker spec) with the data claim and, with ``tls``, the TLS secret (read-only).
+
+    The pod runs as the images' user, whose group can read the secret's files and nobody else.
+    """
+    mounts, volumes = [], []
+    if config.data_claim:
+        mounts.append({"name": "data", "mountPath": config.data_path})
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": config.data_claim}})
+    if tls:
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": config.tls_secret, "defaultMode": 0o440}})
+    if mounts:
+        pod["spec"]["containers"][0]["volumeMounts"] = mounts
+        pod["spec"]["volumes"] = volumes
+    pod["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": IMAGE_USER, "fsGroup": IMAGE_USER}
     return pod
 
 
@@ -256,7 +270,7 @@ def kubernetes_worker_spec(config: ClusterConfig, gpu: bool, tls: bool) -> dict:
                             n_workers=config.gpu_workers if gpu else config.workers,
                             resources=_kubernetes_resources(config, gpu), env=_environment(config, tls),
                             worker_command=command + (_tls_arguments() if tls else []))
-    return _with_tls(spec, config) if tls else spec
+    return _with_volumes(spec, config, tls)
 
 
 def kubernetes_cluster_spec(config: ClusterConfig, tls: bool) -> dict:
@@ -273,7 +287,7 @@ def kubernetes_cluster_spec(config: ClusterConfig, tls: bool) -> dict:
         container["args"] = ["dask", "scheduler", "--host", "0.0.0.0", "--port", str(SCHEDULER_PORT),
                              "--protocol", "tls", *_tls_arguments()]
         container["env"] = [e for e in container["env"] if e["name"] != "DASK_SCHEDULER_ADDRESS"]
-        _with_tls(scheduler, config)
+    _with_volumes(spec["spec"]["scheduler"], config, tls)
     return spec
 
 
