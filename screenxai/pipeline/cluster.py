@@ -100,7 +100,7 @@ def _local_cluster(n_workers: int | None, security) -> LocalCluster:
     workers, threads, resources = local_cluster_size()
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
     return LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
-                        resources=resources, dashboard_address=":0", silence_logs=logging.ERROR, **tls)
+                        resources=resources, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
 
 
 def model_capacity(client: Client) -> tuple[dict | None, int, int]:
