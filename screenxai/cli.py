@@ -13,6 +13,7 @@ import click
 from screenxai import __version__
 from screenxai.cluster_options import cluster_options
 from screenxai.errors import ScreenxaiError
+from screenxai.location import PlateLocation
 
 
 class _Group(click.Group):
@@ -102,7 +103,7 @@ def info(plate_path: Path) -> None:
 
 
 @main.command()
-@click.argument("plates", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("plates", nargs=-1, type=PlateLocation())
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("screenxai-run"), show_default=True,
               help="Output folder.")
 @click.option("--bundle", type=click.Path(path_type=Path),
@@ -252,7 +253,7 @@ def _train_for_run(plates, out: Path, client, preset: str, nuclear_channel: str 
 
 
 @main.command()
-@click.argument("plates", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("plates", nargs=-1, required=True, type=PlateLocation())
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Model bundle to write.")
 @click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
 @click.option("--class-column", default="control", show_default=True, help="Layout column holding the classes.")
