@@ -76,6 +76,7 @@ def test_configuration_files_in_yaml_and_json_read_alike_with_relative_certifica
     ({"cores": 4, "gpus_per_node": 2}, r"c.yaml: unknown setting\(s\) \['gpus_per_node'\]"),
     ({"workers": -1}, "workers must be a whole number"),
     ({"workers": 0, "gpu_workers": 0}, "no workers"),
+    ({"memory": "lots"}, "memory 'lots' is not a size such as 8GB"),
     ({"name": "Screen_A"}, "name 'Screen_A' must be lower-case"),
     ({"environment": {"AWS_SECRET_ACCESS_KEY": AWS_SECRET}}, r"\['AWS_SECRET_ACCESS_KEY'\] looks like a credential"),
     ({"security": {"ca_file": "ca.pem"}}, "security needs exactly ca_file, cert and key"),

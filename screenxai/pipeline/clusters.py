@@ -130,6 +130,8 @@ def checked(config: ClusterConfig, source: str) -> ClusterConfig:
         if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "cores" else 0):
             raise ClusterError(f"cluster configuration {source}: {name} must be a whole number"
                                f" {'of at least 1' if name == 'cores' else '(0 or more)'}, not {value!r}")
+    if not isinstance(config.memory, str) or not _is_size(config.memory):
+        raise ClusterError(f"cluster configuration {source}: memory {config.memory!r} is not a size such as 8GB")
     if config.workers + config.gpu_workers == 0:
         raise ClusterError(f"cluster configuration {source}: no workers (workers and gpu_workers are both 0)")
     if not KUBERNETES_NAME.fullmatch(str(config.name)):
@@ -142,6 +144,16 @@ def checked(config: ClusterConfig, source: str) -> ClusterConfig:
         raise ClusterError(f"cluster configuration {source}: environment {secret} looks like a credential; give"
                            " workers credentials through the cluster's own secrets, not in job scripts or pod specs")
     return config
+
+
+def _is_size(text: str) -> bool:
+    """Whether ``text`` is a memory size Dask reads (``8GB``, ``16GiB``)."""
+    from dask.utils import parse_bytes
+
+    try:
+        return parse_bytes(text) > 0
+    except ValueError:
+        return False
 
 
 def worker_environment(config: ClusterConfig) -> dict[str, str]:
@@ -212,11 +224,7 @@ def _kubernetes_resources(config: ClusterConfig, gpu: bool) -> dict:
     """Requests and limits of a CPU or GPU worker pod (and of the scheduler, for ``gpu=False``)."""
     from dask.utils import parse_bytes
 
-    try:
-        memory = str(parse_bytes(config.memory))
-    except ValueError as err:
-        raise ClusterError(f"cluster configuration: memory {config.memory!r} is not a size such as 8GB") from err
-    size = {"cpu": str(config.cores), "memory": memory}
+    size = {"cpu": str(config.cores), "memory": str(parse_bytes(config.memory))}
     return {"requests": dict(size), "limits": {**size, **({"nvidia.com/gpu": "1"} if gpu else {})}}
 
 
