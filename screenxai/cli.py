@@ -11,7 +11,9 @@ from pathlib import Path
 import click
 
 from screenxai import __version__
+from screenxai.cluster_options import cluster_options
 from screenxai.errors import ScreenxaiError
+from screenxai.location import PlateLocation
 
 
 CLASS_COLUMN_OPTION = click.option(
@@ -117,7 +119,7 @@ def info(plate_path: Path) -> None:
 
 
 @main.command()
-@click.argument("plates", nargs=-1, type=click.Path(path_type=Path))
+@click.argument("plates", nargs=-1, type=PlateLocation())
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("screenxai-run"), show_default=True,
               help="Output folder.")
 @click.option("--bundle", type=click.Path(path_type=Path),
@@ -138,10 +140,11 @@ def info(plate_path: Path) -> None:
               help="Typical cells of every well to render along each attribute, besides 4 per condition.")
 @CLASS_COLUMN_OPTION
 @TOP_DOSES_OPTION
+@cluster_options
 def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
         layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
         nuclear_channel: str | None, resume: bool, strict: bool, exemplars_per_well: int, class_column: str | None,
-        top_doses: int) -> None:
+        top_doses: int, **cluster) -> None:
     """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
@@ -169,7 +172,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     selected = [w.strip() for w in wells.split(",")] if wells else None
     n_fields = len(field_tasks(opened, out, selected))
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
-    with connect(scheduler, workers) as client:
+    with connect(scheduler, workers, **cluster) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
         if bundle is None and not cells_only:
             bundle = _train_for_run(opened, out / "bundle", client, console,
@@ -271,7 +274,7 @@ def _train_for_run(plates, out: Path, client, console, settings) -> Path:
 
 
 @main.command()
-@click.argument("plates", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("plates", nargs=-1, required=True, type=PlateLocation())
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="Model bundle to write.")
 @click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
 @CLASS_COLUMN_OPTION
@@ -290,10 +293,11 @@ def _train_for_run(plates, out: Path, client, console, settings) -> Path:
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @click.option("--keep-work", is_flag=True, help="Keep the crop cache and checkpoints (OUT.work) after success.")
 @GUIDED_OPTION
+@cluster_options
 def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str | None, classes: str | None,
           top_doses: int, preset: str, stages: str, wells: str | None, max_cells_per_well: int,
           nuclear_channel: str | None, seed: int, scheduler: str | None, workers: int | None, keep_work: bool,
-          guided: bool) -> None:
+          guided: bool, **cluster) -> None:
     """Train the classifier and the diffusion autoencoder on cells of PLATES; write a model bundle to OUT.
 
     Cells are cut by Dask workers into a crop cache, then training runs as
@@ -324,7 +328,7 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
         wells={p.name: selected for p in opened} if selected else None, explain_guided=guided)
 
-    with connect(scheduler, workers) as client:
+    with connect(scheduler, workers, **cluster) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=console) as progress:

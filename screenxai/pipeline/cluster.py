@@ -6,18 +6,21 @@ import logging
 import os
 from contextlib import contextmanager
 from collections.abc import Iterator
+from pathlib import Path
 
 from distributed import Client, LocalCluster
 
 from screenxai.pipeline.allocator import worker_environment
+
+CONNECT_TIMEOUT = "30s"  # a scheduler that does not answer in this time is reported unreachable
 
 
 def local_cluster_size() -> tuple[int, int, dict | None]:
     """(workers, threads per worker, resources per worker) for a local cluster on this machine.
 
     Without a GPU: one single-threaded worker process per core keeps torch
-    and NumPy from oversubscribing the CPU (each task sets its own thread
-    count to 1 too). With GPUs: one worker per GPU, each declaring
+    and NumPy from oversubscribing the CPU (training and model tasks use
+    their worker's threads). With GPUs: one worker per GPU, each declaring
     ``GPU=1`` and sharing the cores, so model tasks go to them.
     """
     import torch
@@ -30,21 +33,74 @@ def local_cluster_size() -> tuple[int, int, dict | None]:
 
 
 @contextmanager
-def connect(scheduler: str | None = None, n_workers: int | None = None) -> Iterator[Client]:
-    """A client to ``scheduler``, or to a new local cluster closed on exit.
+def connect(scheduler: str | None = None, n_workers: int | None = None, cluster: str = "local",
+            cluster_config: str | Path | None = None, tls_ca_file: str | Path | None = None,
+            tls_cert: str | Path | None = None, tls_key: str | Path | None = None) -> Iterator[Client]:
+    """A client to ``scheduler``, or to a new cluster (``local``, ``slurm`` or ``kubernetes``) closed on exit.
 
-    The local cluster's workers keep glibc's adaptive malloc thresholds
+    SLURM and Kubernetes clusters are sized by ``cluster_config`` (see
+    ``screenxai.pipeline.clusters``). With the three TLS files (or a
+    ``security`` section in the configuration) every connection is TLS:
+    a ``tls://`` scheduler, or a new cluster's scheduler and workers. The
+    local cluster's workers keep glibc's adaptive malloc thresholds
     (``screenxai.pipeline.allocator``), which torch needs to run at full speed.
     """
+    from screenxai.pipeline import clusters
+
+    if cluster not in clusters.KINDS:
+        raise clusters.ClusterError(f"unknown cluster {cluster!r}: choose one of {', '.join(clusters.KINDS)}")
+    config = clusters.load_cluster_config(cluster_config) if cluster_config else clusters.ClusterConfig()
+    tls = _tls_files(config, tls_ca_file, tls_cert, tls_key)
+    security = tls.security() if tls else None
     if scheduler:
-        with Client(scheduler) as client:
+        with _client(scheduler, security) as client:
             yield client
-        return
-    workers, threads, resources = local_cluster_size()
-    with worker_environment(), LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
-                      resources=resources, dashboard_address=":0", silence_logs=logging.ERROR) as cluster, \
-            Client(cluster) as client:
+    elif cluster == "slurm":
+        with clusters.slurm_cluster(config, security) as slurm:
+            clusters.scale_slurm(slurm, config, security)
+            with Client(slurm, security=security) as client:
+                yield client
+    elif cluster == "kubernetes":
+        with clusters.kubernetes_cluster(config, tls=security is not None) as kube, Client(kube) as client:
+            yield client
+    else:
+        with worker_environment(), _local_cluster(n_workers, security) as local, \
+                Client(local, security=security) as client:
+            yield client
+
+
+def _tls_files(config, ca_file, cert, key):
+    """The TLS files given on the command line (all three or none), else the configuration's."""
+    from screenxai.pipeline.clusters import ClusterError, TLSFiles
+
+    given = [ca_file, cert, key]
+    if any(given) and not all(given):
+        raise ClusterError("TLS needs all of --tls-ca-file, --tls-cert and --tls-key")
+    return TLSFiles(*(str(p) for p in given)) if all(given) else config.tls
+
+
+@contextmanager
+def _client(scheduler: str, security) -> Iterator[Client]:
+    """A client of a running scheduler; ``tls://`` needs certificates and certificates need ``tls://``."""
+    from screenxai.pipeline.clusters import ClusterError
+
+    if scheduler.startswith("tls://") != (security is not None):
+        raise ClusterError(f"scheduler {scheduler}: a tls:// address needs --tls-ca-file, --tls-cert and --tls-key,"
+                           " and TLS files need a tls:// address")
+    try:
+        client = Client(scheduler, security=security, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as err:
+        raise ClusterError(f"cannot reach the Dask scheduler at {scheduler}: {err}") from err
+    with client:
         yield client
+
+
+def _local_cluster(n_workers: int | None, security) -> LocalCluster:
+    """A local cluster of one process per core (or GPU), on loopback; over TLS with ``security``."""
+    workers, threads, resources = local_cluster_size()
+    tls = {"security": security, "protocol": "tls://"} if security is not None else {}
+    return LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
+                        resources=resources, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
 
 
 def model_capacity(client: Client) -> tuple[dict | None, int, int]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dask.array as da
 import pandas as pd
@@ -216,6 +217,22 @@ class Plate:
                             attrs={"plate": self.name, "well": self.well(well).id, "field": field})
 
 
+def _open_root(url: str) -> zarr.Group:
+    """The plate's root group, read through zarr's stores (fsspec for URLs such as ``s3://``).
+
+    Object-store clients raise many kinds of errors (connection, permission,
+    missing bucket); each becomes one ``PlateError`` naming the URL.
+    """
+    try:
+        return zarr.open_group(url, mode="r")
+    except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError, KeyError) as err:
+        raise PlateError(f"{url}: not a Zarr group, so not an OME-Zarr plate ({err})") from err
+    except Exception as err:
+        if "://" not in url:
+            raise
+        raise PlateError(f"{url}: the store cannot be read ({type(err).__name__}: {err})") from err
+
+
 def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None = None,
                name: str | None = None) -> Plate:
     """Open an OME-Zarr HCS plate (NGFF 0.4 or 0.5) from a path or URL.
@@ -228,10 +245,10 @@ def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None
     url = str(path_or_url)
     if "://" not in url and not Path(url).exists():
         raise PlateError(f"{url}: no such file or folder")
-    try:
-        root = zarr.open_group(url, mode="r")
-    except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError, KeyError) as err:
-        raise PlateError(f"{url}: not a Zarr group, so not an OME-Zarr plate ({err})") from err
+    if "://" in url and "@" in urlsplit(url).netloc:
+        raise PlateError(f"{urlsplit(url).scheme}://{urlsplit(url).hostname}/...: credentials in a plate URL would"
+                         " be written to the run's manifest and logs; give them through the environment or a profile")
+    root = _open_root(url)
     attrs, version = _ome_attrs(root)
     plate_meta = attrs.get("plate")
     if not plate_meta:
