@@ -34,8 +34,8 @@ def hand_made_wells() -> pd.DataFrame:
         "plate": ["p1", "p1"], "well": ["B02", "A01"], "n_fields": [1, 1], "n_cells": [10, 12],
         "focus": [3.0, 4.0], "qc_low_count": [False, True], "median_area": [100.0, 120.0],
         "mean_p_negative": [0.9, 0.2], "mean_p_positive": [0.1, 0.8],
-        "mean_attribute_1": [-1.0, 2.0], "mean_attribute_a3f9": [0.5, 0.7],
-        "attribute_1_sd": [0.3, 0.4], "attribute_1_robust_z": [0.0, 5.0],
+        "mean_attribute_d1p": [-1.0, 2.0], "mean_attribute_d3n": [0.5, 0.7],
+        "sd_attribute_d1p": [0.3, 0.4], "robust_z_attribute_d1p": [0.0, 5.0],
         "mean_formula_value": [-0.2, 0.4], "fraction_formula_positive": [0.1, 0.9],
         "n_training_cells": [3, 0], "compound": ["DMSO", "drug"], "dose_index": [0, 3], "control": ["negative", "dose"],
     })
@@ -108,7 +108,7 @@ def test_model_columns_map_to_classifier_attribute_and_formula_features():
         "Metadata_Plate", "Metadata_Well", "Metadata_n_fields", "Metadata_n_cells", "Metadata_focus",
         "Metadata_qc_low_count", "Metadata_n_training_cells", "Metadata_compound", "Metadata_dose_index",
         "Metadata_control", "Cells_Morphology_area", "Cells_Classifier_p_negative", "Cells_Classifier_p_positive",
-        "Cells_Attribute_1", "Cells_Attribute_a3f9", "Cells_Attribute_1_sd", "Cells_Formula_value",
+        "Cells_Attribute_d1p", "Cells_Attribute_d3n", "Cells_Attribute_d1p_sd", "Cells_Formula_value",
         "Cells_Formula_fraction_positive"]
     assert profiles["Metadata_Well"].tolist() == ["A01", "B02"]  # sorted by plate and well
     a01 = profiles.iloc[0]

@@ -43,6 +43,7 @@ from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
 from screenxai.pipeline.summary import aggregate_wells, attribute_tables, field_qc_flags, well_table, with_layouts
 from screenxai.plate.conditions import Conditions
+from screenxai.profiles import well_profiles
 
 FIELDS_PER_BATCH = 8
 EXEMPLARS_PER_CONDITION = 4
@@ -80,7 +81,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
 
     ``on_field`` is called with each field's status row as it completes
     (progress bars). Writes ``cells/`` (and ``embeddings/`` with a bundle),
-    ``fields.parquet``, ``wells.parquet`` (and ``failures.parquet`` when
+    ``fields.parquet``, ``wells.parquet``, ``profiles.parquet`` (and ``failures.parquet`` when
     fields failed) and ``manifest.json``. A bundle whose channels or crop
     size do not fit a plate is refused before any work starts.
 
@@ -158,6 +159,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
             counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
     write_parquet_atomic(fields, out / "fields.parquet")
     write_parquet_atomic(wells_table, out / "wells.parquet")
+    write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
     if not failures.empty:
         write_parquet_atomic(failures, out / "failures.parquet")
     seconds = time.perf_counter() - start
