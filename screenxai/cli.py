@@ -517,6 +517,9 @@ def _print_treatments(path: Path) -> None:
         if not row.active:
             click.echo(f"  {row.treatment}: inactive (strongest attribute at {row.activity_z:.1f} robust z)")
             continue
+        if pd.isna(row.top_attribute):
+            click.echo(f"  {row.treatment}: group {row.group}; no attribute moves negative cells towards it")
+            continue
         click.echo(f"  {row.treatment}: group {row.group}; {row.top_attribute_name} [{row.top_attribute}], "
                    f"robust z {row.robust_z_top_dose:+.1f} at the top dose, EC50 {row.ec50:.3g} "
                    f"(fit R^2 {row.fit_r2:.2f}); AUC against the negative control {row.auc_vs_negative:.2f}")
