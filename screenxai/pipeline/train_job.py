@@ -350,6 +350,8 @@ def interpretable_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame([{
         "formula": report["formula"], "complexity": int(report["complexity"]),
         "positive_class": report["positive_class"], "inputs": ",".join(report["formula_variables"]),
+        "latent_features": describe_latents(pd.DataFrame(report.get("latent_features", []),
+                                                         columns=["latent", "feature", "label", "spearman"])),
         "accuracy_blackbox": held["accuracy"]["blackbox"], "accuracy_sparse": held["accuracy"]["sparse"],
         "accuracy_formula": held["accuracy"]["formula"], "fidelity": held["fidelity"],
         "agreement": held["agreement"], "n_heldout_cells": int(report["cells"]["heldout"]),
@@ -358,8 +360,6 @@ def interpretable_table(report: dict) -> pd.DataFrame:
         "parameters_sparse": int(report["parameters"]["sparse_nonzero"]),
         "flip_budget_blackbox": report["adversarial"]["half_flip_budget"].get("blackbox", float("nan")),
         "flip_budget_formula": report["adversarial"]["half_flip_budget"].get("formula", float("nan")),
-        "latent_features": describe_latents(pd.DataFrame(report.get("latent_features", []),
-                                                         columns=["latent", "feature", "label", "spearman"])),
     }])
 
 
