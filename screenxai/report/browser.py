@@ -32,6 +32,7 @@ class BrowserLoad:
     dom_seconds: float
     section_screenshots: dict[str, bytes] = field(default_factory=dict)
     figure_data: list[dict] = field(default_factory=list)
+    text: str = ""
 
 
 def _driver():
@@ -85,6 +86,7 @@ def load_report(html: Path, sections: tuple[str, ...] = ()) -> BrowserLoad:
             console_errors=[e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"],
             failed_requests=_failed_requests(driver.get_log("performance")), images=images,
             screenshot=driver.get_screenshot_as_png(), load_seconds=load_seconds,
-            dom_seconds=max(timing) / 1000, section_screenshots=shots, figure_data=figure_data)
+            dom_seconds=max(timing) / 1000, section_screenshots=shots, figure_data=figure_data,
+            text=driver.execute_script("return document.body.innerText;"))
     finally:
         driver.quit()

@@ -239,8 +239,10 @@ def _strips(run: RunData, shown: _Figures, row: dict, label: str):
         [f"channel {i}" for i in range(dataset.sizes["c"])]
     target = _target_name(run, dataset, row["treatment"])
     made = []
-    for cell in _strip_cells(dataset, row["treatment"]):
-        one = dataset.isel(cell=cell, attribute=index)
+    cells = _strip_cells(dataset, row["treatment"])
+    chosen = dataset.isel(cell=cells, attribute=index).load()
+    for k, cell in enumerate(cells):
+        one = chosen.isel(cell=k)
         probabilities = [float(p) for p in one["probability"].values]
         original_p = float(one["original_probability"].values)
         cell_id = str(one["cell_id"].values) if "cell_id" in one.coords else str(cell)
@@ -297,26 +299,16 @@ def _dose_response(run: RunData, shown: _Figures, row: dict, label: str):
     return [shown.show(figure, f"dose-{label}", caption, data)], []
 
 
-def _cell_scores(run: RunData, column: str, cell_ids: list[str]) -> pd.Series | None:
-    cells = run.out / "cells"
-    if not cells.exists():
-        return None
-    try:
-        table = pd.read_parquet(cells, columns=["cell_id", column], filters=[("cell_id", "in", cell_ids)])
-    except Exception:  # the per-cell tables have no such column
-        return None
-    return table.set_index(table["cell_id"].astype(str))[column].astype(float)
-
-
 def _gallery(run: RunData, shown: _Figures, row: dict, label: str):
     dataset = run.counterfactuals
     if dataset is None or "cell_id" not in dataset.coords:
         return [], ["no counterfactuals.zarr: no gallery of cells"]
     cell_ids = [str(c) for c in dataset["cell_id"].values]
-    scores = _cell_scores(run, f"attribute_{row['attribute']}", cell_ids)
-    if scores is None or scores.empty:
+    table = run.exemplar_scores
+    column = None if table is None else attribute_column(table.columns, row["attribute"], "score")
+    if column is None:
         return [], [f"the cell tables have no score of attribute {row['attribute']}: no gallery"]
-    order = scores.reindex(cell_ids).dropna().sort_values()
+    order = table[column].astype(float).reindex(cell_ids).dropna().sort_values()
     ends = order if len(order) <= 2 * GALLERY_END else pd.concat([order.iloc[:GALLERY_END], order.iloc[-GALLERY_END:]])
     positions = [cell_ids.index(c) for c in ends.index]
     crops = dataset["original"].isel(cell=positions).values

@@ -47,15 +47,17 @@ def plate_map(positions: pd.DataFrame, values: np.ndarray, flagged: np.ndarray, 
     """A plate as on the instrument (row A at the top), one square per well, flagged wells crossed."""
     grid = np.full((n_rows, n_columns), np.nan)
     grid[positions["row"].to_numpy() - 1, positions["column"].to_numpy() - 1] = values
-    width = min(1.2 + 0.28 * n_columns, 8.5)
-    figure = Figure(figsize=(width, 0.8 + width * n_rows / n_columns * 0.8), layout="constrained")
-    axes = figure.add_subplot()
+    cell_in = min(0.28, 7.0 / n_columns)
+    width, height = 1.6 + cell_in * n_columns, 0.8 + cell_in * n_rows
+    figure = Figure(figsize=(width, height))
+    axes = figure.add_axes((0.45 / width, 0.2 / height, cell_in * n_columns / width, cell_in * n_rows / height))
+    bar = figure.add_axes(((0.6 + cell_in * n_columns) / width, 0.2 / height, 0.12 / width, cell_in * n_rows / height))
     finite = grid[np.isfinite(grid)]
     limits = {}
     if centred and finite.size:
         bound = max(float(np.abs(finite).max()), 1e-9)
         limits = dict(vmin=-bound, vmax=bound)
-    image = axes.imshow(np.ma.masked_invalid(grid), cmap=cmap, **limits)
+    image = axes.imshow(np.ma.masked_invalid(grid), cmap=cmap, aspect="auto", **limits)
     axes.set_facecolor("#dddddd")  # wells without a value
     mark = flagged.astype(bool)
     if mark.any():
@@ -64,8 +66,9 @@ def plate_map(positions: pd.DataFrame, values: np.ndarray, flagged: np.ndarray, 
     axes.set_xticks(range(0, n_columns, step), [str(c + 1) for c in range(0, n_columns, step)], fontsize=7)
     axes.set_yticks(range(n_rows), row_letters(n_rows), fontsize=7)
     axes.tick_params(top=True, labeltop=True, bottom=False, labelbottom=False, length=0)
-    axes.set_title(title, fontsize=9)
-    figure.colorbar(image, ax=axes, shrink=0.8).set_label(label, fontsize=8)
+    figure.suptitle(title, fontsize=9, y=1 - 0.08 / height, va="top")
+    figure.colorbar(image, cax=bar).set_label(label, fontsize=8)
+    bar.tick_params(labelsize=7)
     return figure
 
 
@@ -96,28 +99,47 @@ def composite(image: np.ndarray, colours) -> np.ndarray:
     return np.clip(np.moveaxis(rgb, 0, -1), 0, 1)
 
 
+def montage(tiles: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Rows of equal-sized RGB tiles (y, x, 3) as one white-separated image."""
+    h, w = tiles[0][0].shape[:2]
+    n_rows, n_cols = len(tiles), len(tiles[0])
+    canvas = np.ones((n_rows * (h + gap) - gap, n_cols * (w + gap) - gap, 3))
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            canvas[i * (h + gap):i * (h + gap) + h, j * (w + gap):j * (w + gap) + w] = tile
+    return canvas
+
+
+def _tile_figure(canvas: np.ndarray, n_rows: int, n_cols: int, column_titles: list[str], column_labels: list[str],
+                 row_labels: list[str]) -> Figure:
+    """One axes showing a montage, titles above and labels under each column, names left of each row."""
+    width, height = 0.7 + THUMB_IN * n_cols, 0.6 + THUMB_IN * n_rows
+    figure = Figure(figsize=(width, height))
+    axes = figure.add_axes((0.6 / width, 0.3 / height, THUMB_IN * n_cols / width, THUMB_IN * n_rows / height))
+    axes.imshow(canvas, interpolation="nearest", aspect="auto")
+    step_x, step_y = canvas.shape[1] / n_cols, canvas.shape[0] / n_rows
+    axes.set_xticks([step_x * (j + 0.5) for j in range(n_cols)], column_labels, fontsize=7)
+    axes.set_yticks([step_y * (i + 0.5) for i in range(n_rows)], row_labels, fontsize=7)
+    axes.tick_params(length=0)
+    for j, title in enumerate(column_titles):
+        axes.text(step_x * (j + 0.5), -2, title, ha="center", va="bottom", fontsize=7)
+    for spine in axes.spines.values():
+        spine.set_visible(False)
+    return figure
+
+
 def counterfactual_strip(original: np.ndarray, edits: np.ndarray, alphas: list[float], probabilities: list[float],
                          original_probability: float, channels: list[str], target: str) -> Figure:
     """The real crop, then its decodings at each alpha: composite on top, each channel in grey below."""
     limits = intensity_limits(np.concatenate([original[None], edits]))
     colours = channel_colours(channels)
-    columns = [(original, "original", original_probability)] + [
-        (edit, f"alpha {alpha:+g}", p) for edit, alpha, p in zip(edits, alphas, probabilities)]
-    n_rows = 1 + len(channels)
-    figure = Figure(figsize=(THUMB_IN * len(columns), THUMB_IN * n_rows + 0.5), layout="constrained")
-    grid = figure.subplots(n_rows, len(columns), squeeze=False)
-    for j, (image, title, p) in enumerate(columns):
-        crop = scaled(image, limits)
-        grid[0, j].imshow(composite(crop, colours), interpolation="nearest")
-        grid[0, j].set_title(title, fontsize=7)
-        for i, _ in enumerate(channels):
-            grid[i + 1, j].imshow(crop[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        grid[-1, j].set_xlabel(f"p({target}) {p:.2f}", fontsize=7)
-    for i, name in enumerate(["composite", *channels]):
-        grid[i, 0].set_ylabel(name, fontsize=7)
-    for axes in grid.ravel():
-        axes.set_xticks([])
-        axes.set_yticks([])
+    crops = [scaled(image, limits) for image in [original, *edits]]
+    tiles = [[composite(c, colours) for c in crops]]
+    tiles += [[np.repeat(c[i][..., None], 3, axis=-1) for c in crops] for i in range(len(channels))]
+    titles = ["original"] + [f"alpha {a:+g}" for a in alphas]
+    labels = [f"p {p:.2f}" for p in [original_probability, *probabilities]]
+    figure = _tile_figure(montage(tiles), len(tiles), len(crops), titles, labels, ["composite", *channels])
+    figure.text(0.5, 0.02, f"p = classifier's probability of {target}", ha="center", fontsize=7)
     return figure
 
 
@@ -125,8 +147,8 @@ def dose_response(points: pd.DataFrame, curve: tuple[np.ndarray, np.ndarray] | N
                   negative: tuple[float, float] | None, readout: pd.DataFrame | None = None,
                   readout_label: str = "") -> Figure:
     """Well means +- SD against dose (log axis), the four-parameter fit and EC50; a readout on a twin axis."""
-    figure = Figure(figsize=(4.2, 2.8), layout="constrained")
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(4.6, 3.0))
+    axes = figure.add_axes((0.14, 0.15, 0.7, 0.8))
     axes.errorbar(points["dose"], points["mean"], yerr=points["sd"], fmt="o", ms=4, capsize=2, color="C0",
                   label="wells (mean +- SD of cells)")
     if curve is not None:
@@ -153,21 +175,14 @@ def gallery(crops: np.ndarray, scores: np.ndarray, titles: list[str], channels: 
     """Cells side by side as false-colour composites, one scale for all, their score under each."""
     limits = intensity_limits(crops)
     colours = channel_colours(channels)
-    figure = Figure(figsize=(THUMB_IN * len(crops), THUMB_IN + 0.6), layout="constrained")
-    grid = figure.subplots(1, len(crops), squeeze=False)[0]
-    for axes, crop, score, title in zip(grid, crops, scores, titles):
-        axes.imshow(composite(scaled(crop, limits), colours), interpolation="nearest")
-        axes.set_title(title, fontsize=6)
-        axes.set_xlabel(f"score {score:+.2f}", fontsize=7)
-        axes.set_xticks([])
-        axes.set_yticks([])
-    return figure
+    tiles = [[composite(scaled(crop, limits), colours) for crop in crops]]
+    return _tile_figure(montage(tiles), 1, len(crops), titles, [f"score {s:+.2f}" for s in scores], [""])
 
 
 def replicate_agreement(first: np.ndarray, second: np.ndarray, label: str) -> Figure:
     """One replicate well's value against another's of the same condition, with the identity line."""
-    figure = Figure(figsize=(2.8, 2.8), layout="constrained")
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(3.0, 3.0))
+    axes = figure.add_axes((0.2, 0.16, 0.76, 0.78))
     axes.scatter(first, second, s=12)
     both = np.concatenate([first, second])
     low, high = float(np.nanmin(both)), float(np.nanmax(both))
@@ -207,8 +222,8 @@ def similarity_heatmap(matrix: pd.DataFrame, groups: list[str]) -> Figure:
 
 def adversarial_sweep(sweep: pd.DataFrame) -> Figure:
     """Fraction of cells flipped against the attack budget, black box and formula."""
-    figure = Figure(figsize=(3.6, 2.6), layout="constrained")
-    axes = figure.add_subplot()
+    figure = Figure(figsize=(4.0, 2.8))
+    axes = figure.add_axes((0.15, 0.17, 0.8, 0.78))
     for target, rows in sweep.groupby("target"):
         rows = rows.sort_values("budget")
         axes.plot(rows["budget"], rows["flip_rate"], "o-", ms=3, label=str(target))
