@@ -27,6 +27,8 @@ QC_MAPS = (("n_cells", "cell count", "cells", ("qc_low_count", "qc_failed_fields
 STRIP_CELLS = 2  # exemplar cells shown per attribute: one of the treatment's condition, one of another
 GALLERY_END = 3  # cells from each end of the score in the gallery
 EFFECT_COLUMNS = ("activity_z", "max_effect", "robust_z_top_dose")
+FORMULA_FIELDS = ("formula", "complexity", "positive_class", "inputs", "accuracy_blackbox", "accuracy_sparse",
+                  "accuracy_formula", "fidelity", "agreement", "n_heldout_cells", "n_heldout_wells")
 
 
 @dataclass
@@ -413,7 +415,7 @@ def _formula(run: RunData, shown: _Figures, section: dict) -> dict | None:
     table = run.table("interpretable")
     if table is None or not len(table):
         return None
-    formula = table.iloc[0].to_dict()
+    formula = dict.fromkeys(FORMULA_FIELDS) | table.iloc[0].to_dict()
     sweep = run.adversarial
     if sweep is not None and {"target", "budget", "flip_rate"} <= set(sweep.columns):
         section["figures"].append(shown.show(
