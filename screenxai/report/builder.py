@@ -264,7 +264,9 @@ def _strips(run: RunData, shown: _Figures, row: dict, label: str):
 
 
 def _readout_column(wells: pd.DataFrame) -> str | None:
+    """The hand-built nucleus/ring ratio to draw beside an attribute: a non-nuclear channel's when there is one."""
     ratios = [c for c in wells.columns if c.startswith("median_") and c.endswith("_ratio")]
+    ratios.sort(key=lambda c: c[len("median_"):-len("_ratio")].lower() in figures.NUCLEAR_NAMES)
     return ratios[0] if ratios else None
 
 
