@@ -183,6 +183,22 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
                                bundle=None if cells_only else bundle, resume=resume, strict=strict,
                                exemplars_per_well=exemplars_per_well)
     _print_summary(result)
+    _write_report(out)
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("-o", "--html", type=click.Path(path_type=Path),
+              help="Report to write (default: OUT/report.html); figures go to OUT/report/figures/.")
+def report(out: Path, html: Path | None) -> None:
+    """Write the HTML report of the run folder OUT: run facts, QC plate maps, attributes, dose-response, screen."""
+    _write_report(out, html)
+
+
+def _write_report(out: Path, html: Path | None = None) -> None:
+    from screenxai.report import build_report
+
+    click.echo(f"report: {build_report(out, html)}")
 
 
 LOG_EVERY_S = 30.0

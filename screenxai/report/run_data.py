@@ -1,0 +1,148 @@
+"""Read one run folder's tables and counterfactuals, tolerating every optional part being absent.
+
+The report is built from these only: it never opens the plate or the
+models, so it can be rebuilt anywhere the run folder is copied.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import pandas as pd
+
+from screenxai.errors import ScreenxaiError
+
+OPTIONAL_TABLES = ("fields", "wells", "failures", "attributes", "readouts", "interpretable", "treatments",
+                   "similarity")
+WELL_NAME = re.compile(r"^([A-Za-z]+)0*(\d+)$")
+
+
+class ReportError(ScreenxaiError):
+    """A folder cannot be reported on: it is not a run folder, or a table in it is unreadable."""
+
+
+@dataclass
+class RunData:
+    """The parts of a run folder the report shows; ``None`` (or empty) where the run has none."""
+
+    out: Path
+    manifest: dict
+    tables: dict[str, pd.DataFrame | None]
+    class_names: tuple[str, ...] = ()
+    counterfactuals: object | None = None  # an xarray.Dataset
+    adversarial: pd.DataFrame | None = None
+    missing: list[str] = field(default_factory=list)
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        return self.tables.get(name)
+
+    @cached_property
+    def exemplar_scores(self) -> pd.DataFrame | None:
+        """Per-cell attribute scores (``attribute_X`` columns of ``cells/``) of the counterfactuals' exemplars."""
+        if self.counterfactuals is None or "cell_id" not in self.counterfactuals.coords \
+                or not (self.out / "cells").exists():
+            return None
+        import pyarrow.dataset as ds
+
+        cells = ds.dataset(self.out / "cells", format="parquet", partitioning="hive")
+        columns = [n for n in cells.schema.names if n.startswith("attribute_")]
+        if not columns:
+            return None
+        ids = [str(c) for c in self.counterfactuals["cell_id"].values]
+        table = cells.to_table(columns=["cell_id", *columns], filter=ds.field("cell_id").isin(ids)).to_pandas()
+        return table.set_index(table["cell_id"].astype(str)).drop(columns="cell_id")
+
+
+def load_run(out: Path) -> RunData:
+    """Read ``out``'s manifest, tables, bundle class names and counterfactuals (lazily)."""
+    out = Path(out)
+    manifest_path = out / "manifest.json"
+    if not manifest_path.is_file():
+        raise ReportError(f"{out}: not a screenxai run folder (no manifest.json)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{manifest_path}: not valid JSON ({err})") from None
+    tables = {name: _read_table(out / f"{name}.parquet") for name in OPTIONAL_TABLES}
+    data = RunData(out, manifest, tables, _class_names(out), _open_counterfactuals(out),
+                   _read_table(out / "bundle" / "interpretable" / "adversarial.parquet"))
+    if tables["attributes"] is not None:
+        tables["attributes"] = normalise_attributes(tables["attributes"], data.class_names)
+    return data
+
+
+def _read_table(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise ReportError(f"{path}: unreadable Parquet table ({type(err).__name__}: {err})") from None
+
+
+def _class_names(out: Path) -> tuple[str, ...]:
+    config = out / "bundle" / "config.json"
+    if not config.is_file():
+        return ()
+    return tuple(json.loads(config.read_text()).get("class_names", ()))
+
+
+def _open_counterfactuals(out: Path):
+    path = out / "counterfactuals.zarr"
+    if not path.exists():
+        return None
+    import xarray as xr
+
+    try:
+        return xr.open_zarr(path)
+    except Exception as err:  # zarr and xarray raise several types for a damaged store
+        raise ReportError(f"{path}: unreadable counterfactuals ({type(err).__name__}: {err})") from None
+
+
+def normalise_attributes(attributes: pd.DataFrame, class_names: tuple[str, ...]) -> pd.DataFrame:
+    """Give a two-class attribute table the multi-treatment columns: ``treatment`` and ``attribute``."""
+    table = attributes.copy()
+    if "treatment" not in table:
+        table["treatment"] = class_names[1] if len(class_names) > 1 else "treatment"
+    if "attribute" not in table:
+        table["attribute"] = table["rank"].astype(str)
+    table["treatment"] = table["treatment"].astype(str)
+    table["attribute"] = table["attribute"].astype(str)
+    return table.sort_values(["treatment", "rank"], kind="stable").reset_index(drop=True)
+
+
+def attribute_column(columns, attribute: str, kind: str) -> str | None:
+    """The wells (or cells) column of an attribute's ``mean``, ``sd``, ``robust_z`` or per-cell ``score``.
+
+    Both namings are accepted: ``mean_attribute_X`` / ``sd_attribute_X`` /
+    ``robust_z_attribute_X`` and the rank-based ``attribute_X_sd`` /
+    ``attribute_X_robust_z``; ``None`` when the run has neither.
+    """
+    candidates = {"mean": [f"mean_attribute_{attribute}"],
+                  "sd": [f"sd_attribute_{attribute}", f"attribute_{attribute}_sd"],
+                  "robust_z": [f"robust_z_attribute_{attribute}", f"attribute_{attribute}_robust_z"],
+                  "score": [f"attribute_{attribute}"]}[kind]
+    return next((c for c in candidates if c in columns), None)
+
+
+def well_position(wells: pd.DataFrame) -> pd.DataFrame:
+    """``row`` and ``column`` (from 1) of every well: the layout's, else parsed from names like ``B03``."""
+    if {"row", "column"} <= set(wells.columns) and pd.api.types.is_integer_dtype(wells["row"]):
+        return pd.DataFrame({"row": wells["row"].astype(int), "column": wells["column"].astype(int)},
+                            index=wells.index)
+    rows, columns = [], []
+    for name in wells["well"].astype(str):
+        match = WELL_NAME.match(name)
+        if match is None:
+            raise ReportError(f"wells.parquet: well {name!r} has no row letter and column number")
+        letters, number = match.groups()
+        index = 0
+        for letter in letters.upper():
+            index = index * 26 + ord(letter) - ord("A") + 1
+        rows.append(index)
+        columns.append(int(number))
+    return pd.DataFrame({"row": rows, "column": columns}, index=wells.index)
