@@ -113,7 +113,8 @@ def test_plate_maps_show_the_values_of_wells_parquet(bundle_run, bundle_page):
     wells = pd.read_parquet(out / "wells.parquet").set_index("well")
     maps = _figures(bundle_page, "plate_map")
     columns = {f["data"]["column"] for f in maps}
-    assert {"n_cells", "focus", "saturated_fraction", "attribute_1_robust_z", "attribute_2_robust_z"} <= columns
+    ids = pd.read_parquet(out / "attributes.parquet")["attribute"].unique()
+    assert {"n_cells", "focus", "saturated_fraction", *[f"robust_z_attribute_{a}" for a in ids]} <= columns
     for figure in maps:
         data = figure["data"]
         assert set(data["values"]) == set(wells.index)
@@ -127,12 +128,13 @@ def test_counterfactual_strips_print_the_probabilities_of_counterfactuals_zarr(b
     out, _ = bundle_run
     dataset = xr.open_zarr(out / "counterfactuals.zarr")
     strips = _figures(bundle_page, "counterfactual_strip")
-    ranks = sorted(pd.read_parquet(out / "attributes.parquet")["rank"])
-    assert sorted({int(f["data"]["attribute"]) for f in strips}) == ranks
+    attributes = pd.read_parquet(out / "attributes.parquet").set_index("attribute")
+    assert sorted({f["data"]["attribute"] for f in strips}) == sorted(attributes.index)
     for figure in strips:
         data = figure["data"]
-        one = dataset.isel(cell=data["cell_index"]).sel(attribute=int(data["attribute"]))
-        assert str(one["cell_id"].values) == data["cell_id"]
+        rank = int(attributes.loc[data["attribute"], "rank"])
+        one = dataset.isel(cell=data["cell_index"]).sel(attribute=f"{data['treatment']}/{rank}")
+        assert str(one["cell"].values) == data["cell_id"]
         np.testing.assert_allclose(data["probability"], one["probability"].values, rtol=1e-6)
         np.testing.assert_allclose(data["original_probability"], float(one["original_probability"]), rtol=1e-6)
         printed = ", ".join(f"{p:.2f}" for p in [data["original_probability"], *data["probability"]])
@@ -160,17 +162,18 @@ def test_dose_response_draws_the_treatment_wells_means_and_sds(bundle_run, bundl
         treated = wells[(wells["control"] != "negative") & (wells["dose"] > 0)]
         assert sorted(data["wells"]) == sorted(treated.index)
         np.testing.assert_allclose(data["mean"], wells.loc[data["wells"], f"mean_attribute_{attribute}"])
-        np.testing.assert_allclose(data["sd"], wells.loc[data["wells"], f"attribute_{attribute}_sd"])
+        np.testing.assert_allclose(data["sd"], wells.loc[data["wells"], f"sd_attribute_{attribute}"])
         np.testing.assert_allclose(data["dose"], wells.loc[data["wells"], "dose"])
 
 
 def test_the_gallery_orders_exemplar_cells_by_their_score(bundle_run, bundle_page):
     out, _ = bundle_run
-    cells = pd.read_parquet(out / "cells", columns=["cell_id", "attribute_1"]).set_index("cell_id")
-    gallery = next(f["data"] for f in _figures(bundle_page, "gallery") if f["data"]["attribute"] == "1")
-    np.testing.assert_allclose(gallery["score"], cells.loc[gallery["cell_id"], "attribute_1"], rtol=1e-6)
+    top = pd.read_parquet(out / "attributes.parquet").sort_values("rank")["attribute"].iloc[0]
+    cells = pd.read_parquet(out / "cells", columns=["cell_id", f"attribute_{top}"]).set_index("cell_id")
+    gallery = next(f["data"] for f in _figures(bundle_page, "gallery") if f["data"]["attribute"] == top)
+    np.testing.assert_allclose(gallery["score"], cells.loc[gallery["cell_id"], f"attribute_{top}"], rtol=1e-6)
     assert gallery["score"] == sorted(gallery["score"])
-    stored = {str(c) for c in xr.open_zarr(out / "counterfactuals.zarr")["cell_id"].values}
+    stored = {str(c) for c in xr.open_zarr(out / "counterfactuals.zarr")["cell"].values}
     assert set(gallery["cell_id"]) <= stored
 
 

@@ -98,9 +98,24 @@ def _open_counterfactuals(out: Path):
     import xarray as xr
 
     try:
-        return xr.open_zarr(path)
+        return _by_attribute_id(xr.open_zarr(path))
     except Exception as err:  # zarr and xarray raise several types for a damaged store
         raise ReportError(f"{path}: unreadable counterfactuals ({type(err).__name__}: {err})") from None
+
+
+def _by_attribute_id(dataset):
+    """The counterfactuals with the coordinates the report looks up by: ``cell_id``, ``channel``, attribute ids.
+
+    A run's Zarr indexes cells by id, channels by name (``c``) and attributes
+    by ``treatment/rank`` with the id in ``attribute_id``.
+    """
+    if "cell_id" not in dataset.coords:
+        dataset = dataset.assign_coords(cell_id=("cell", dataset["cell"].values))
+    if "channel" not in dataset.coords and "c" in dataset.coords:
+        dataset = dataset.assign_coords(channel=("c", dataset["c"].values))
+    if "attribute_id" in dataset.coords:
+        dataset = dataset.assign_coords(attribute=dataset["attribute_id"].values)
+    return dataset
 
 
 def normalise_attributes(attributes: pd.DataFrame, class_names: tuple[str, ...]) -> pd.DataFrame:
