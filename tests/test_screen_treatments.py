@@ -56,7 +56,7 @@ def test_every_treatment_keeps_distinct_named_attributes(run):
 
 def test_ranking_every_treatment_costs_one_cache(run):
     """One inversion per ranked cell and one decode per (cell, direction, sign), whatever the treatments."""
-    summary = json.loads((run.bundle / "config.json").read_text())["provenance"]["training_summary"]["explain"]
+    summary = json.loads((run.bundle / "explain" / "directions.json").read_text())
     directions, _ = load_directions(run.bundle / "explain")
     n, k, steps = 32, directions.n_directions, 10
     assert summary["unet_evaluations"]["ranking"] == n * steps + n * 2 * k * steps

@@ -27,10 +27,12 @@ def _plain(value: object) -> object:
 
 
 def save_directions(directions: Directions, attributes: pd.DataFrame, directory: str | Path,
-                    config: DirectionConfig | None = None, guided: bool | None = None) -> Path:
+                    config: DirectionConfig | None = None, guided: bool | None = None,
+                    unet_evaluations: dict | None = None) -> Path:
     """Write ``directions`` and ``attributes`` (e.g. ``Ranking.attributes``) into ``directory``; returns it.
 
-    ``guided``: whether the directions were learned with a classifier guide (None: not known).
+    ``guided``: whether the directions were learned with a classifier guide (None: not known);
+    ``unet_evaluations``: what ranking and naming them cost, recorded beside them.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -39,7 +41,8 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
     records = [{k: _plain(v) for k, v in row.items()} for row in attributes.to_dict(orient="records")]
     meta = {"format_version": FORMAT_VERSION, "z_dim": directions.z_dim, "n_directions": directions.n_directions,
             "hidden": directions.hidden, "rank": directions.rank,
-            "config": config.to_dict() if config is not None else None, "guided": guided, "attributes": records}
+            "config": config.to_dict() if config is not None else None, "guided": guided,
+            "unet_evaluations": unet_evaluations, "attributes": records}
     (directory / CONFIG).write_text(json.dumps(meta, indent=2))
     return directory
 

@@ -294,7 +294,8 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
                               conditions.class_names, channel_names, nuclear, explain, on_step=StepReporter())
-    save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided)
+    save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided,
+                    unet_evaluations=fitted.unet_evaluations)
     return as_records(fitted)
 
 
