@@ -19,3 +19,7 @@ class LayoutError(ScreenxaiError):
 
 class ConversionError(ScreenxaiError):
     """TIFF files cannot be turned into a plate as asked."""
+
+
+class BundleError(ScreenxaiError):
+    """A model bundle is missing, damaged, too new, or does not fit the plate."""

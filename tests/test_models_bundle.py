@@ -11,7 +11,7 @@ import torch
 from screenxai.errors import ScreenxaiError
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.bundle import (FORMAT_VERSION, BundleError, Provenance, check_channels, load_bundle,
-                                     save_bundle, sha256_file)
+                                     save_bundle, seal_bundle, sha256_file)
 from screenxai.models.classifier import CellClassifier, ClassifierConfig, predict_proba
 from screenxai.models.latent_checks import decode_fresh
 
@@ -73,7 +73,10 @@ def test_config_records_settings_provenance_and_hashes(bundle_path):
         entry = config["models"][role]
         assert entry["sha256"] == sha256_file(bundle_path / f"{role}.safetensors")
     assert config["models"]["autoencoder"]["config"]["conditioning"] == "scale"
-    assert bundle.content_hash == sha256_file(bundle_path / "config.json")
+    manifest = json.loads((bundle_path / "files.json").read_text())
+    assert manifest["files"] == {name: sha256_file(bundle_path / name)
+                                 for name in ("autoencoder.safetensors", "classifier.safetensors", "config.json")}
+    assert bundle.content_hash == sha256_file(bundle_path / "files.json")
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["bundle"]
 
 
@@ -88,7 +91,7 @@ def test_refuses_corrupt_weights(bundle_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="classifier.safetensors.*corrupt"):
+    with pytest.raises(BundleError, match="classifier.safetensors is altered"):
         load_bundle(bundle_path)
 
 
@@ -106,6 +109,7 @@ def test_refuses_a_newer_format(bundle_path):
     config = json.loads(config_path.read_text())
     config["format_version"] = FORMAT_VERSION + 1
     config_path.write_text(json.dumps(config))
+    seal_bundle(bundle_path)
     with pytest.raises(BundleError, match="newer"):
         load_bundle(bundle_path)
 
@@ -128,5 +132,5 @@ def test_save_refuses_to_overwrite_unless_asked_and_replaces_whole(models, bundl
         save_bundle(bundle_path, {"classifier": classifier}, **kwargs)
     assert sha256_file(bundle_path / "config.json") == before
     save_bundle(bundle_path, {"classifier": classifier}, overwrite=True, **kwargs)
-    assert sorted(p.name for p in bundle_path.iterdir()) == ["classifier.safetensors", "config.json"]
+    assert sorted(p.name for p in bundle_path.iterdir()) == ["classifier.safetensors", "config.json", "files.json"]
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["bundle"]
