@@ -170,11 +170,24 @@ def recover_folder(target: str | Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
+def _move_into_place(built: Path, target: Path) -> bool:
+    """Rename ``built`` to ``target`` if there is no ``target``; False when there is one."""
+    if target.exists():
+        return False
+    try:
+        _rename(built, target)
+    except OSError as err:  # another writer created it meanwhile
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False
+        raise
+    return True
+
+
 def replace_folder(built: Path, target: Path) -> None:
     """Swap the complete folder ``built`` into ``target``'s place and remove the old ``target``."""
     _fsync_tree(built)
-    if not target.exists():
-        _rename(built, target)
+    if _move_into_place(built, target):
+        pass
     elif _exchange(built, target):
         shutil.rmtree(built, ignore_errors=True)  # now the old folder
     else:
