@@ -134,3 +134,49 @@ def test_save_refuses_to_overwrite_unless_asked_and_replaces_whole(models, bundl
     save_bundle(bundle_path, {"classifier": classifier}, overwrite=True, **kwargs)
     assert sorted(p.name for p in bundle_path.iterdir()) == ["classifier.safetensors", "config.json", "files.json"]
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["bundle"]
+
+
+def test_the_manifest_covers_files_added_later_once_sealed(bundle_path):
+    before = load_bundle(bundle_path).content_hash
+    (bundle_path / "explain").mkdir()
+    (bundle_path / "explain" / "directions.json").write_text("{}")
+    with pytest.raises(BundleError, match="explain/directions.json is not part of the bundle"):
+        load_bundle(bundle_path)
+    assert seal_bundle(bundle_path) == load_bundle(bundle_path).content_hash != before
+    (bundle_path / "explain" / "directions.json").write_text("{ }")
+    with pytest.raises(BundleError, match="explain/directions.json is altered"):
+        load_bundle(bundle_path)
+
+
+def test_a_writer_about_to_replace_a_folder_may_load_the_bundle_without_checking_that_folder(bundle_path):
+    (bundle_path / "interpretable").mkdir()
+    (bundle_path / "interpretable" / "half-written.safetensors").write_bytes(b"\0")
+    assert load_bundle(bundle_path, replacing=("interpretable",)).models
+    with pytest.raises(BundleError, match="half-written.safetensors is not part of the bundle"):
+        load_bundle(bundle_path, replacing=("explain",))
+    weights = bundle_path / "classifier.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(BundleError, match="classifier.safetensors is altered"):
+        load_bundle(bundle_path, replacing=("interpretable",))
+
+
+def test_hidden_temporaries_are_not_part_of_a_bundle(bundle_path):
+    before = load_bundle(bundle_path).content_hash
+    (bundle_path / ".config.json.0123.tmp").write_text("left by an interrupted write")
+    assert load_bundle(bundle_path).content_hash == before == seal_bundle(bundle_path)
+
+
+def test_a_bundle_gets_the_umask_not_a_temporary_folder_s_private_mode(models, tmp_path):
+    import os
+    import stat
+
+    classifier, _ = models
+    before = os.umask(0o022)
+    try:
+        path = save_bundle(tmp_path / "shared", {"classifier": classifier}, channel_names=CHANNELS,
+                           class_names=("negative", "positive"), crop_size=16, normalisation=NORMALISATION)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == {
+        "classifier.safetensors": 0o644, "config.json": 0o644, "files.json": 0o644}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from screenxai.errors import ScreenxaiError
 from screenxai.io import atomic_folder
@@ -49,7 +49,7 @@ def save_interpretable(model: InterpretableModel, directory: str | Path, overwri
     with atomic_folder(directory) as tmp:
         hashes = {}
         for role, module in (("vae", model.vae), ("sparse", model.sparse)):
-            save_file(_state(module), tmp / WEIGHTS[role])
+            (tmp / WEIGHTS[role]).write_bytes(save(_state(module)))  # save_file would make it 0600
             hashes[role] = _sha256(tmp / WEIGHTS[role])
         document = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                     "vae": model.vae.config.to_dict(),

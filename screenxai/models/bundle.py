@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 import screenxai
@@ -133,7 +133,7 @@ def save_bundle(path: str | Path, models: Mapping[str, nn.Module], *, channel_na
         entries = {}
         for role, model in models.items():
             filename = f"{role}.safetensors"
-            save_file(_own_weights(model), tmp / filename)
+            (tmp / filename).write_bytes(save(_own_weights(model)))  # save_file would make it 0600
             entries[role] = {"architecture": model.architecture, "config": model.config.to_dict(),
                              "file": filename, "sha256": sha256_file(tmp / filename)}
         config = {"format_version": FORMAT_VERSION, "crop_size": int(crop_size),
@@ -185,15 +185,18 @@ def _load_model(path: Path, role: str, entry: dict, loaded: Mapping[str, nn.Modu
     return model
 
 
-def load_bundle(path: str | Path, device: str | torch.device | None = "cpu") -> Bundle:
+def load_bundle(path: str | Path, device: str | torch.device | None = "cpu",
+                replacing: Sequence[str] = ()) -> Bundle:
     """Load the bundle at ``path`` after checking every file of it against ``files.json``.
 
     Models come back in eval mode on ``device`` (``None``: CUDA when present).
+    ``replacing``: folders the caller is about to rewrite and seal again,
+    left unchecked (see ``verify_bundle``).
     """
     path = Path(path)
     if not (path / CONFIG_NAME).is_file():
         raise BundleError(f"{path} is not a model bundle: {CONFIG_NAME} is missing")
-    content_hash = verify_bundle(path)
+    content_hash = verify_bundle(path, replacing)
     config = _read_config(path)
     models: dict[str, nn.Module] = {}
     for role, entry in config["models"].items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from screenxai.errors import BundleError
@@ -67,14 +68,19 @@ def _recorded(root: Path) -> tuple[dict[str, str], str]:
     return files, hashlib.sha256(data).hexdigest()
 
 
-def verify_bundle(path: str | Path) -> str:
+def verify_bundle(path: str | Path, replacing: Sequence[str] = ()) -> str:
     """The bundle's content hash, after checking every file against ``files.json``.
 
     ``BundleError`` naming each file that is missing, altered or not listed.
+    ``replacing``: folders (``explain``, ``interpretable``) a writer is about
+    to rewrite and seal again; their files are not checked, so a write of
+    them that was interrupted before sealing can be redone.
     """
     root = Path(path)
     files, content_hash = _recorded(root)
-    present = set(bundle_file_names(root))
+    skipped = tuple(f"{folder.strip('/')}/" for folder in replacing)
+    files = {name: sha for name, sha in files.items() if not name.startswith(skipped)}
+    present = {name for name in bundle_file_names(root) if not name.startswith(skipped)}
     problems = [f"{name} is missing" for name in sorted(set(files) - present)]
     problems += [f"{name} is altered (its SHA-256 differs from the one in {MANIFEST_NAME})"
                  for name in sorted(set(files) & present) if sha256_file(root / name) != files[name]]
