@@ -46,8 +46,8 @@ def bundle(client, tmp_path_factory) -> Path:
     PRESETS["mini"] = MINI
     before = os.umask(0o022)
     try:
-        settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, explain_cells=12, check_cells=8,
-                                 check_steps=2)
+        settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, explain_cells=8, check_cells=8,
+                                 check_steps=2, explain_directions=2, explain_attributes=1, explain_guided=False)
         out = train([open_plate(root / "plate.zarr")], root / "bundle", client, settings).out
         seal_bundle(out)  # records explain/ and interpretable/, as their writer does
         return out
