@@ -48,7 +48,8 @@ def bundle(client, tmp_path_factory) -> Path:
     try:
         settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, explain_cells=8, check_cells=8,
                                  check_steps=2, explain_directions=2, explain_attributes=1, explain_guided=False)
-        out = train([open_plate(root / "plate.zarr")], root / "bundle", client, settings).out
+        out = root / "bundle"
+        train([open_plate(root / "plate.zarr")], out, client, settings)
         seal_bundle(out)  # records explain/ and interpretable/, as their writer does
         return out
     finally:
