@@ -23,3 +23,7 @@ class ConversionError(ScreenxaiError):
 
 class StatisticsError(ScreenxaiError, ValueError):
     """A well table lacks the columns or wells a screen statistic needs."""
+
+
+class BundleError(ScreenxaiError):
+    """A model bundle is missing, damaged, too new, or does not fit the plate."""

@@ -12,7 +12,7 @@ from distributed import Client, Scheduler, SpecCluster, Worker, get_task_stream
 
 from screenxai.cells import CellConfig, fit_normalisation, process_field
 from screenxai.errors import ScreenxaiError
-from screenxai.models.bundle import BundleError, load_bundle
+from screenxai.models.bundle import BundleError, load_bundle, seal_bundle
 from screenxai.models.classifier import predict_proba
 from screenxai.models.presets import registered_preset
 from screenxai.pipeline.bundle_plugin import BundlePlugin
@@ -162,6 +162,7 @@ def test_a_bundle_of_other_channels_is_refused_before_any_work(plate, bundle, cl
     config = json.loads((other / "config.json").read_text())
     config["channel_names"] = ["GFP", "DNA"]
     (other / "config.json").write_text(json.dumps(config))
+    seal_bundle(other)
     out = tmp_path / "run"
     with pytest.raises(BundleError, match="are not those the bundle"):
         run_cells([plate], out, cluster_client, bundle=other)

@@ -11,7 +11,7 @@ import torch
 from screenxai.errors import ScreenxaiError
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.bundle import (FORMAT_VERSION, BundleError, Provenance, check_channels, load_bundle,
-                                     save_bundle, sha256_file)
+                                     save_bundle, seal_bundle, sha256_file)
 from screenxai.models.classifier import CellClassifier, ClassifierConfig, predict_proba
 from screenxai.models.latent_checks import decode_fresh
 
@@ -73,7 +73,10 @@ def test_config_records_settings_provenance_and_hashes(bundle_path):
         entry = config["models"][role]
         assert entry["sha256"] == sha256_file(bundle_path / f"{role}.safetensors")
     assert config["models"]["autoencoder"]["config"]["conditioning"] == "scale"
-    assert bundle.content_hash == sha256_file(bundle_path / "config.json")
+    manifest = json.loads((bundle_path / "files.json").read_text())
+    assert manifest["files"] == {name: sha256_file(bundle_path / name)
+                                 for name in ("autoencoder.safetensors", "classifier.safetensors", "config.json")}
+    assert bundle.content_hash == sha256_file(bundle_path / "files.json")
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["bundle"]
 
 
@@ -88,7 +91,7 @@ def test_refuses_corrupt_weights(bundle_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="classifier.safetensors.*corrupt"):
+    with pytest.raises(BundleError, match="classifier.safetensors is altered"):
         load_bundle(bundle_path)
 
 
@@ -106,6 +109,7 @@ def test_refuses_a_newer_format(bundle_path):
     config = json.loads(config_path.read_text())
     config["format_version"] = FORMAT_VERSION + 1
     config_path.write_text(json.dumps(config))
+    seal_bundle(bundle_path)
     with pytest.raises(BundleError, match="newer"):
         load_bundle(bundle_path)
 
@@ -128,5 +132,51 @@ def test_save_refuses_to_overwrite_unless_asked_and_replaces_whole(models, bundl
         save_bundle(bundle_path, {"classifier": classifier}, **kwargs)
     assert sha256_file(bundle_path / "config.json") == before
     save_bundle(bundle_path, {"classifier": classifier}, overwrite=True, **kwargs)
-    assert sorted(p.name for p in bundle_path.iterdir()) == ["classifier.safetensors", "config.json"]
+    assert sorted(p.name for p in bundle_path.iterdir()) == ["classifier.safetensors", "config.json", "files.json"]
     assert sorted(p.name for p in bundle_path.parent.iterdir()) == ["bundle"]
+
+
+def test_the_manifest_covers_files_added_later_once_sealed(bundle_path):
+    before = load_bundle(bundle_path).content_hash
+    (bundle_path / "explain").mkdir()
+    (bundle_path / "explain" / "directions.json").write_text("{}")
+    with pytest.raises(BundleError, match="explain/directions.json is not part of the bundle"):
+        load_bundle(bundle_path)
+    assert seal_bundle(bundle_path) == load_bundle(bundle_path).content_hash != before
+    (bundle_path / "explain" / "directions.json").write_text("{ }")
+    with pytest.raises(BundleError, match="explain/directions.json is altered"):
+        load_bundle(bundle_path)
+
+
+def test_a_writer_about_to_replace_a_folder_may_load_the_bundle_without_checking_that_folder(bundle_path):
+    (bundle_path / "interpretable").mkdir()
+    (bundle_path / "interpretable" / "half-written.safetensors").write_bytes(b"\0")
+    assert load_bundle(bundle_path, replacing=("interpretable",)).models
+    with pytest.raises(BundleError, match="half-written.safetensors is not part of the bundle"):
+        load_bundle(bundle_path, replacing=("explain",))
+    weights = bundle_path / "classifier.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1])
+    with pytest.raises(BundleError, match="classifier.safetensors is altered"):
+        load_bundle(bundle_path, replacing=("interpretable",))
+
+
+def test_hidden_temporaries_are_not_part_of_a_bundle(bundle_path):
+    before = load_bundle(bundle_path).content_hash
+    (bundle_path / ".config.json.0123.tmp").write_text("left by an interrupted write")
+    assert load_bundle(bundle_path).content_hash == before == seal_bundle(bundle_path)
+
+
+def test_a_bundle_gets_the_umask_not_a_temporary_folder_s_private_mode(models, tmp_path):
+    import os
+    import stat
+
+    classifier, _ = models
+    before = os.umask(0o022)
+    try:
+        path = save_bundle(tmp_path / "shared", {"classifier": classifier}, channel_names=CHANNELS,
+                           class_names=("negative", "positive"), crop_size=16, normalisation=NORMALISATION)
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.iterdir()} == {
+        "classifier.safetensors": 0o644, "config.json": 0o644, "files.json": 0o644}

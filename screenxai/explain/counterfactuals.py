@@ -33,6 +33,7 @@ import xarray as xr
 
 from screenxai.explain.directions import Directions
 from screenxai.explain.ranking import MAX_ALPHA, model_device
+from screenxai.io import atomic_folder
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.classifier import predict_proba
 
@@ -134,9 +135,11 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
 
 
 def write_counterfactuals(dataset: xr.Dataset, path: str | Path) -> Path:
-    """Write counterfactuals to a Zarr group (one cell per chunk), replacing what is there; returns the path."""
+    """Write counterfactuals to a Zarr group (one cell per chunk), replacing what is there as a whole; returns
+    the path."""
     path = Path(path)
     encoding = {name: {"chunks": (1, *variable.shape[1:])}
                 for name, variable in dataset.data_vars.items() if variable.dims[:1] == ("cell",)}
-    dataset.to_zarr(path, mode="w", encoding=encoding, consolidated=True)
+    with atomic_folder(path) as built:
+        dataset.to_zarr(built, mode="w", encoding=encoding, consolidated=True)
     return path

@@ -3,23 +3,22 @@
 The JSON holds the settings, the class names, the printed formula (parsed
 back on load, so the loaded model evaluates exactly the text saved), the
 report, and a SHA-256 of each weights file, so a damaged file is refused.
-The directory is written under a temporary name and renamed into place.
+The directory is built beside its target and swapped into place as a whole
+(``screenxai.io.atomic_folder``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from screenxai.errors import ScreenxaiError
+from screenxai.io import atomic_folder
 from screenxai.interpret.fit import InterpretableModel, InterpretConfig
 from screenxai.interpret.formula import Formula
 from screenxai.interpret.sparse import SparseClassifier
@@ -47,12 +46,10 @@ def save_interpretable(model: InterpretableModel, directory: str | Path, overwri
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise InterpretStoreError(f"{directory} already exists; pass overwrite=True to replace it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_folder(directory) as tmp:
         hashes = {}
         for role, module in (("vae", model.vae), ("sparse", model.sparse)):
-            save_file(_state(module), tmp / WEIGHTS[role])
+            (tmp / WEIGHTS[role]).write_bytes(save(_state(module)))  # save_file would make it 0600
             hashes[role] = _sha256(tmp / WEIGHTS[role])
         document = {"format_version": FORMAT_VERSION, "config": model.config.to_dict(),
                     "vae": model.vae.config.to_dict(),
@@ -60,16 +57,6 @@ def save_interpretable(model: InterpretableModel, directory: str | Path, overwri
                     "class_names": list(model.class_names), "class_column": model.class_column,
                     "formula": model.formula, "sha256": hashes, "report": model.report}
         (tmp / CONFIG_NAME).write_text(json.dumps(document, indent=2, default=float))
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return directory
 
 

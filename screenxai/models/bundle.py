@@ -1,11 +1,12 @@
-"""Model bundles: a directory of safetensors weights and one ``config.json``.
+"""Model bundles: a directory of safetensors weights, one ``config.json`` and a file manifest.
 
 A bundle holds everything needed to use its models on a new plate: each
 model's architecture and configuration, the crop size, channel names and
 intensity normalisation the crops must have, the class names, and where the
-training data came from. ``config.json`` records a SHA-256 of every weights
-file, so a truncated or swapped file is refused rather than silently used;
-the hash of ``config.json`` itself identifies the whole bundle.
+training data came from. ``files.json`` (``screenxai.models.manifest``)
+records a SHA-256 of every file of the bundle, so a truncated, swapped,
+removed or added file is refused rather than silently used; the hash of
+``files.json`` identifies the whole bundle.
 
 A model class that can be bundled has an ``architecture`` name, a
 ``config`` with ``to_dict()``, and optionally ``shared_modules``: names of
@@ -15,25 +16,26 @@ classifier), which are saved once, with their owner.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 import screenxai
-from screenxai.errors import ScreenxaiError
+from screenxai.errors import BundleError
+from screenxai.io import atomic_folder
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier, ClassifierConfig
 from screenxai.models.device import resolve_device
+from screenxai.models.manifest import seal_bundle, sha256_file, verify_bundle
+
+__all__ = ["Bundle", "BundleError", "Provenance", "check_channels", "load_bundle", "register_architecture",
+           "save_bundle", "seal_bundle", "sha256_file", "verify_bundle"]
 
 FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
@@ -44,10 +46,6 @@ _BUILDERS: dict[str, Builder] = {
     DiffusionAutoencoder.architecture: lambda config, loaded: DiffusionAutoencoder(
         AutoencoderConfig.from_dict(config), loaded["classifier"]),
 }
-
-
-class BundleError(ScreenxaiError):
-    """A model bundle is missing, damaged, too new, or does not fit the plate."""
 
 
 def register_architecture(name: str, builder: Builder) -> None:
@@ -61,7 +59,7 @@ class Bundle:
 
     ``models`` maps a model's role (``classifier``, ``autoencoder`` ...) to
     the model in eval mode; ``config`` is ``config.json`` as written;
-    ``content_hash`` is the SHA-256 of ``config.json``.
+    ``content_hash`` is the SHA-256 of ``files.json``.
     """
 
     path: Path
@@ -107,15 +105,6 @@ class Provenance:
                 "screenxai_version": screenxai.__version__, **self.extra}
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _own_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state without submodules another model of the bundle saves."""
     shared = tuple(f"{name}." for name in getattr(model, "shared_modules", ()))
@@ -128,10 +117,11 @@ def save_bundle(path: str | Path, models: Mapping[str, nn.Module], *, channel_na
                 overwrite: bool = False) -> Path:
     """Write ``models`` (role -> model) and their settings as a bundle directory at ``path``.
 
-    The bundle is built in a temporary directory beside ``path`` and renamed
-    into place, so ``path`` is either absent, the old bundle, or the complete
-    new one. Models are loaded back in the order given, so a model whose
-    builder needs another (the autoencoder needs the classifier) comes after it.
+    The bundle is built in a temporary directory beside ``path`` and swapped
+    into place (``screenxai.io.atomic_folder``), so ``path`` is either absent,
+    the old bundle, or the complete new one, sealed with its ``files.json``.
+    Models are loaded back in the order given, so a model whose builder
+    needs another (the autoencoder needs the classifier) comes after it.
     """
     path = Path(path)
     if path.exists() and not overwrite:
@@ -139,13 +129,11 @@ def save_bundle(path: str | Path, models: Mapping[str, nn.Module], *, channel_na
     for role, model in models.items():
         if getattr(model, "architecture", None) not in _BUILDERS:
             raise BundleError(f"model {role!r} ({type(model).__name__}) has no registered architecture")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         entries = {}
         for role, model in models.items():
             filename = f"{role}.safetensors"
-            save_file(_own_weights(model), tmp / filename)
+            (tmp / filename).write_bytes(save(_own_weights(model)))  # save_file would make it 0600
             entries[role] = {"architecture": model.architecture, "config": model.config.to_dict(),
                              "file": filename, "sha256": sha256_file(tmp / filename)}
         config = {"format_version": FORMAT_VERSION, "crop_size": int(crop_size),
@@ -153,16 +141,7 @@ def save_bundle(path: str | Path, models: Mapping[str, nn.Module], *, channel_na
                   "class_column": class_column, "class_names": list(class_names),
                   "provenance": provenance.to_dict(), "models": entries}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=False))
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        seal_bundle(tmp)
     return path
 
 
@@ -206,12 +185,18 @@ def _load_model(path: Path, role: str, entry: dict, loaded: Mapping[str, nn.Modu
     return model
 
 
-def load_bundle(path: str | Path, device: str | torch.device | None = "cpu") -> Bundle:
-    """Load the bundle at ``path``, checking every weights file against its recorded hash.
+def load_bundle(path: str | Path, device: str | torch.device | None = "cpu",
+                replacing: Sequence[str] = ()) -> Bundle:
+    """Load the bundle at ``path`` after checking every file of it against ``files.json``.
 
     Models come back in eval mode on ``device`` (``None``: CUDA when present).
+    ``replacing``: folders the caller is about to rewrite and seal again,
+    left unchecked (see ``verify_bundle``).
     """
     path = Path(path)
+    if not (path / CONFIG_NAME).is_file():
+        raise BundleError(f"{path} is not a model bundle: {CONFIG_NAME} is missing")
+    content_hash = verify_bundle(path, replacing)
     config = _read_config(path)
     models: dict[str, nn.Module] = {}
     for role, entry in config["models"].items():
@@ -219,7 +204,7 @@ def load_bundle(path: str | Path, device: str | torch.device | None = "cpu") -> 
     target = resolve_device(device)
     for model in models.values():
         model.to(target).eval()
-    return Bundle(path, config, models, sha256_file(path / CONFIG_NAME))
+    return Bundle(path, config, models, content_hash)
 
 
 def check_channels(bundle: Bundle, channel_names: Sequence[str]) -> None:

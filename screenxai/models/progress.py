@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from screenxai.errors import ScreenxaiError
+from screenxai.io import atomic_file
 
 
 @dataclass(frozen=True)
@@ -59,11 +59,9 @@ def check_finite(loss: float, stage: str, epoch: int) -> None:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` with ``torch.save`` to a temporary file, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write ``state`` with ``torch.save`` atomically, so an interrupted save leaves the last checkpoint."""
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path | None) -> dict | None:

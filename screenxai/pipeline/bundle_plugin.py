@@ -1,26 +1,30 @@
 """Models on Dask workers: a ``WorkerPlugin`` that carries a bundle's bytes and loads it once per worker.
 
 The plugin holds every file of the bundle folder (weights, ``config.json``,
-the interpretable model) as bytes plus the bundle's content hash (SHA-256 of
-``config.json``, which itself records the SHA-256 of every weights file).
-When a worker starts, or when the plugin is registered, ``setup`` writes the
-files into the worker's local directory, checks the hash, loads the models
-once onto the worker's device and sets torch's thread count. Tasks then take
+``explain/``, ``interpretable/`` and the manifest ``files.json``) as bytes
+plus the bundle's content hash (SHA-256 of ``files.json``, which records the
+SHA-256 of every other file); the client checks the folder against its
+manifest before carrying it. When a worker starts, or when the plugin is
+registered, ``setup`` writes the files into the worker's local directory,
+checks every file against the manifest and the manifest against the hash,
+and only then loads the models once onto the worker's device and sets
+torch's thread count; a worker whose check fails has no models, so no task
+runs on it. Tasks then take
 the loaded models with ``worker_models()``; no model is ever pickled into a
 task, and workers need no shared file system.
 """
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from distributed import WorkerPlugin, get_worker
 
-from screenxai.errors import ScreenxaiError
+from screenxai.errors import BundleError, ScreenxaiError
 from screenxai.models.bundle import CONFIG_NAME, Bundle, load_bundle
+from screenxai.models.manifest import MANIFEST_NAME, bundle_file_names, verify_bundle
 from screenxai.pipeline.allocator import relax_malloc_thresholds
 
 PLUGIN_NAME = "screenxai-bundle"
@@ -39,12 +43,12 @@ class WorkerModels:
 
 
 def bundle_files(path: str | Path) -> dict[str, bytes]:
-    """Every regular file under the bundle folder, keyed by its path relative to the folder."""
+    """Every file of the bundle folder (``files.json`` included), keyed by its POSIX path relative to the folder."""
     root = Path(path)
     if not (root / CONFIG_NAME).is_file():
-        raise ScreenxaiError(f"{root} is not a model bundle: {CONFIG_NAME} is missing")
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)}
+        raise BundleError(f"{root} is not a model bundle: {CONFIG_NAME} is missing")
+    return {name: (root / name).read_bytes() for name in [*bundle_file_names(root), MANIFEST_NAME]
+            if (root / name).is_file()}
 
 
 class BundlePlugin(WorkerPlugin):
@@ -66,26 +70,22 @@ class BundlePlugin(WorkerPlugin):
 
     @classmethod
     def from_path(cls, path: str | Path, torch_threads: int | None = None) -> BundlePlugin:
-        """A plugin carrying the bundle at ``path``."""
+        """A plugin carrying the bundle at ``path``, refused here when a file differs from its manifest."""
         files = bundle_files(path)
-        return cls(files, hashlib.sha256(files[CONFIG_NAME]).hexdigest(), torch_threads)
+        return cls(files, verify_bundle(path), torch_threads)
 
     def setup(self, worker) -> None:
         import torch
 
+        self.models = None
+        self._write_files(worker)
+        found = verify_bundle(self.folder)
+        if found != self.content_hash:
+            raise BundleError(f"bundle on worker {worker.address}: {MANIFEST_NAME} has hash {found}, "
+                              f"expected {self.content_hash}")
         relax_malloc_thresholds()
         torch.set_num_threads(self.torch_threads or max(1, worker.state.nthreads))
-        self.folder = Path(worker.local_directory) / f"bundle-{self.content_hash[:16]}"
-        if self.folder.exists():
-            shutil.rmtree(self.folder)
-        for name, data in self.files.items():
-            target = self.folder / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
         bundle = load_bundle(self.folder, device=worker_device(worker.name))
-        if bundle.content_hash != self.content_hash:
-            raise ScreenxaiError(f"bundle on worker {worker.address} has hash {bundle.content_hash}, "
-                                 f"expected {self.content_hash}")
         interpretable = None
         if (self.folder / INTERPRETABLE_FOLDER).is_dir():
             from screenxai.interpret import load_interpretable
@@ -98,6 +98,16 @@ class BundlePlugin(WorkerPlugin):
             directions, attributes = load_directions(self.folder / EXPLAIN_FOLDER)
             explanations = (directions.to(next(bundle["autoencoder"].parameters()).device), attributes)
         self.models = WorkerModels(bundle, interpretable, explanations)
+
+    def _write_files(self, worker) -> None:
+        """The carried files into a fresh folder of the worker's local directory."""
+        self.folder = Path(worker.local_directory) / f"bundle-{self.content_hash[:16]}"
+        if self.folder.exists():
+            shutil.rmtree(self.folder)
+        for name, data in self.files.items():
+            target = self.folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
 
     def teardown(self, worker) -> None:
         if self.folder is not None:

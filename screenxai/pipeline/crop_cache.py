@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from distributed import Client, as_completed
 from screenxai.cells import CellConfig, fit_normalisation, process_field
 from screenxai.cells.normalise import NormalisationStats
 from screenxai.errors import ScreenxaiError
+from screenxai.io import atomic_folder, write_json_atomic
 from screenxai.pipeline.cell_stage import cached_plate
 from screenxai.pipeline.sinks import is_done, write_parquet_atomic
 from screenxai.plate.reader import Plate
@@ -81,11 +81,9 @@ def cache_field(task: CropTask, config: CellConfig) -> dict:
         rng = np.random.default_rng(_field_seed(task.seed, task.plate_name, task.well, task.field))
         keep = np.sort(rng.choice(keep, task.max_cells, replace=False))
     crops = np.ascontiguousarray(batch.crops[keep])
-    crops_path = task.stem.with_suffix(".zarr")
-    if crops_path.exists():
-        shutil.rmtree(crops_path)
-    zarr.create_array(crops_path, data=crops, chunks=(max(1, min(len(crops), 256)), *crops.shape[1:]),
-                      overwrite=True)
+    with atomic_folder(task.stem.with_suffix(".zarr")) as crops_path:
+        zarr.create_array(crops_path, data=crops, chunks=(max(1, min(len(crops), 256)), *crops.shape[1:]),
+                          overwrite=True)
     write_parquet_atomic(batch.table.iloc[keep].reset_index(drop=True), table_path)
     return {"plate": task.plate_name, "well": task.well, "field": task.field, "status": "cut",
             "n_cells": len(keep)}
@@ -150,10 +148,7 @@ def _check_or_write_description(cache: Path, description: dict) -> None:
             raise CropCacheError(f"crop cache {cache} was built with other settings ({', '.join(changed)}); "
                                  "delete it or choose another output")
         return
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".cache.json.tmp")
-    tmp.write_text(json.dumps(description, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, description)
 
 
 def read_crop_cache(cache: str | Path) -> tuple[np.ndarray, pd.DataFrame, dict]:

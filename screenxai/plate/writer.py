@@ -13,9 +13,7 @@ the patch can then be removed.
 
 from __future__ import annotations
 
-import os
 import shutil
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from ome_zarr.format import Format, FormatV04, FormatV05
 from ome_zarr.writer import write_image, write_labels, write_plate_metadata, write_well_metadata
 
 from screenxai.errors import PlateError
+from screenxai.io import recover_folder, replace_folder, temporary_sibling
 from screenxai.plate.layout import layout_to_records, validate_layout
 from screenxai.plate.wells import parse_well, well_sort_key
 
@@ -121,13 +120,14 @@ class PlateWriter:
         self._fields: dict[str, list[int]] = {}
         self._shape: tuple[int, ...] | None = None
         self._dtype: np.dtype | None = None
-        self._tmp = self.path.with_name(f".{self.path.name}.partial-{uuid.uuid4().hex[:8]}")
+        self._tmp = temporary_sibling(self.path)
         self._root: zarr.Group | None = None
 
     def __enter__(self) -> "PlateWriter":
         if self.path.exists() and not self.overwrite:
             raise PlateError(f"{self.path} already exists; choose another output or allow overwriting")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        recover_folder(self.path)
         zarr_format = 3 if self.fmt.version == "0.5" else 2
         self._root = zarr.open_group(str(self._tmp), mode="w", zarr_format=zarr_format)
         return self
@@ -234,18 +234,7 @@ class PlateWriter:
         if self.layout is not None:
             extra["layout"] = layout_to_records(self.layout)
         self._root.attrs[SCREENXAI_ATTRS] = extra
-        _publish(self._tmp, self.path)
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Move a finished plate into place, replacing ``target`` only after success."""
-    if target.exists():
-        backup = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(target, backup)
-        os.replace(tmp, target)
-        shutil.rmtree(backup, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+        replace_folder(self._tmp, self.path)
 
 
 def write_plate(
