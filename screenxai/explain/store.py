@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from screenxai.explain.directions import DirectionConfig, Directions
+from screenxai.io import atomic_folder
 
 WEIGHTS = "directions.safetensors"
 CONFIG = "directions.json"
@@ -35,15 +36,15 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
     ``unet_evaluations``: what ranking and naming them cost, recorded beside them.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().cpu().contiguous() for name, value in directions.state_dict().items()}
-    save_file(tensors, directory / WEIGHTS)
     records = [{k: _plain(v) for k, v in row.items()} for row in attributes.to_dict(orient="records")]
     meta = {"format_version": FORMAT_VERSION, "z_dim": directions.z_dim, "n_directions": directions.n_directions,
             "hidden": directions.hidden, "rank": directions.rank,
             "config": config.to_dict() if config is not None else None, "guided": guided,
             "unet_evaluations": unet_evaluations, "attributes": records}
-    (directory / CONFIG).write_text(json.dumps(meta, indent=2))
+    with atomic_folder(directory) as building:  # a crash leaves the old directions or the new, whole
+        (building / WEIGHTS).write_bytes(save(tensors))  # bytes, so the file gets the umask
+        (building / CONFIG).write_text(json.dumps(meta, indent=2))
     return directory
 
 

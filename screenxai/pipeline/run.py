@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import platform
 import time
@@ -33,9 +32,10 @@ from screenxai import __version__
 from screenxai.cells import CellConfig, fit_normalisation
 from screenxai.errors import ScreenxaiError
 from screenxai.plate.reader import Plate, open_plate
-from screenxai.models.bundle import Bundle, check_channels, load_bundle
+from screenxai.io import atomic_folder, write_json_atomic
+from screenxai.models.bundle import Bundle, check_channels, load_bundle, verify_bundle
 from screenxai.pipeline.batching import batch_fields, batches_in_flight, bounded_completion
-from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin, bundle_files
+from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin
 from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import model_capacity
 from screenxai.pipeline.counterfactual_stage import choose_exemplars, choose_well_exemplars, counterfactual_stage
@@ -188,17 +188,8 @@ def record_hash(record: dict) -> str:
 
 
 def bundle_fingerprint(path: Path) -> str:
-    """SHA-256 over every file the workers receive from the bundle (``bundle_files``).
-
-    The bundle's content hash covers ``config.json`` (and through it the
-    weights) but not ``explain/`` or ``interpretable/``, which a later
-    ``screenxai explain`` or ``interpret`` rewrites: resuming across such a
-    change would mix attribute scores or formula values of two models.
-    """
-    digest = hashlib.sha256()
-    for name, data in bundle_files(path).items():
-        digest.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\0".encode())
-    return digest.hexdigest()
+    """The bundle's content hash: the hash of its manifest of every file (``verify_bundle``)."""
+    return verify_bundle(path)
 
 
 def claim_output(out: Path, record: dict, resume: bool) -> None:
@@ -215,9 +206,7 @@ def claim_output(out: Path, record: dict, resume: bool) -> None:
                                  "run's (another bundle, configuration, plates or wells)")
         return
     out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(RUN_RECORD + ".tmp")
-    tmp.write_text(json.dumps(record, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, record)
 
 
 def model_configs(plates: Sequence[Plate], config: CellConfig, bundle: Bundle) -> dict[str, CellConfig]:
@@ -303,13 +292,9 @@ def bundle_conditions(bundle: Bundle) -> Conditions:
 
 
 def copy_bundle(source: Path, target: Path) -> None:
-    """Put the run's bundle in its output folder (replacing an older copy) so the run is self-contained."""
-    tmp = target.with_name(f".{target.name}.copy")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    """Put the run's bundle in its output folder (replacing an older copy whole) so the run is self-contained."""
+    with atomic_folder(target) as building:
+        shutil.copytree(source, building, dirs_exist_ok=True)
 
 
 def write_manifest(out: Path, plates: Sequence[Plate], config: CellConfig, fields: pd.DataFrame,
@@ -330,11 +315,7 @@ def write_manifest(out: Path, plates: Sequence[Plate], config: CellConfig, field
         "seconds": round(seconds, 3),
         "fields": fields[["plate", "well", "field", "status", "error", "seconds"]].to_dict(orient="records"),
     }
-    path = out / "manifest.json"
-    tmp = path.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    tmp.replace(path)
-    return path
+    return write_json_atomic(out / "manifest.json", manifest)
 
 
 def _jsonable(value):

@@ -32,7 +32,7 @@ from distributed import Client, get_worker
 from screenxai import __version__
 from screenxai.errors import ScreenxaiError
 from screenxai.models import latent_checks
-from screenxai.models.bundle import load_bundle
+from screenxai.models.bundle import load_bundle, seal_bundle
 from screenxai.models.presets import get_preset
 from screenxai.models.progress import Progress
 from screenxai.models.training import (STAGES, check_stages, classifier_from_bundle, save_trained, train_models,
@@ -40,6 +40,7 @@ from screenxai.models.training import (STAGES, check_stages, classifier_from_bun
 from screenxai.pipeline.allocator import relax_malloc_thresholds
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.crop_cache import build_crop_cache, read_crop_cache
+from screenxai.io import write_json_atomic
 from screenxai.pipeline.sinks import write_parquet_atomic
 from screenxai.cells.features import feature_columns
 from screenxai.cells.field import nuclear_channel_index, reporter_channel_index
@@ -211,9 +212,7 @@ def _claim_work_folder(work: Path, out: Path, settings: TrainSettings, plates: S
         if found.get("training") != training:
             shutil.rmtree(work / "checkpoints", ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".settings.json.tmp")
-    tmp.write_text(json.dumps({"cells": cells, "training": training}, indent=2))
-    tmp.replace(path)
+    write_json_atomic(path, {"cells": cells, "training": training})
 
 
 def _report(progress: Progress) -> None:
@@ -247,7 +246,7 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings, condi
     torch.manual_seed(settings.seed)
     classifier, summary = None, {}
     if "classifier" not in stages:
-        bundle = load_bundle(out_path)
+        bundle = load_bundle(out_path, replacing=rewritten(stages))
         if tuple(bundle.channel_names) != tuple(description["channel_names"]):
             raise TrainJobError(f"bundle {out_path} was trained on channels {list(bundle.channel_names)}, "
                                 f"the plates have {description['channel_names']}")
@@ -269,7 +268,7 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings, condi
                                             "training_cells": table["cell_id"].astype(str).tolist()})
     if "explain" in stages:
         autoencoder = trained.autoencoder.model if model_stages and trained.autoencoder is not None \
-            else load_bundle(out_path)["autoencoder"]
+            else load_bundle(out_path, replacing=rewritten(stages))["autoencoder"]
         summary["explain"] = _explain(crops, table, autoencoder, classifier, out_path, settings, conditions,
                                       description["channel_names"])
     if "interpretable" in stages and len(conditions.class_names) > 2:
@@ -278,7 +277,15 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings, condi
     elif "interpretable" in stages:
         summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings, conditions,
                                                       description["channel_names"])
+    if {"explain", "interpretable"} & set(stages):
+        seal_bundle(out_path)
     return summary
+
+
+def rewritten(stages: Sequence[str]) -> tuple[str, ...]:
+    """The bundle folders the later stages of ``stages`` write anew (not checked when loading the bundle)."""
+    return tuple(folder for stage, folder in (("explain", EXPLAIN_FOLDER), ("interpretable", INTERPRETABLE_FOLDER))
+                 if stage in stages)
 
 
 def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, settings: TrainSettings,

@@ -31,8 +31,6 @@ DNA content, illumination, well position and camera noise all vary.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,7 @@ import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
 
+from screenxai.io import write_parquet_atomic
 from screenxai.plate.wells import well_id
 from screenxai.plate.writer import FieldImage, PlateWriter
 
@@ -295,7 +294,7 @@ def simulate_screen(
         writer.set_layout(layout)
     truth = _truth_table(tables, with_compound=design == "treatments")
     path = truth_path(out)
-    _write_parquet(truth, path)
+    write_parquet_atomic(truth, path)
     return SimulatedScreen(out, path, truth, layout)
 
 
@@ -630,13 +629,3 @@ def _truth_table(tables: list[pd.DataFrame], with_compound: bool) -> pd.DataFram
                "control"]
     truth = pd.concat(tables, ignore_index=True)[columns]
     return truth.astype({"field": "int32", "label": "int32", "dose_index": "int32"})
-
-
-def _write_parquet(table: pd.DataFrame, path: Path) -> None:
-    """Write a Parquet file under a temporary name and move it into place."""
-    tmp = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
-    try:
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
