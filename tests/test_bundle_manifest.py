@@ -14,7 +14,7 @@ from distributed import Client, Scheduler, SpecCluster, Worker
 
 from screenxai.errors import BundleError, ScreenxaiError
 from screenxai.models.bundle import load_bundle, seal_bundle
-from screenxai.models.presets import PRESETS
+from screenxai.models.presets import registered_preset
 from screenxai.pipeline.bundle_plugin import BundlePlugin, bundle_files, worker_models
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.reader import open_plate

@@ -15,7 +15,7 @@ from distributed import Client, Scheduler, SpecCluster, Worker
 from PIL import Image
 
 from screenxai.cli import main
-from screenxai.models.presets import PRESETS
+from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import open_plates, run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.reader import open_plate
@@ -50,14 +50,11 @@ def plate(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle_run(plate, cluster_client, tmp_path_factory):
     """A real run with a mini bundle (classifier, autoencoder, attributes, formula), and its report."""
-    PRESETS["mini"] = MINI
-    try:
+    with registered_preset(MINI):
         root = tmp_path_factory.mktemp("bundle-run")
         settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, explain_cells=12, check_cells=8,
                                  check_steps=2)
         train([open_plate(plate)], root / "bundle", cluster_client, settings)
-    finally:
-        del PRESETS["mini"]
     result = run_cells([open_plate(plate)], root / "out", cluster_client, bundle=root / "bundle", fields_per_batch=3)
     return result.out, build_report(result.out)
 
