@@ -43,18 +43,16 @@ def bundle(client, tmp_path_factory) -> Path:
     """A bundle trained with every stage (weights, ``explain/``, ``interpretable/``) under umask 022."""
     root = tmp_path_factory.mktemp("manifest")
     simulate_screen(root / "plate.zarr", rows=2, columns=4, fields=2, size=192, seed=7)
-    PRESETS["mini"] = MINI
     before = os.umask(0o022)
     try:
         settings = TrainSettings(preset="mini", seed=1, max_cells_per_well=30, explain_cells=8, check_cells=8,
                                  check_steps=2, explain_directions=2, explain_attributes=1, explain_guided=False)
         out = root / "bundle"
-        train([open_plate(root / "plate.zarr")], out, client, settings)
-        seal_bundle(out)  # records explain/ and interpretable/, as their writer does
+        with registered_preset(MINI):
+            train([open_plate(root / "plate.zarr")], out, client, settings)
         return out
     finally:
         os.umask(before)
-        del PRESETS["mini"]
 
 
 def _tamper(files: dict[str, bytes], kind: str, action: str) -> tuple[dict[str, bytes], str]:
