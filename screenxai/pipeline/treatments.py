@@ -92,7 +92,9 @@ def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes:
         at_top = top.index[top[TREATMENT] == row.treatment]
         rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")}, "dose_spearman": float(rho),
                      "robust_z_top_dose": float(scores.loc[at_top, column].mean())})
-    return pd.concat([attributes.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+    statistics = pd.DataFrame(rows)
+    kept = attributes.drop(columns=[c for c in statistics.columns if c in attributes.columns])
+    return pd.concat([kept.reset_index(drop=True), statistics], axis=1)
 
 
 def _treatment_table(wells: pd.DataFrame, profiles: pd.DataFrame, similarity: pd.DataFrame, named: pd.DataFrame,
