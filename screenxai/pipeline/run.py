@@ -17,6 +17,7 @@ import hashlib
 import json
 import shutil
 import platform
+import sys
 import time
 import uuid
 from collections.abc import Callable, Generator, Sequence
@@ -312,6 +313,7 @@ def write_manifest(out: Path, plates: Sequence[Plate], config: CellConfig, field
         "config_hash": record_hash(record),
         "plates": [{"name": p.name, "url": p.url, "ngff_version": p.ngff_version, "wells": len(p.wells),
                     "fields": len(p.field_keys()), "channels": p.channel_names} for p in plates],
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "seconds": round(seconds, 3),
         "fields": fields[["plate", "well", "field", "status", "error", "seconds"]].to_dict(orient="records"),
     }
