@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--fields", type=int, default=1)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/screenxai-bench-treatments"))
+    parser.add_argument("--score-only", action="store_true", help="judge the run already in the work folder")
     args = parser.parse_args()
     work = args.workdir / f"{args.preset}-seed{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
@@ -118,16 +119,35 @@ def main() -> None:
     truth = pd.read_parquet(work / "plate.truth.parquet")
     plate = open_plate(plate_path)
     timings = {}
+    if not args.score_only:
+        timings = train_and_run(plate, work, args.preset, args.seed)
+    record = judge(work, args, truth, timings)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results[f"{args.preset}-seed{args.seed}"] = record
+    RESULTS.write_text(json.dumps(results, indent=2, default=float))
+    print(json.dumps({k: record[k] for k in ("factor_tracking", "random_directions_tracking", "activity_exact",
+                                             "grouping_ari", "shuffled_negative_wells", "timings_s")},
+                     indent=1, default=float))
+
+
+def train_and_run(plate, work: Path, preset: str, seed: int) -> dict:
+    """Train a bundle (unless one is finished) and score every well; the seconds each took."""
+    timings = {}
     with LocalCluster(n_workers=os.cpu_count(), threads_per_worker=1, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         start = time.perf_counter()
         if not (work / "bundle" / "explain").is_dir():  # a finished bundle of an earlier call is reused
-            train([plate], work / "bundle", client, TrainSettings(preset=args.preset, seed=args.seed), keep_work=True)
+            train([plate], work / "bundle", client, TrainSettings(preset=preset, seed=seed), keep_work=True)
             timings["train_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        run = run_cells([plate], work / "run", client, bundle=work / "bundle", resume=True)
+        run_cells([plate], work / "run", client, bundle=work / "bundle", resume=True)
         timings["run_s"] = time.perf_counter() - start
-    out = run.out
+    return timings
+
+
+def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
+    """The run's explanations against the planted truth and the negative controls."""
+    out = work / "run"
     wells = pd.read_parquet(out / "wells.parquet")
     attributes = pd.read_parquet(out / "attributes.parquet")
     treatments = pd.read_parquet(out / "treatments.parquet")
@@ -157,12 +177,7 @@ def main() -> None:
                     f"{torch.__version__}",
         "load_average_at_end": os.getloadavg(),
     }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[f"{args.preset}-seed{args.seed}"] = record
-    RESULTS.write_text(json.dumps(results, indent=2, default=float))
-    print(json.dumps({k: record[k] for k in ("factor_tracking", "random_directions_tracking", "activity_exact",
-                                             "grouping_ari", "shuffled_negative_wells", "timings_s")},
-                     indent=1, default=float))
+    return record
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ WELL_KEYS = ["plate", "well"]
 MAD_TO_SD = 1.4826
 FIT_KEYS = ["bottom", "top", "ec50", "hill", "r2"]
 MIN_DOSE_LEVELS = 4  # a four-parameter fit needs at least four dose levels of the treatment
-MIN_NEGATIVE_WELLS = 3  # a median and a MAD worth the name
+MIN_NEGATIVE_WELLS = 2  # the fewest that have a spread (a plate with two control wells per row pair)
 
 
 def well_means(cells: pd.DataFrame, columns: Sequence[str], extra: Sequence[str] = ()) -> pd.DataFrame:

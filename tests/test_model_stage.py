@@ -311,7 +311,7 @@ def test_explain_command_learns_unguided_attributes_into_the_bundle_and_renders_
                                            "--exemplars", "2", "--max-cells-per-well", "30", "--unguided",
                                            "--scheduler", cluster_client.scheduler.address])
     assert result.exit_code == 0, result.output
-    assert "attributes (unguided directions, ranked with" in result.output and "1. " in result.output
+    assert "attributes (unguided, 10 directions;" in result.output and "    1. " in result.output
     stored = json.loads((bundle / "explain" / "directions.json").read_text())
     assert stored["guided"] is False and stored["config"]["n_directions"] == 10
     assert len(pd.read_parquet(tmp_path / "out" / "attributes.parquet")) >= 1

@@ -21,6 +21,7 @@ import torch
 from distributed import Client, LocalCluster, get_task_stream
 
 from screenxai.errors import ScreenxaiError
+from screenxai.models.bundle import seal_bundle
 from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import RUN_RECORD, RunResult, record_hash, run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
@@ -118,7 +119,7 @@ def test_an_interrupted_run_with_a_bundle_resumes_only_unfinished_fields_and_end
 
 
 def _copy_bundle(bundle: Path, target: Path, change: str) -> Path:
-    """A copy of ``bundle`` with its ``config.json`` (another content hash) or its attribute directions changed."""
+    """A copy of ``bundle`` with its ``config.json`` or its attribute directions changed, sealed again: another bundle."""
     shutil.copytree(bundle, target)
     if change == "config":
         config = json.loads((target / "config.json").read_text())
@@ -126,6 +127,7 @@ def _copy_bundle(bundle: Path, target: Path, change: str) -> Path:
         (target / "config.json").write_text(json.dumps(config))
     else:
         (target / "explain" / "directions.json").write_text((bundle / "explain" / "directions.json").read_text() + "\n")
+    seal_bundle(target)
     return target
 
 
@@ -167,4 +169,4 @@ def test_counterfactuals_render_the_typical_cells_of_every_well_when_asked(plate
     offsets = cells[["p_negative", "p_positive"]].to_numpy() - means.to_numpy()
     nearest = cells.assign(distance=np.sqrt((offsets ** 2).sum(axis=1))) \
         .sort_values(["in_training", "distance", "cell_id"]).groupby("well").head(PER_WELL)
-    assert sorted(dataset["cell_id"].values) == sorted(nearest["cell_id"])
+    assert sorted(dataset["cell"].values) == sorted(nearest["cell_id"])

@@ -121,13 +121,13 @@ def test_fewer_than_four_dose_levels_give_nan_fit_values(wells):
 
 
 def test_too_few_negative_wells_is_a_clear_error():
-    few = screen_wells(n_negative=2)
-    with pytest.raises(StatisticsError, match=r"at least 3 negative wells .* found 2"):
+    few = screen_wells(n_negative=1)
+    with pytest.raises(StatisticsError, match=r"at least 2 negative wells .* found 1"):
         treatment_profiles(few, "treatment", ATTRIBUTES, "negative")
-    with pytest.raises(ValueError, match="found 2"):
+    with pytest.raises(ValueError, match="found 1"):
         dose_response(few, "attr1", "A", "treatment", "negative", dose="dose")
-    with pytest.raises(StatisticsError, match="found 3"):
-        negative_profiles(screen_wells(n_negative=3), "treatment", ATTRIBUTES, "negative")
+    with pytest.raises(StatisticsError, match="found 2"):
+        negative_profiles(screen_wells(n_negative=2), "treatment", ATTRIBUTES, "negative")
 
 
 def test_missing_columns_and_treatments_are_named(wells):

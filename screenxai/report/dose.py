@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from screenxai.explain.statistics import fit_dose_response, four_parameter
+from screenxai.stats import fit_dose_response, four_parameter
 
 MIN_DOSES = 4  # distinct doses below which no curve is fitted (as fit_dose_response)
 
