@@ -9,6 +9,8 @@ test (see ``pytest_runtest_makereport``).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,19 @@ BBBC013_CHANNELS = "1=GFP,2=DNA"
 PLANTED_DOSE_FACTORS = ["translocation", "nuclear_area"]
 # Session fixtures that train models (minutes each): the modules using one share a pytest-xdist worker.
 HEAVY_SESSION_FIXTURES = ("tiny_models", "treatment_screen", "bbbc013_classifier")
+
+
+@contextmanager
+def in_process_cluster(gpu_worker: bool = False) -> Iterator:
+    """A client of a real scheduler with one single-threaded in-process worker, and one declaring a GPU if asked."""
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 1}}}
+    if gpu_worker:
+        workers["gpu"] = {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+        yield client
 
 
 def documented_columns(doc: str, section: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import Client, Scheduler, SpecCluster, Worker, get_task_stream
+from distributed import get_task_stream
 
 from screenxai.cells import CellConfig, fit_normalisation, process_field
 from screenxai.errors import ScreenxaiError
@@ -20,17 +20,14 @@ from screenxai.pipeline.run import run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import simulate_screen
-from conftest import REPO_ROOT, documented_columns
+from conftest import in_process_cluster, REPO_ROOT, documented_columns
 from test_models_training import MINI
 
 
 @pytest.fixture(scope="module")
 def cluster_client():
     """A real scheduler with two in-process workers, one declaring a GPU."""
-    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 1}},
-               "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+    with in_process_cluster(gpu_worker=True) as client:
         yield client
 
 

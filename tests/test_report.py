@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+
+from conftest import in_process_cluster
 import torch
 import xarray as xr
 from click.testing import CliRunner
-from distributed import Client, Scheduler, SpecCluster, Worker
 from PIL import Image
 
 from screenxai.cli import main
@@ -33,9 +34,7 @@ pytestmark = pytest.mark.skipif(shutil.which("chromedriver") is None,
 
 @pytest.fixture(scope="module")
 def cluster_client():
-    workers = {"cpu": {"cls": Worker, "options": {"nthreads": 1}}}
-    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
-    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, Client(cluster) as client:
+    with in_process_cluster(gpu_worker=False) as client:
         yield client
 
 
