@@ -15,6 +15,8 @@ inert), trains a bundle with ``screenxai train``'s defaults (class column
 - negative controls: random directions (untrained MLPs on the same
   subspace) ranked by the same procedure, and a pseudo-treatment made of
   negative wells, which must be called inactive;
+- the learned directions alone (the run's contrast directions excluded),
+  ranked by the same procedure: what the contrast directions add;
 - UNet evaluations of the shared ranking cache and of naming.
 
 Results go to ``results/treatments_cpu.json`` under ``{preset}-seed{seed}``.
@@ -54,22 +56,28 @@ RESULTS = Path(__file__).parent / "results" / "treatments_cpu.json"
 SHUFFLED = "negative-wells"
 
 
-def random_direction_tracking(bundle_path: Path, wells: pd.DataFrame, truth: pd.DataFrame, run: Path,
-                              seed: int) -> pd.DataFrame:
-    """The treatment report of random directions ranked like the learned ones, scored on the run's embeddings."""
+def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd.DataFrame, seed: int,
+                    kind: str) -> pd.DataFrame:
+    """The treatment report of other directions ranked like the run's, scored on the run's embeddings.
+
+    ``kind`` ``random``: untrained MLPs on the same subspace, as many as the
+    run's directions (the negative control); ``learned``: the run's learned
+    directions without its contrast directions.
+    """
     bundle = load_bundle(bundle_path)
     learned, _ = load_directions(bundle_path / "explain")
     crops, table, _ = read_crop_cache(work_folder(bundle_path) / "cache")
     autoencoder = bundle["autoencoder"].eval()
     conditions = bundle_conditions(bundle)
     z = encode(autoencoder, crops)
-    directions = random_directions(z, learned.n_directions, seed=seed)
+    directions = random_directions(z, learned.n_directions, seed=seed) if kind == "random" else learned
+    excluded = frozenset(range(learned.n_learned, learned.n_directions)) if kind == "learned" else frozenset()
     negative = np.flatnonzero(table[conditions.class_column].astype(str).eq(conditions.negative).to_numpy())
     pick = np.random.default_rng(seed).permutation(negative)[:32]
     cache = build_cache(autoencoder, directions, crops[pick], 2.0, 10, 10)
     rows = []
     for target, treatment in enumerate(conditions.treatments, start=1):
-        selected = select_attributes(cache, target, 3, -1.0, 10, 10, axis_cosines(directions), 0.8)
+        selected = select_attributes(cache, target, 3, -1.0, 10, 10, axis_cosines(directions), 0.8, excluded)
         rows.append(selected.assign(treatment=treatment, name=""))
     attributes = pd.concat(rows, ignore_index=True)
     embeddings = pd.read_parquet(run / "embeddings")
@@ -78,9 +86,9 @@ def random_direction_tracking(bundle_path: Path, wells: pd.DataFrame, truth: pd.
     per_cell = pd.concat([embeddings[["plate", "well"]].astype(str).reset_index(drop=True), scores], axis=1)
     means = per_cell.groupby(["plate", "well"], as_index=False).mean().rename(
         columns=lambda c: f"mean_{c}" if c.startswith("attribute_") else c)
-    random_wells = wells[["plate", "well", "compound"]].merge(means, on=["plate", "well"])
+    other_wells = wells[["plate", "well", "compound"]].merge(means, on=["plate", "well"])
     planted = {t: f for t, f in TREATMENTS.items() if f}
-    return treatment_report(random_wells, attributes, truth, planted, NEGATIVE_CONTROL)
+    return treatment_report(other_wells, attributes, truth, planted, NEGATIVE_CONTROL)
 
 
 def shuffled_negative_call(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions) -> dict:
@@ -125,7 +133,8 @@ def main() -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results[f"{args.preset}-seed{args.seed}"] = record
     RESULTS.write_text(json.dumps(results, indent=2, default=float))
-    print(json.dumps({k: record[k] for k in ("factor_tracking", "random_directions_tracking", "activity_exact",
+    print(json.dumps({k: record[k] for k in ("factor_tracking", "random_directions_tracking",
+                                             "learned_directions_tracking", "activity_exact",
                                              "grouping_ari", "shuffled_negative_wells", "timings_s")},
                      indent=1, default=float))
 
@@ -153,7 +162,8 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
     treatments = pd.read_parquet(out / "treatments.parquet")
     planted = {t: f for t, f in TREATMENTS.items() if f}
     report = treatment_report(wells, attributes, truth, planted, NEGATIVE_CONTROL)
-    random = random_direction_tracking(work / "bundle", wells, truth, out, args.seed)
+    random = ranked_tracking(work / "bundle", out, wells, truth, args.seed, "random")
+    learned_only = ranked_tracking(work / "bundle", out, wells, truth, args.seed, "learned")
     bundle = load_bundle(work / "bundle")
     conditions = bundle_conditions(bundle)
     summary = bundle.config["provenance"]["training_summary"]
@@ -164,11 +174,12 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
                   "cells": int(wells["n_cells"].sum())},
         "classifier": summary["classifier"],
         "explain": json.loads((work / "bundle" / "explain" / "directions.json").read_text()).get("unet_evaluations"),
-        "attributes": attributes[["treatment", "rank", "attribute", "name", "mean_delta_p", "flip_rate",
+        "attributes": attributes[["treatment", "rank", "attribute", "source", "name", "mean_delta_p", "flip_rate",
                                   "dose_spearman", "robust_z_top_dose"]].to_dict(orient="records"),
         "treatments": treatments.to_dict(orient="records"),
         "factor_tracking": report.to_dict(orient="records"),
         "random_directions_tracking": random.to_dict(orient="records"),
+        "learned_directions_tracking": learned_only.to_dict(orient="records"),
         "activity_exact": all(bool(calls[t]) == bool(f) for t, f in TREATMENTS.items()),
         "grouping_ari": grouping_agreement(treatments, dict(MECHANISM_GROUPS)),
         "shuffled_negative_wells": shuffled_negative_call(with_layouts(wells, {}), attributes, conditions),

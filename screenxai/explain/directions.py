@@ -118,26 +118,40 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
 
 
 class Directions(nn.Module):
-    """K direction MLPs on the principal subspace of ``z_sem``, with their calibration.
+    """K directions on the principal subspace of ``z_sem``, with their calibration.
 
     The cells' latents occupy a few dimensions of ``z_sem``; an edit off that
-    subspace leaves the data. So each MLP reads the whitened principal
-    coordinates ``u = (z - mean) V^T / sd`` of a latent (``rank`` of them)
-    and proposes a change in those coordinates, mapped back to ``z_sem``.
+    subspace leaves the data. So each learned direction is an MLP that reads
+    the whitened principal coordinates ``u = (z - mean) V^T / sd`` of a
+    latent (``rank`` of them) and proposes a change in those coordinates,
+    mapped back to ``z_sem``. The last ``n_linear`` directions are fixed unit
+    vectors of ``z_sem`` (``linear``), the same at every latent (see
+    ``screenxai.explain.contrast``); the first ``n_directions - n_linear``
+    are learned.
     """
 
-    def __init__(self, z_dim: int, n_directions: int, hidden: int = 64, rank: int | None = None) -> None:
+    def __init__(self, z_dim: int, n_directions: int, hidden: int = 64, rank: int | None = None,
+                 n_linear: int = 0) -> None:
         super().__init__()
         rank = z_dim if rank is None else rank
         if not 1 <= rank <= z_dim:
             raise ValueError(f"subspace rank must lie in 1..{z_dim}, got {rank}")
+        if not 0 <= n_linear <= n_directions:
+            raise ValueError(f"n_linear must lie in 0..{n_directions}, got {n_linear}")
         self.z_dim, self.n_directions, self.hidden, self.rank = z_dim, n_directions, hidden, rank
-        self.nets = nn.ModuleList(_mlp(rank, hidden, rank) for _ in range(n_directions))
+        self.n_linear = n_linear
+        self.nets = nn.ModuleList(_mlp(rank, hidden, rank) for _ in range(n_directions - n_linear))
         self.register_buffer("mean", torch.zeros(z_dim))
         self.register_buffer("components", torch.eye(rank, z_dim))
         self.register_buffer("sd", torch.ones(rank))
+        self.register_buffer("linear", torch.zeros(n_linear, z_dim))
         self.register_buffer("axes", torch.zeros(n_directions, z_dim))
         self.register_buffer("scales", torch.ones(n_directions))
+
+    @property
+    def n_learned(self) -> int:
+        """How many directions are MLPs (the first ones)."""
+        return self.n_directions - self.n_linear
 
     def _check(self, z: torch.Tensor, k: int) -> None:
         if z.ndim != 2 or z.shape[1] != self.z_dim:
@@ -163,6 +177,8 @@ class Directions(nn.Module):
     def direction(self, z: torch.Tensor, k: int) -> torch.Tensor:
         """Unit vectors ``d_k(z)`` in ``z_sem`` (N, z_dim), inside the principal subspace."""
         self._check(z, k)
+        if k >= self.n_learned:
+            return self.linear[k - self.n_learned].expand(len(z), -1)
         change = F.normalize(self.nets[k](self.whiten(z)), dim=1)
         return F.normalize((change * self.sd) @ self.components, dim=1)
 
@@ -185,6 +201,24 @@ class Directions(nn.Module):
             self.axes[k].copy_(axis)
             self.scales[k] = ((z - self.mean) @ axis).std().clamp_min(1e-8)
         return self
+
+    @torch.no_grad()
+    def with_linear(self, vectors: torch.Tensor) -> Directions:
+        """A copy with the fixed directions ``vectors`` (M, z_dim) appended after the learned ones, uncalibrated.
+
+        Each vector is made a unit vector inside the principal subspace.
+        """
+        if vectors.ndim != 2 or vectors.shape[1] != self.z_dim:
+            raise ValueError(f"expected vectors of shape (M, {self.z_dim}), got {tuple(vectors.shape)}")
+        vectors = vectors.to(self.mean.device, self.mean.dtype)
+        inside = F.normalize((vectors @ self.components.T) @ self.components, dim=1)
+        extended = Directions(self.z_dim, self.n_directions + len(vectors), self.hidden, self.rank,
+                              self.n_linear + len(vectors)).to(self.mean.device)
+        extended.nets.load_state_dict(self.nets.state_dict())
+        for name in ("mean", "components", "sd"):
+            getattr(extended, name).copy_(getattr(self, name))
+        extended.linear.copy_(torch.cat([self.linear, inside]))
+        return extended
 
     def axis_agreement(self, z: torch.Tensor) -> torch.Tensor:
         """Mean cosine of ``d_k(z)`` with its mean axis, per direction (1: the direction is the same everywhere)."""

@@ -1,7 +1,8 @@
 """Fit the explanations of a screen: directions, then per treatment distinct, named attributes.
 
-One set of directions is learned on the training cells' latents. The
-negative-control cells to rank on are inverted once and decoded once per
+One set of directions is learned on the training cells' latents, and one
+contrast direction per treatment is added (``screenxai.explain.contrast``).
+The negative-control cells to rank on are inverted once and decoded once per
 (direction, sign); the cache holds every class's probability, so each
 treatment's ranking reads the same decodes. A treatment's kept attributes
 are distinct changes: a direction along the axis of one already kept
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from screenxai.explain.counterfactuals import make_counterfactuals
+from screenxai.explain.contrast import with_contrast_directions
 from screenxai.explain.directions import DirectionConfig, Directions, classifier_guide, learn_directions
 from screenxai.explain.naming import name_attributes
 from screenxai.explain.ranking import axis_cosines, build_cache, nearest_better_attribute, select_attributes
@@ -40,7 +42,9 @@ class ExplainSettings:
     directions, in a screen of several treatments each direction rewarded
     for moving cells towards one treatment (``DirectionConfig.target_classes``).
     ``max_cosine``: kept attributes of a treatment have mean axes with
-    |cosine| below it.
+    |cosine| below it. ``contrast``: each treatment's contrast direction
+    (its cells' linear discriminant against the negative control) joins the
+    learned ones as a candidate.
     """
 
     n_directions: int = 10
@@ -48,6 +52,7 @@ class ExplainSettings:
     n_attributes: int = 3
     shown_cells: int = 16
     guided: bool = True
+    contrast: bool = True
     max_cosine: float = 0.8
     alpha: float = 2.0
     steps_inv: int = 10
@@ -95,8 +100,12 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     guided = settings.guided and autoencoder.aux_decoder is not None
     config = direction_config(settings, len(class_names), guided)
     guide = classifier_guide(autoencoder) if guided else None
-    directions = learn_directions(encode(autoencoder, crops[training_rows]), config, guide=guide,
-                                  on_epoch=lambda done, total: step("directions", done, total))
+    z = encode(autoencoder, crops[training_rows])
+    directions = learn_directions(z, config, guide=guide, on_epoch=lambda done, total: step("directions", done, total))
+    contrasted: list[int] = []
+    if settings.contrast:
+        directions, contrasted = with_contrast_directions(directions, z, labels[training_rows],
+                                                          list(range(1, len(class_names))))
     source = np.flatnonzero((labels == 0) & training_rows)
     if len(source) == 0:
         raise ValueError(f"no training cell of the negative class {class_names[0]!r} to rank attributes on")
@@ -110,10 +119,20 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     named = _name_candidates(autoencoder, directions, candidates, crops[shown], channel_names, nuclear_channel,
                              step)
     attributes = _keep_distinct(named, directions, settings.n_attributes)
+    attributes.insert(attributes.columns.get_loc("name"), "source",
+                      attributes["direction"].map(_direction_sources(directions, contrasted, class_names)))
     evaluations = {"ranking": ranked - before, "naming": autoencoder.unet_evaluations - ranked,
                    "reference": int(attributes["reference_unet_evaluations"].sum()),
                    "treatments": len(class_names) - 1}
     return Explanations(directions, attributes, config, guided, evaluations)
+
+
+def _direction_sources(directions: Directions, contrasted: Sequence[int],
+                       class_names: Sequence[str]) -> dict[int, str]:
+    """What each direction is: ``learned``, or ``contrast <treatment>`` for a treatment's contrast direction."""
+    sources = {k: "learned" for k in range(directions.n_learned)}
+    sources.update({directions.n_learned + i: f"contrast {class_names[c]}" for i, c in enumerate(contrasted)})
+    return sources
 
 
 def _treatment_candidates(cache, directions: Directions, class_names: Sequence[str],
@@ -161,9 +180,10 @@ def _keep_distinct(candidates: pd.DataFrame, directions: Directions, n_attribute
 
 def as_records(explanations: Explanations) -> dict:
     """The summary of the explain stage for the bundle's training summary (JSON-ready)."""
-    columns = ["treatment", "rank", "attribute", "direction", "sign", "mean_delta_p", "flip_rate", "nearest_rank",
+    columns = ["treatment", "rank", "attribute", "direction", "source", "sign", "mean_delta_p", "flip_rate", "nearest_rank",
                "nearest_cosine", "name", "changes"]
     return {"attributes": explanations.attributes[columns].to_dict(orient="records"),
             "guided": explanations.guided, "n_directions": explanations.directions.n_directions,
+            "n_contrast_directions": explanations.directions.n_linear,
             "unet_evaluations": explanations.unet_evaluations}
 

@@ -20,7 +20,8 @@ from screenxai.io import atomic_folder
 
 WEIGHTS = "directions.safetensors"
 CONFIG = "directions.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 has no fixed (contrast) directions
 
 
 def _plain(value: object) -> object:
@@ -39,7 +40,7 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
     tensors = {name: value.detach().cpu().contiguous() for name, value in directions.state_dict().items()}
     records = [{k: _plain(v) for k, v in row.items()} for row in attributes.to_dict(orient="records")]
     meta = {"format_version": FORMAT_VERSION, "z_dim": directions.z_dim, "n_directions": directions.n_directions,
-            "hidden": directions.hidden, "rank": directions.rank,
+            "hidden": directions.hidden, "rank": directions.rank, "n_linear": directions.n_linear,
             "config": config.to_dict() if config is not None else None, "guided": guided,
             "unet_evaluations": unet_evaluations, "attributes": records}
     with atomic_folder(directory) as building:  # a crash leaves the old directions or the new, whole
@@ -55,9 +56,10 @@ def load_directions(directory: str | Path) -> tuple[Directions, pd.DataFrame]:
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found: no directions were saved in {directory}")
     meta = json.loads((directory / CONFIG).read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READABLE_VERSIONS:
         raise ValueError(f"{directory / CONFIG} has format version {meta.get('format_version')}, "
-                         f"expected {FORMAT_VERSION}")
-    directions = Directions(meta["z_dim"], meta["n_directions"], meta["hidden"], meta["rank"])
+                         f"expected one of {list(READABLE_VERSIONS)}")
+    directions = Directions(meta["z_dim"], meta["n_directions"], meta["hidden"], meta["rank"],
+                            meta.get("n_linear", 0))
     directions.load_state_dict(load_file(directory / WEIGHTS))
     return directions.eval().requires_grad_(False), pd.DataFrame(meta["attributes"])
