@@ -15,6 +15,8 @@ inert), trains a bundle with ``screenxai train``'s defaults (class column
 - negative controls: random directions (untrained MLPs on the same
   subspace) ranked by the same procedure, and a pseudo-treatment made of
   negative wells, which must be called inactive;
+- references on the same wells: the cell-table feature that measures each
+  planted factor, the classifier's odds of the treatment, and the dose;
 - the learned directions alone (the run's contrast directions excluded),
   ranked by the same procedure: what the contrast directions add;
 - UNet evaluations of the shared ranking cache and of naming.
@@ -36,24 +38,23 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.stats import spearmanr
 from distributed import Client, LocalCluster
 
 from screenxai.explain import load_directions, random_directions, scores_from_latents
 from screenxai.explain.ranking import axis_cosines, build_cache, select_attributes
-from screenxai.explain.validation import grouping_agreement, treatment_report
+from screenxai.explain.validation import (FACTOR_FEATURES, grouping_agreement, pseudo_treatment_call, treatment_report,
+                                          well_truth)
 from screenxai.models.bundle import load_bundle
 from screenxai.models.latent_checks import encode
 from screenxai.pipeline.crop_cache import read_crop_cache
 from screenxai.pipeline.run import bundle_conditions, run_cells
 from screenxai.pipeline.summary import with_layouts
 from screenxai.pipeline.train_job import TrainSettings, train, work_folder
-from screenxai.pipeline.treatments import treatment_tables
-from screenxai.plate.conditions import Conditions
 from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import MECHANISM_GROUPS, NEGATIVE_CONTROL, TREATMENTS, simulate_screen
 
 RESULTS = Path(__file__).parent / "results" / "treatments_cpu.json"
-SHUFFLED = "negative-wells"
 
 
 def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd.DataFrame, seed: int,
@@ -91,21 +92,34 @@ def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd
     return treatment_report(other_wells, attributes, truth, planted, NEGATIVE_CONTROL)
 
 
-def shuffled_negative_call(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions) -> dict:
-    """Half of the negative wells relabelled as a pseudo-treatment (same dose indices as a real one): its call."""
-    negatives = wells.index[wells["compound"] == conditions.negative]
-    fake = negatives[::2]
-    relabelled = wells.copy()
-    relabelled.loc[fake, "compound"] = SHUFFLED
-    relabelled.loc[fake, "dose_index"] = np.resize(sorted(wells["dose_index"].unique())[1:], len(fake))
-    relabelled.loc[fake, "dose"] = relabelled.loc[fake, "dose_index"].astype(float)
-    first = attributes[attributes["treatment"] == conditions.treatments[0]]
-    extended = pd.concat([attributes, first.assign(treatment=SHUFFLED)], ignore_index=True)
-    shuffled = Conditions(conditions.class_column, conditions.negative, (*conditions.treatments, SHUFFLED))
-    tables = treatment_tables(relabelled, extended, shuffled, {})
-    row = tables.treatments.set_index("treatment").loc[SHUFFLED]
-    return {"wells": len(fake), "active": bool(row["active"]), "activity_z": float(row["activity_z"]),
-            "null_z": float(row["null_z"])}
+def reference_tracking(run: Path, wells: pd.DataFrame, truth: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
+    """What other per-well readouts reach on the same wells: the factor's measured feature, the classifier, the dose.
+
+    Per (treatment, planted factor): |Spearman| against the factor's well
+    means of the well means of the cell-table feature that measures it
+    (``FACTOR_FEATURES``' first), of the classifier's odds of the treatment
+    against the negative control ``p_t / (p_t + p_0)``, and of the dose.
+    """
+    cells = pd.read_parquet(run / "cells")
+    column = {name: f"p_{name}".replace("-", "_") for name in class_names}
+    negative = class_names[0]
+    planted = {t: f for t, f in TREATMENTS.items() if f}
+    truth_wells = well_truth(truth, sorted({f for fs in planted.values() for f in fs}))
+    rows = []
+    for treatment, factors in planted.items():
+        odds = cells[column[treatment]] / (cells[column[treatment]] + cells[column[negative]])
+        readouts = cells[["plate", "well"]].assign(odds=odds).groupby(["plate", "well"], as_index=False)["odds"].mean()
+        for factor in factors:
+            feature = FACTOR_FEATURES[factor][0]
+            measured = cells.groupby(["plate", "well"], as_index=False)[feature].mean()
+            joined = (wells[["plate", "well", "compound", "dose"]].merge(truth_wells, on=["plate", "well"])
+                      .merge(readouts, on=["plate", "well"]).merge(measured, on=["plate", "well"]))
+            used = joined[joined["compound"].isin([treatment, negative])]
+            rows.append({"treatment": treatment, "factor": factor, "feature": feature,
+                         **{name: float(abs(spearmanr(used[value], used[factor]).statistic))
+                            for name, value in (("measured_feature", feature), ("classifier_odds", "odds"),
+                                                ("dose", "dose"))}})
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -134,7 +148,7 @@ def main() -> None:
     results[f"{args.preset}-seed{args.seed}"] = record
     RESULTS.write_text(json.dumps(results, indent=2, default=float))
     print(json.dumps({k: record[k] for k in ("factor_tracking", "random_directions_tracking",
-                                             "learned_directions_tracking", "activity_exact",
+                                             "learned_directions_tracking", "reference_tracking", "activity_exact",
                                              "grouping_ari", "shuffled_negative_wells", "timings_s")},
                      indent=1, default=float))
 
@@ -180,9 +194,11 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
         "factor_tracking": report.to_dict(orient="records"),
         "random_directions_tracking": random.to_dict(orient="records"),
         "learned_directions_tracking": learned_only.to_dict(orient="records"),
+        "reference_tracking": reference_tracking(out, wells, truth, list(conditions.class_names)).to_dict(
+            orient="records"),
         "activity_exact": all(bool(calls[t]) == bool(f) for t, f in TREATMENTS.items()),
         "grouping_ari": grouping_agreement(treatments, dict(MECHANISM_GROUPS)),
-        "shuffled_negative_wells": shuffled_negative_call(with_layouts(wells, {}), attributes, conditions),
+        "shuffled_negative_wells": pseudo_treatment_call(with_layouts(wells, {}), attributes, conditions),
         "timings_s": timings,
         "hardware": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, torch "
                     f"{torch.__version__}",

@@ -205,6 +205,9 @@ LOG_EVERY_S = 30.0
 GUIDED_OPTION = click.option("--guided/--unguided", default=True, show_default=True,
                              help="Learn classifier-guided attribute directions, or plain contrastive ones "
                                   "(see benchmarks/README.md).")
+CONTRAST_OPTION = click.option("--contrast/--no-contrast", default=True, show_default=True,
+                               help="Add each treatment's contrast direction (its mean change from the negative "
+                                    "control, scored by a linear discriminant) to the learned directions.")
 
 
 class LogProgress:
@@ -309,11 +312,12 @@ def _train_for_run(plates, out: Path, client, console, settings) -> Path:
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @click.option("--keep-work", is_flag=True, help="Keep the crop cache and checkpoints (OUT.work) after success.")
 @GUIDED_OPTION
+@CONTRAST_OPTION
 @cluster_options
 def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str | None, classes: str | None,
           top_doses: int, preset: str, stages: str, wells: str | None, max_cells_per_well: int,
           nuclear_channel: str | None, seed: int, scheduler: str | None, workers: int | None, keep_work: bool,
-          guided: bool, **cluster) -> None:
+          guided: bool, contrast: bool, **cluster) -> None:
     """Train the classifier and the diffusion autoencoder on cells of PLATES; write a model bundle to OUT.
 
     Cells are cut by Dask workers into a crop cache, then training runs as
@@ -342,7 +346,8 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         class_names=tuple(c.strip() for c in (classes or "").split(",") if c.strip()), top_dose_levels=top_doses,
         seed=seed,
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
-        wells={p.name: selected for p in opened} if selected else None, explain_guided=guided)
+        wells={p.name: selected for p in opened} if selected else None, explain_guided=guided,
+        explain_contrast=contrast)
 
     with connect(scheduler, workers, **cluster) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
@@ -384,7 +389,7 @@ def interpret(bundle: Path, plates: tuple[Path, ...], layout: Path | None, max_c
 
 
 def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well: int, seed: int,
-                           guided: bool = True):
+                           guided: bool = True, contrast: bool = True):
     """Settings that run one later stage on the bundle's own training wells, preset and classes."""
     from screenxai.models.bundle import load_bundle
     from screenxai.pipeline.train_job import TrainSettings
@@ -401,7 +406,8 @@ def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well:
                                f"(its plates: {sorted(wells)}); use the training plates")
     return TrainSettings(preset=provenance["preset"], stages=(stage,), class_column=loaded.config["class_column"],
                          class_names=loaded.class_names, seed=seed, max_cells_per_well=max_cells_per_well,
-                         wells={p.name: wells[p.name] for p in opened}, explain_guided=guided)
+                         wells={p.name: wells[p.name] for p in opened}, explain_guided=guided,
+                         explain_contrast=contrast)
 
 
 @main.command()
@@ -416,9 +422,10 @@ def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well:
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @GUIDED_OPTION
+@CONTRAST_OPTION
 def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | None, wells: str | None,
             exemplars: int, max_cells_per_well: int, seed: int, scheduler: str | None, workers: int | None,
-            guided: bool) -> None:
+            guided: bool, contrast: bool) -> None:
     """Find the attributes that change BUNDLE's classifier, name them, and score and render them on PLATES.
 
     Learns latent directions on the training wells' cells, ranks them by
@@ -434,7 +441,7 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
     from screenxai.pipeline.train_job import train as train_job
 
     opened = open_plates(plates, layout=layout)
-    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided)
+    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided, contrast)
     selected = [w.strip() for w in wells.split(",")] if wells else None
     with connect(scheduler, workers) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
@@ -449,7 +456,9 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
 def _print_attributes(explain: dict) -> None:
     kind = "classifier-guided" if explain["guided"] else "unguided"
     cost = explain["unet_evaluations"]
-    click.echo(f"attributes ({kind}, {explain['n_directions']} directions; {cost['ranking']} UNet evaluations rank "
+    contrast = explain.get("n_contrast_directions", 0)
+    click.echo(f"attributes ({kind}, {explain['n_directions'] - contrast} learned and {contrast} contrast directions; "
+               f"{cost['ranking']} UNet evaluations rank "
                f"them for all {cost['treatments']} treatment(s) at once, {cost['naming']} name them; the reference "
                f"procedure would rank with {cost['reference']}):")
     for treatment in dict.fromkeys(row["treatment"] for row in explain["attributes"]):

@@ -1,6 +1,8 @@
-"""Contrast directions: each treatment's linear discriminant against the negative control, as fixed directions."""
+"""Contrast directions: each treatment's mean shift (the edit) and linear discriminant (the score) in ``z_sem``."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -15,20 +17,21 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="module")
-def screen() -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor]:
+def screen() -> tuple[torch.Tensor, np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Latents of a negative class and two treatments in a 4-dimensional subspace of a 16-dimensional space.
 
-    Treatment 1 shifts cells along ``first``, treatment 2 along ``second``; a
-    nuisance axis with four times the spread is shifted by neither.
+    Treatment 1 shifts cells by 1.5 along ``first`` and by 1.5 along a
+    ``nuisance`` axis whose spread is four times larger; treatment 2 shifts
+    them by -1.5 along ``second``.
     """
     gen = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(16, 4, generator=gen))[0].T  # orthonormal rows
     first, second, nuisance = basis[0], basis[1], basis[2]
     labels = np.repeat([0, 1, 2], 300)
     z = torch.randn(900, 4, generator=gen) @ basis + 4 * torch.randn(900, 1, generator=gen) * nuisance
-    z[labels == 1] += 1.5 * first
+    z[labels == 1] += 1.5 * first + 1.5 * nuisance
     z[labels == 2] -= 1.5 * second
-    return z + 0.01 * torch.randn(900, 16, generator=gen), labels, first, second
+    return z + 0.01 * torch.randn(900, 16, generator=gen), labels, first, second, nuisance
 
 
 @pytest.fixture(scope="module")
@@ -37,26 +40,35 @@ def learned(screen):
     return learn_directions(z, DirectionConfig(n_directions=2, epochs=1, steps_per_epoch=5))
 
 
-def test_each_treatment_gets_a_unit_vector_along_its_own_shift(screen, learned):
-    z, labels, first, second = screen
-    vectors, classes = contrast_vectors(learned, z, labels, [1, 2])
+def test_the_edit_is_the_mean_shift_and_the_score_discounts_a_wide_nuisance(screen, learned):
+    """Treatment 1's edit follows its whole shift; its score leans on the narrow axis, not the wide one."""
+    z, labels, first, second, nuisance = screen
+    edits, axes, classes = contrast_vectors(learned, z, labels, [1, 2])
     assert classes == [1, 2]
-    assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
-    assert float(vectors[0] @ first) >= 0.95, vectors @ first
-    assert float(vectors[1] @ second) <= -0.95, vectors @ second  # pointing from the negative to the treatment
-    off_subspace = vectors - (vectors @ learned.components.T) @ learned.components
-    assert off_subspace.norm(dim=1).max() < 1e-4
+    for vectors in (edits, axes):
+        assert torch.allclose(vectors.norm(dim=1), torch.ones(2), atol=1e-5)
+        off_subspace = vectors - (vectors @ learned.components.T) @ learned.components
+        assert off_subspace.norm(dim=1).max() < 1e-4
+    shift = torch.nn.functional.normalize(first + nuisance, dim=0)
+    assert float(edits[0] @ shift) >= 0.95, edits[0] @ shift
+    assert float(axes[0] @ first) >= 0.9 and float((axes[0] @ nuisance).abs()) <= 0.3, axes[0] @ basis_of(screen)
+    assert float(edits[1] @ second) <= -0.95 and float(axes[1] @ second) <= -0.95  # towards the treatment
 
 
-def test_projection_on_a_contrast_direction_is_the_discriminant_score(screen, learned):
-    """A cell's position along the direction orders cells as the discriminant's decision function does."""
+def basis_of(screen) -> torch.Tensor:
+    _, _, first, second, nuisance = screen
+    return torch.stack([first, second, nuisance]).T
+
+
+def test_the_score_is_the_discriminant(screen, learned):
+    """A cell's score on a contrast direction orders cells as the discriminant's decision function does."""
     z, labels, *_ = screen
     extended, _ = with_contrast_directions(learned, z, labels, [1])
     rows = labels <= 1
     u = learned.whiten(z).numpy()
-    decision = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(u[rows], labels[rows]).decision_function(u)
+    lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(u[rows], labels[rows])
     projection = extended.project(z)[:, extended.n_learned].numpy()
-    assert np.corrcoef(projection, decision)[0, 1] > 0.999
+    assert np.corrcoef(projection, lda.decision_function(u))[0, 1] > 0.999
 
 
 def test_contrast_directions_are_fixed_calibrated_and_leave_the_learned_ones_alone(screen, learned):
@@ -65,21 +77,21 @@ def test_contrast_directions_are_fixed_calibrated_and_leave_the_learned_ones_alo
     assert (extended.n_directions, extended.n_linear, extended.n_learned) == (4, 2, 2)
     for k in range(learned.n_directions):
         assert torch.equal(extended.direction(z[:8], k), learned.direction(z[:8], k))
-    for k in range(2, 4):
-        d = extended.direction(z[:8], k)
-        assert torch.allclose(d, d[:1].expand(8, -1))
-        assert torch.allclose(extended.axes[k], d[0])
+        assert torch.allclose(extended.project(z)[:, k], learned.project(z)[:, k], atol=1e-4)
     assert torch.allclose(extended.project(z).std(0), torch.ones(4), atol=1e-3)
-    edited = extended.edit(z[:8], 3, 2.0)
-    assert torch.allclose((edited - z[:8]).norm(dim=1), 2 * extended.scales[3].expand(8), atol=1e-4)
+    edits, _, _ = contrast_vectors(learned, z, labels, [1, 2])
+    for k in range(2, 4):
+        edited = extended.edit(z[:8], k, 2.0)
+        assert torch.allclose(edited - z[:8], (2 * extended.edit_scales[k] * edits[k - 2]).expand(8, -1), atol=1e-5)
+        assert torch.isclose(extended.edit_scales[k], ((z - z.mean(0)) @ edits[k - 2]).std(), rtol=1e-4)
 
 
 def test_a_class_with_too_few_cells_gets_no_direction(screen, learned):
     z, labels, *_ = screen
     sparse = labels.copy()
     sparse[np.flatnonzero(labels == 2)[MIN_CELLS - 1:]] = -1
-    vectors, classes = contrast_vectors(learned, z, sparse, [1, 2])
-    assert classes == [1] and vectors.shape == (1, 16)
+    edits, axes, classes = contrast_vectors(learned, z, sparse, [1, 2])
+    assert classes == [1] and edits.shape == axes.shape == (1, 16)
     with pytest.raises(ValueError, match="labels"):
         contrast_vectors(learned, z, labels[:-1], [1])
 
@@ -92,4 +104,22 @@ def test_contrast_directions_survive_the_store(screen, learned, tmp_path):
     loaded, _ = load_directions(tmp_path / "explain")
     assert loaded.n_linear == 2
     assert torch.equal(loaded.project(z[:10]), extended.project(z[:10]))
-    assert torch.equal(loaded.direction(z[:3], 3), extended.direction(z[:3], 3))
+    assert torch.equal(loaded.edit(z[:3], 3, 1.0), extended.edit(z[:3], 3, 1.0))
+
+
+def test_directions_saved_before_contrast_directions_still_load(learned, screen, tmp_path):
+    """A version-1 store (learned directions only, no edit scales) loads and edits as it did."""
+    z, *_ = screen
+    save_directions(learned, pd.DataFrame({"rank": [1], "direction": [0], "sign": [1]}), tmp_path / "explain")
+    from safetensors.torch import load_file, save_file
+    weights = tmp_path / "explain" / "directions.safetensors"
+    tensors = {k: v for k, v in load_file(weights).items() if k not in ("linear", "linear_axes", "edit_scales")}
+    save_file(tensors, weights)
+    meta_path = tmp_path / "explain" / "directions.json"
+    meta = json.loads(meta_path.read_text())
+    meta["format_version"] = 1
+    del meta["n_linear"]
+    meta_path.write_text(json.dumps(meta))
+    loaded, _ = load_directions(tmp_path / "explain")
+    assert loaded.n_linear == 0
+    assert torch.allclose(loaded.edit(z[:5], 1, 2.0), learned.edit(z[:5], 1, 2.0))

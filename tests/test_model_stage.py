@@ -291,8 +291,8 @@ def test_the_default_local_cluster_has_one_single_threaded_worker_per_core_witho
         assert worker_device(0) == "cpu"
 
 
-def test_explain_command_learns_unguided_attributes_into_the_bundle_and_renders_exemplars(plate, cluster_client,
-                                                                                         tmp_path):
+def test_explain_command_learns_unguided_attributes_without_contrast_into_the_bundle_and_renders_exemplars(
+        plate, cluster_client, tmp_path):
     import xarray as xr
     from click.testing import CliRunner
 
@@ -305,11 +305,13 @@ def test_explain_command_learns_unguided_attributes_into_the_bundle_and_renders_
                                                              check_steps=2))
         assert not (bundle / "explain").exists()
         result = CliRunner().invoke(main, ["explain", str(bundle), plate.url, "-o", str(tmp_path / "out"),
-                                           "--exemplars", "2", "--max-cells-per-well", "30", "--unguided",
+                                           "--exemplars", "2", "--max-cells-per-well", "30", "--unguided", "--no-contrast",
                                            "--scheduler", cluster_client.scheduler.address])
     assert result.exit_code == 0, result.output
-    assert "attributes (unguided, 10 directions;" in result.output and "    1. " in result.output
+    assert "attributes (unguided, 10 learned and 0 contrast directions;" in result.output
+    assert "    1. " in result.output
     stored = json.loads((bundle / "explain" / "directions.json").read_text())
-    assert stored["guided"] is False and stored["config"]["n_directions"] == 10
+    assert stored["guided"] is False and stored["config"]["n_directions"] == 10 and stored["n_linear"] == 0
+    assert set(pd.read_parquet(tmp_path / "out" / "attributes.parquet")["source"]) == {"learned"}
     assert len(pd.read_parquet(tmp_path / "out" / "attributes.parquet")) >= 1
     assert xr.open_zarr(tmp_path / "out" / "counterfactuals.zarr").sizes["cell"] == 4

@@ -19,7 +19,10 @@ import xarray as xr
 from conftest import documented_columns
 from screenxai.explain import load_directions
 from screenxai.explain.ranking import axis_cosines
+from screenxai.explain.validation import pseudo_treatment_call
 from screenxai.models.bundle import load_bundle
+from screenxai.pipeline.run import bundle_conditions
+from screenxai.pipeline.summary import with_layouts
 from screenxai.plate.simulate import NEGATIVE_CONTROL, TREATMENTS
 
 
@@ -62,6 +65,26 @@ def test_ranking_every_treatment_costs_one_cache(run):
     assert summary["unet_evaluations"]["ranking"] == n * steps + n * 2 * k * steps
     assert summary["unet_evaluations"]["treatments"] == len(TREATMENTS)
     assert k >= 2 * len(TREATMENTS)
+
+
+def test_every_treatment_gets_a_contrast_direction_recorded_as_the_source(run):
+    """One contrast direction per treatment after the learned ones; each attribute says which kind it uses."""
+    directions, _ = load_directions(run.bundle / "explain")
+    attributes = pd.read_parquet(run.out / "attributes.parquet")
+    assert directions.n_linear == len(TREATMENTS)
+    contrast = {directions.n_learned + i: f"contrast {t}" for i, t in enumerate(sorted(TREATMENTS))}
+    expected = attributes["direction"].map(lambda k: contrast.get(k, "learned"))
+    assert attributes["source"].tolist() == expected.tolist()
+
+
+def test_inert_treatment_and_a_pseudo_treatment_of_negative_wells_are_inactive_and_the_others_active(run):
+    """Activity calls against the planted truth, and the negative control of a treatment made of negative wells."""
+    calls = pd.read_parquet(run.out / "treatments.parquet").set_index("treatment")["active"]
+    assert calls.to_dict() == {t: bool(factors) for t, factors in TREATMENTS.items()}
+    wells = with_layouts(pd.read_parquet(run.out / "wells.parquet"), {})
+    attributes = pd.read_parquet(run.out / "attributes.parquet")
+    pseudo = pseudo_treatment_call(wells, attributes, bundle_conditions(load_bundle(run.bundle)))
+    assert not pseudo["active"], pseudo
 
 
 def test_wells_carry_every_attribute_ids_mean_sd_and_robust_z(run):

@@ -1,18 +1,24 @@
-"""Contrast directions: for each treatment, the linear discriminant of its cells against the negative control in ``z_sem``.
+"""Contrast directions: for each treatment, its mean change in ``z_sem`` and the discriminant that detects it.
 
 Directions learned contrastively make K distinct, consistent edits, but
 nothing makes one of them the change a given treatment makes: on a screen
 of several mechanisms a treatment's effect is usually spread over several
 of them, and a cell's position along any one axis follows the dose only in
-part. DiffAE edits an attribute by moving ``z_sem`` along the weight of a
-linear classifier of that attribute; a contrast direction is that move for
-a treatment: the gradient, in ``z_sem``, of a shrinkage linear discriminant
-(scikit-learn, Ledoit-Wolf shrinkage) between the treatment's training cells
-and the negative control's, fitted in the whitened principal coordinates
-the learned directions use. A cell's projection on it is the discriminant's
-score, so its well means order the wells by how far they moved along the
-treatment's own change. Contrast directions are candidates like any other:
-the ranking keeps them only where they move the classifier.
+part. A contrast direction is the treatment's own change, in two parts:
+
+- the edit moves a latent along the treatment's mean shift, from the
+  negative control's training cells to the treatment's (as DiffAE moves
+  ``z_sem`` along an attribute), so its counterfactual adds the treatment's
+  average effect;
+- the score is the gradient, in ``z_sem``, of a shrinkage linear
+  discriminant (scikit-learn, Ledoit-Wolf shrinkage) between the same
+  cells, fitted in the whitened principal coordinates: under a shift of
+  the mean it is the statistic that detects the shift best, where a
+  projection on the shift itself is dominated by the latents' largest
+  spreads.
+
+Contrast directions are candidates like any other: the ranking keeps one
+only where its edit moves the classifier towards a treatment.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from torch.nn import functional as F
 
 from screenxai.explain.directions import Directions
 
@@ -27,19 +34,20 @@ MIN_CELLS = 10  # cells each side needs for a discriminant with a spread
 
 
 def contrast_vectors(directions: Directions, z: torch.Tensor, labels: np.ndarray,
-                     classes: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """Unit vectors of ``z_sem`` (M, z_dim), one per class of ``classes`` with enough cells, and those classes.
+                     classes: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """Edits and scoring axes (each (M, z_dim), unit vectors), one per class of ``classes`` with enough cells.
 
-    ``labels`` holds each latent's class (0: the negative control). Each
-    vector points from the negative control towards its class; a class with
-    fewer than ``MIN_CELLS`` cells (or a negative control with fewer) gets
-    none.
+    ``labels`` holds each latent's class (0: the negative control). Both
+    vectors of a class point from the negative control towards it; a class
+    with fewer than ``MIN_CELLS`` cells (or a negative control with fewer)
+    gets none. Also returns the classes that got one.
     """
     if len(labels) != len(z):
         raise ValueError(f"{len(labels)} labels for {len(z)} latents")
-    u = directions.whiten(z.to(directions.mean.device).float()).cpu().numpy().astype(np.float64)
+    z = z.to(directions.mean.device).float()
+    u = directions.whiten(z).cpu().numpy().astype(np.float64)
     negative = labels == 0
-    vectors, kept = [], []
+    edits, axes, kept = [], [], []
     for target in classes:
         treated = labels == target
         if target == 0 or treated.sum() < MIN_CELLS or negative.sum() < MIN_CELLS:
@@ -47,16 +55,19 @@ def contrast_vectors(directions: Directions, z: torch.Tensor, labels: np.ndarray
         rows = negative | treated
         lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(u[rows], treated[rows])
         weight = torch.as_tensor(lda.coef_[0], dtype=directions.sd.dtype, device=directions.sd.device)
-        vectors.append(torch.nn.functional.normalize((weight / directions.sd) @ directions.components, dim=0))
+        axes.append(F.normalize((weight / directions.sd) @ directions.components, dim=0))
+        shift = z[torch.as_tensor(treated, device=z.device)].mean(0) - z[torch.as_tensor(negative, device=z.device)].mean(0)
+        edits.append(F.normalize((shift @ directions.components.T) @ directions.components, dim=0))
         kept.append(int(target))
-    if not vectors:
-        return torch.zeros(0, directions.z_dim), kept
-    return torch.stack(vectors).cpu(), kept
+    if not kept:
+        empty = torch.zeros(0, directions.z_dim)
+        return empty, empty, kept
+    return torch.stack(edits).cpu(), torch.stack(axes).cpu(), kept
 
 
 def with_contrast_directions(directions: Directions, z: torch.Tensor, labels: np.ndarray,
                              classes: list[int]) -> tuple[Directions, list[int]]:
     """``directions`` with a contrast direction per class appended and all calibrated on ``z``; and those classes."""
-    vectors, kept = contrast_vectors(directions, z, labels, classes)
-    extended = directions.with_linear(vectors).eval().requires_grad_(False)
+    edits, axes, kept = contrast_vectors(directions, z, labels, classes)
+    extended = directions.with_linear(edits, axes).eval().requires_grad_(False)
     return extended.calibrate(z.to(extended.mean.device).float()), kept

@@ -104,7 +104,7 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
                     images[i:i + len(xb), a, j] = decoded.cpu().numpy()
                     probability[i:i + len(xb), a, j] = predict_proba(autoencoder.classifier, decoded)[:, targets[a]]
     autoencoder.train(was_training)
-    scales = directions.scales.cpu().numpy()[attributes["direction"].to_numpy()]
+    scales = directions.edit_scales.cpu().numpy()[attributes["direction"].to_numpy()]
     cells = table.reset_index(drop=True)
     along = {name: ("attribute", attributes[name].to_numpy()) for name in ATTRIBUTE_COORDS[1:]
              if name in attributes.columns and name != "attribute"}

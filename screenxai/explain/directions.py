@@ -124,10 +124,15 @@ class Directions(nn.Module):
     subspace leaves the data. So each learned direction is an MLP that reads
     the whitened principal coordinates ``u = (z - mean) V^T / sd`` of a
     latent (``rank`` of them) and proposes a change in those coordinates,
-    mapped back to ``z_sem``. The last ``n_linear`` directions are fixed unit
-    vectors of ``z_sem`` (``linear``), the same at every latent (see
-    ``screenxai.explain.contrast``); the first ``n_directions - n_linear``
-    are learned.
+    mapped back to ``z_sem``; a cell is scored on its mean axis.
+
+    The last ``n_linear`` directions are fixed (see
+    ``screenxai.explain.contrast``): each edits along one unit vector of
+    ``z_sem`` (``linear``), the same at every latent, and scores cells on
+    another (``linear_axes``), the statistic that best detects that edit.
+    ``edit_scales`` holds the spread along what each direction edits,
+    ``scales`` the spread along what it scores; the two are the same for
+    learned directions.
     """
 
     def __init__(self, z_dim: int, n_directions: int, hidden: int = 64, rank: int | None = None,
@@ -145,8 +150,10 @@ class Directions(nn.Module):
         self.register_buffer("components", torch.eye(rank, z_dim))
         self.register_buffer("sd", torch.ones(rank))
         self.register_buffer("linear", torch.zeros(n_linear, z_dim))
+        self.register_buffer("linear_axes", torch.zeros(n_linear, z_dim))
         self.register_buffer("axes", torch.zeros(n_directions, z_dim))
         self.register_buffer("scales", torch.ones(n_directions))
+        self.register_buffer("edit_scales", torch.ones(n_directions))
 
     @property
     def n_learned(self) -> int:
@@ -183,9 +190,9 @@ class Directions(nn.Module):
         return F.normalize((change * self.sd) @ self.components, dim=1)
 
     def edit(self, z: torch.Tensor, k: int, alpha: float | torch.Tensor) -> torch.Tensor:
-        """``z + alpha * s_k * d_k(z)``: ``alpha`` in SD units, a number or one per latent."""
+        """``z + alpha * s_k * d_k(z)``: ``alpha`` in SD units along the edit, a number or one per latent."""
         alpha = torch.as_tensor(alpha, dtype=z.dtype, device=z.device).reshape(-1, 1)
-        return z + alpha * self.scales[k] * self.direction(z, k)
+        return z + alpha * self.edit_scales[k] * self.direction(z, k)
 
     def project(self, z: torch.Tensor) -> torch.Tensor:
         """Each latent's position along every mean axis, in SD units from the mean: (N, K)."""
@@ -194,31 +201,45 @@ class Directions(nn.Module):
 
     @torch.no_grad()
     def calibrate(self, z: torch.Tensor) -> Directions:
-        """Set the mean axis and the SD of the projection on it of each direction, from latents ``z``."""
+        """Set each direction's scoring axis and the SDs of latents ``z`` along it and along its edit.
+
+        A learned direction scores on its mean axis (the normalised average
+        of ``d_k`` over ``z``); a fixed one on its ``linear_axes`` row.
+        """
         self._check(z, 0)
+        centred = z - self.mean
         for k in range(self.n_directions):
-            axis = F.normalize(self.direction(z, k).mean(0), dim=0)
+            edit = F.normalize(self.direction(z, k).mean(0), dim=0)
+            axis = edit if k < self.n_learned else self.linear_axes[k - self.n_learned]
             self.axes[k].copy_(axis)
-            self.scales[k] = ((z - self.mean) @ axis).std().clamp_min(1e-8)
+            self.scales[k] = (centred @ axis).std().clamp_min(1e-8)
+            self.edit_scales[k] = (centred @ edit).std().clamp_min(1e-8)
         return self
 
     @torch.no_grad()
-    def with_linear(self, vectors: torch.Tensor) -> Directions:
-        """A copy with the fixed directions ``vectors`` (M, z_dim) appended after the learned ones, uncalibrated.
+    def with_linear(self, edits: torch.Tensor, axes: torch.Tensor) -> Directions:
+        """A copy with fixed directions appended after the learned ones, uncalibrated.
 
-        Each vector is made a unit vector inside the principal subspace.
+        Direction ``n_learned + i`` edits along ``edits[i]`` and scores on
+        ``axes[i]`` (both (M, z_dim)); each is made a unit vector inside the
+        principal subspace.
         """
-        if vectors.ndim != 2 or vectors.shape[1] != self.z_dim:
-            raise ValueError(f"expected vectors of shape (M, {self.z_dim}), got {tuple(vectors.shape)}")
-        vectors = vectors.to(self.mean.device, self.mean.dtype)
-        inside = F.normalize((vectors @ self.components.T) @ self.components, dim=1)
-        extended = Directions(self.z_dim, self.n_directions + len(vectors), self.hidden, self.rank,
-                              self.n_linear + len(vectors)).to(self.mean.device)
+        for name, vectors in (("edits", edits), ("axes", axes)):
+            if vectors.ndim != 2 or vectors.shape != (len(edits), self.z_dim):
+                raise ValueError(f"expected {name} of shape ({len(edits)}, {self.z_dim}), got {tuple(vectors.shape)}")
+        extended = Directions(self.z_dim, self.n_directions + len(edits), self.hidden, self.rank,
+                              self.n_linear + len(edits)).to(self.mean.device)
         extended.nets.load_state_dict(self.nets.state_dict())
         for name in ("mean", "components", "sd"):
             getattr(extended, name).copy_(getattr(self, name))
-        extended.linear.copy_(torch.cat([self.linear, inside]))
+        extended.linear.copy_(torch.cat([self.linear, self._inside(edits)]))
+        extended.linear_axes.copy_(torch.cat([self.linear_axes, self._inside(axes)]))
         return extended
+
+    def _inside(self, vectors: torch.Tensor) -> torch.Tensor:
+        """``vectors`` projected into the principal subspace, as unit vectors."""
+        vectors = vectors.to(self.mean.device, self.mean.dtype)
+        return F.normalize((vectors @ self.components.T) @ self.components, dim=1)
 
     def axis_agreement(self, z: torch.Tensor) -> torch.Tensor:
         """Mean cosine of ``d_k(z)`` with its mean axis, per direction (1: the direction is the same everywhere)."""

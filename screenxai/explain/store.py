@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from safetensors.torch import load_file, save
 
 from screenxai.explain.directions import DirectionConfig, Directions
@@ -61,5 +62,9 @@ def load_directions(directory: str | Path) -> tuple[Directions, pd.DataFrame]:
                          f"expected one of {list(READABLE_VERSIONS)}")
     directions = Directions(meta["z_dim"], meta["n_directions"], meta["hidden"], meta["rank"],
                             meta.get("n_linear", 0))
-    directions.load_state_dict(load_file(directory / WEIGHTS))
+    tensors = load_file(directory / WEIGHTS)
+    if meta["format_version"] == 1:  # learned directions only: each edits along the axis it scores on
+        empty = torch.zeros(0, meta["z_dim"])
+        tensors.update(linear=empty, linear_axes=empty.clone(), edit_scales=tensors["scales"].clone())
+    directions.load_state_dict(tensors)
     return directions.eval().requires_grad_(False), pd.DataFrame(meta["attributes"])

@@ -17,6 +17,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 from screenxai.explain.naming import feature_label
+from screenxai.pipeline.treatments import treatment_tables
+from screenxai.plate.conditions import Conditions
 
 # The morphology features in which each planted factor shows (``screenxai.cells`` feature columns).
 FACTOR_FEATURES = {
@@ -25,6 +27,7 @@ FACTOR_FEATURES = {
     "texture": ("reporter_texture",),
 }
 CHANNELS = ("DNA", "reporter")
+PSEUDO_TREATMENT = "negative-wells"
 
 
 def names_factor(name: str, factor: str) -> bool:
@@ -77,3 +80,25 @@ def grouping_agreement(treatments: pd.DataFrame, true_groups: dict[str, str]) ->
     """Adjusted Rand index of the run's mechanism groups against the planted ones (inactive as a group)."""
     table = treatments.set_index("treatment").loc[list(true_groups)]
     return float(adjusted_rand_score(list(true_groups.values()), table["group"].tolist()))
+
+
+def pseudo_treatment_call(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions) -> dict:
+    """Every other negative well relabelled as a treatment with a dose series, and its activity call.
+
+    The pseudo-treatment takes the dose indices of a real one and the first
+    treatment's attributes; the rest of the negative wells stay negative. A
+    sound activity call finds it inactive. ``wells`` has the layout columns
+    (``compound``, ``dose_index``, ``dose``) joined.
+    """
+    negatives = wells.index[wells[conditions.class_column] == conditions.negative]
+    fake = negatives[::2]
+    relabelled = wells.copy()
+    relabelled.loc[fake, conditions.class_column] = PSEUDO_TREATMENT
+    relabelled.loc[fake, "dose_index"] = np.resize(sorted(wells["dose_index"].unique())[1:], len(fake))
+    relabelled.loc[fake, "dose"] = relabelled.loc[fake, "dose_index"].astype(float)
+    first = attributes[attributes["treatment"] == conditions.treatments[0]]
+    extended = pd.concat([attributes, first.assign(treatment=PSEUDO_TREATMENT)], ignore_index=True)
+    with_pseudo = Conditions(conditions.class_column, conditions.negative, (*conditions.treatments, PSEUDO_TREATMENT))
+    row = treatment_tables(relabelled, extended, with_pseudo, {}).treatments.set_index("treatment").loc[PSEUDO_TREATMENT]
+    return {"wells": len(fake), "active": bool(row["active"]), "activity_z": float(row["activity_z"]),
+            "null_z": float(row["null_z"])}

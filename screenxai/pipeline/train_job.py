@@ -79,7 +79,8 @@ class TrainSettings:
     ``explain_cells`` negative-control cells, keeping ``explain_attributes``
     distinct attributes per treatment (``screenxai.explain.fit``); with
     ``explain_guided`` the directions are classifier-guided, otherwise plain
-    LatentCLR directions. ``reporter_channel`` is the channel the
+    LatentCLR directions; ``explain_contrast`` adds each treatment's contrast
+    direction (``screenxai.explain.contrast``). ``reporter_channel`` is the channel the
     interpretable model's adversarial check reads (default: the first that
     is not the nuclear one). ``torch_threads`` is how many threads
     torch trains with; by default the threads of the worker it runs on
@@ -101,6 +102,7 @@ class TrainSettings:
     explain_directions: int = 10
     explain_attributes: int = 3
     explain_guided: bool = True
+    explain_contrast: bool = True
     reporter_channel: str | None = None
     torch_threads: int | None = None
 
@@ -297,7 +299,7 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
     labels, _ = class_labels(table, conditions.class_column, conditions.class_names)
     explain = ExplainSettings(n_directions=settings.explain_directions, n_cells=settings.explain_cells,
                               n_attributes=settings.explain_attributes, guided=settings.explain_guided,
-                              seed=settings.seed)
+                              contrast=settings.explain_contrast, seed=settings.seed)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
                               conditions.class_names, channel_names, nuclear, explain, on_step=StepReporter())
