@@ -234,3 +234,30 @@ def test_bad_inputs_are_refused(screen):
         view_of(ChannelReader(2), CLASSES, "bright_dna")
     with pytest.raises(InterpretError, match="rows in the cell table"):
         fit_treatments(crops[:5], table, ChannelReader(), CONFIG, "compound", CLASSES)
+
+
+def test_a_trained_treatment_screen_has_a_formula_per_treatment_in_bundle_run_and_report(treatment_screen, tmp_path):
+    """``train`` on the simulated treatments design fits every treatment's formula; ``run`` and the report show them."""
+    from html import escape
+
+    from screenxai.models.bundle import load_bundle
+    from screenxai.report.builder import build_report
+
+    treatments = list(load_bundle(treatment_screen.bundle).class_names[1:])
+    models = load_interpretable(treatment_screen.bundle / "interpretable")
+    assert isinstance(models, TreatmentModels) and models.treatments == treatments
+    table = pd.read_parquet(treatment_screen.out / "interpretable.parquet")
+    assert list(table["treatment"]) == treatments
+    assert list(table["formula"]) == [models.models[t].formula for t in treatments]
+    assert list(table.columns) == list(documented_columns("bundle.md", "interpretable.parquet"))
+    assert table["latent_features"].str.contains("Spearman").all()
+    assert ((table["fidelity"] > 0) & (table["agreement"] > 0)).all()
+    sweep = pd.read_parquet(treatment_screen.bundle / "interpretable" / "adversarial.parquet")
+    assert sweep.groupby("treatment")["target"].apply(set).to_dict() == {t: {"blackbox", "formula"}
+                                                                        for t in treatments}
+    cells = pd.read_parquet(next((treatment_screen.out / "cells").rglob("*.parquet")))
+    assert "formula_value" not in cells  # one formula per treatment: no single per-cell value
+    html = build_report(treatment_screen.out, tmp_path / "report.html").read_text()
+    for row in table.itertuples():
+        assert f"<h4>{escape(row.treatment)}</h4>" in html and escape(row.formula) in html
+        assert f"{row.fidelity:.3f}" in html
