@@ -63,8 +63,7 @@ def _sparse_shape(sparse: SparseClassifier) -> dict:
 
 def save_interpretable(model: InterpretableModel | TreatmentModels, directory: str | Path,
                        overwrite: bool = False) -> Path:
-    """Write ``model`` (a two-class model or one per treatment) to ``directory`` (refused if it exists,
-    unless ``overwrite``)."""
+    """Write ``model`` (two-class, or one per treatment) to ``directory``; refused if it exists unless ``overwrite``."""
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise InterpretStoreError(f"{directory} already exists; pass overwrite=True to replace it")
