@@ -11,6 +11,7 @@ treatment's formula has a known feature to find.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -24,7 +25,7 @@ from screenxai.interpret import (InterpretConfig, InterpretError, InterpretStore
                                  load_interpretable, save_interpretable)
 from screenxai.interpret.treatments import name_latents, view_of
 from screenxai.models.classifier import predict_proba
-from screenxai.pipeline.train_job import interpretable_table
+from screenxai.pipeline.train_job import TreatmentReporter, interpretable_table
 from conftest import documented_columns
 
 torch.set_num_threads(1)
@@ -261,3 +262,38 @@ def test_a_trained_treatment_screen_has_a_formula_per_treatment_in_bundle_run_an
     for row in table.itertuples():
         assert f"<h4>{escape(row.treatment)}</h4>" in html and escape(row.formula) in html
         assert f"{row.fidelity:.3f}" in html
+
+
+def _report_two_treatments() -> None:
+    reporter = TreatmentReporter()
+    reporter("bright_dna", 1, 2)
+    reporter("bright_reporter", 2, 2)
+
+
+def test_the_stage_reports_treatment_k_of_t_to_the_client():
+    """Run on a real worker, the stage's reporter sends one progress event per treatment, printed as such."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from conftest import in_process_cluster
+    from screenxai.cli import _epoch_printer
+    from screenxai.pipeline.train_job import TRAIN_TOPIC, _as_progress
+
+    with in_process_cluster() as client:
+        client.submit(_report_two_treatments, pure=False).result()
+        deadline = time.monotonic() + 10
+        while len(client.get_events(TRAIN_TOPIC)) < 2 and time.monotonic() < deadline:  # events travel batched
+            time.sleep(0.05)
+        events = [_as_progress(message) for _, message in client.get_events(TRAIN_TOPIC)]
+    assert [(p.stage, p.epoch, p.epochs) for p in events] == [
+        ("interpretable: treatment 1 of 2 (bright_dna)", 0, 2),
+        ("interpretable: treatment 2 of 2 (bright_reporter)", 1, 2)]
+    assert np.isnan(events[0].eta_s) and events[1].eta_s >= 0
+    printed = StringIO()
+    printer = _epoch_printer(Console(file=printed, width=200))
+    for progress in events:
+        printer(progress)
+    lines = printed.getvalue().splitlines()
+    assert lines[0] == "interpretable: treatment 1 of 2 (bright_dna)"
+    assert lines[1].startswith("interpretable: treatment 2 of 2 (bright_reporter), ") and "s left" in lines[1]
