@@ -267,6 +267,10 @@ def _field_progress(console, total: int) -> Iterator[Callable[[dict], None]]:
 def _epoch_printer(console):
     """A progress callback printing one line per finished training epoch."""
     def epoch_line(p) -> None:
+        if p.stage.startswith("interpretable"):
+            left = "" if p.eta_s != p.eta_s else f", {p.eta_s:.0f} s left in this stage"  # NaN: not yet known
+            console.print(f"{p.stage}{left}")
+            return
         if p.stage.startswith("explain"):
             left = "" if p.eta_s != p.eta_s else f", {p.eta_s:.0f} s left in this step"  # NaN: not yet known
             console.print(f"{p.stage} {p.epoch + 1}/{p.epochs}{left}")
@@ -472,6 +476,11 @@ def _print_interpretable(report: dict) -> None:
     if "skipped" in report:
         click.echo(f"interpretable model: not fitted: {report['skipped']}")
         return
+    for one in report.get("treatments", [report]):
+        _print_formula(one)
+
+
+def _print_formula(report: dict) -> None:
     held = report["heldout"]
     accuracy = held["accuracy"]
     click.echo(f"formula ({report['complexity']} nodes; > 0 means {report['positive_class']}): {report['formula']}")

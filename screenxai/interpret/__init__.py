@@ -3,7 +3,8 @@
 A beta-TCVAE learns disentangled features of the crops; a sparse network
 over them keeps a few features; symbolic regression (pyoperon) distils it
 into a short formula, scored against the black-box classifier on held-out
-wells and probed with adversarial attacks. Inputs are plain arrays and
+wells and probed with adversarial attacks. A screen of many treatments gets
+one formula per treatment against the negative control, over one VAE. Inputs are plain arrays and
 pandas tables, as for ``screenxai.models``.
 """
 
@@ -13,6 +14,7 @@ from screenxai.interpret.fit import InterpretableModel, InterpretConfig, Interpr
 from screenxai.interpret.formula import Formula, FormulaError, node_count
 from screenxai.interpret.store import InterpretStoreError, load_interpretable, save_interpretable
 from screenxai.interpret.tcvae import BetaTCVAE, TCVAEConfig, encode_means, train_tcvae
+from screenxai.interpret.treatments import TreatmentModels, TreatmentView, fit_treatments
 
 __all__ = [
     "DEFAULT_BUDGETS",
@@ -24,10 +26,13 @@ __all__ = [
     "InterpretStoreError",
     "InterpretableModel",
     "TCVAEConfig",
+    "TreatmentModels",
+    "TreatmentView",
     "adversarial_check",
     "disentanglement_score",
     "encode_means",
     "fit_interpretable",
+    "fit_treatments",
     "flip_budgets",
     "load_interpretable",
     "node_count",

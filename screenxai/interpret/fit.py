@@ -244,6 +244,7 @@ def fit_interpretable(
     class_column: str = "control",
     class_names: Sequence[str] = ("negative", "positive"),
     heldout: tuple[np.ndarray, pd.DataFrame] | None = None,
+    vae: BetaTCVAE | None = None,
 ) -> InterpretableModel:
     """Fit the interpretable model to ``crops`` (N, C, S, S) and its cell ``table``; score it on held-out wells.
 
@@ -252,12 +253,13 @@ def fit_interpretable(
     the cells are split by well (``split_by_well``, ``config.val_fraction``);
     the VAE then trains on the training wells' cells only. With ``heldout``
     (crops and table of other wells or plates) all of ``crops`` is for
-    training and the held-out class cells are scored.
+    training and the held-out class cells are scored. A ``vae`` given is
+    used as it is (one VAE shared by several formulas) instead of training one.
     """
     class_names = tuple(class_names)
     if len(set(class_names)) != 2 or len(class_names) != 2:
         raise InterpretError(f"the interpretable model tells 2 classes apart (a formula's sign); got {list(class_names)}")
-    crops = as_crops(crops)
+    crops = as_crops(crops) if vae is None else as_crops(crops, vae.config.in_channels, vae.config.image_size)
     if len(crops) != len(table):
         raise InterpretError(f"{len(crops)} crops but {len(table)} rows in the cell table")
     black_box = black_box_module(classifier, class_names)
@@ -282,9 +284,13 @@ def fit_interpretable(
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
-    vae_config = TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width)
-    vae, vae_log = train_tcvae(crops[vae_rows], vae_config, config.beta, config.vae_steps, config.batch_size,
-                               config.lr, config.seed, config.recon_weight)
+    shared_vae = vae is not None
+    if not shared_vae:
+        vae_config = TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width)
+        vae, vae_log = train_tcvae(crops[vae_rows], vae_config, config.beta, config.vae_steps, config.batch_size,
+                                   config.lr, config.seed, config.recon_weight)
+    else:
+        vae_log = [None]  # trained elsewhere: its caller reports its loss
     timings["vae_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -312,7 +318,8 @@ def fit_interpretable(
                        "vae_encoder": sum(p.numel() for p in vae.encoder.parameters()),
                        "sparse_nonzero": sparse.n_nonzero(),
                        "formula_constants": len(distilled.expression.atoms(sympy.Number))},
-        "cells": {"vae_train": len(vae_rows), "train": len(train_rows), "heldout": len(test_labels)},
+        "cells": {"vae_train": None if shared_vae else len(vae_rows), "train": len(train_rows),
+                  "heldout": len(test_labels)},
         "wells": {"train": _n_wells(table.iloc[train_rows]), "heldout": _n_wells(test_table)},
         "heldout_source": "split_by_well" if heldout is None else "given",
         "vae": {"final_loss": vae_log[-1], "heldout_reconstruction_mse": reconstruction_mse(vae, test_crops[:512])},

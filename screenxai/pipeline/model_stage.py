@@ -78,6 +78,17 @@ def _encode(autoencoder, crops: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, autoencoder.config.z_dim), np.float32)
 
 
+def _single_formula(interpretable):
+    """The bundle's interpretable model when it is one two-class formula (its value is ``formula_value``), else None.
+
+    A screen of many treatments has one formula per treatment; their values
+    are not per-cell columns.
+    """
+    from screenxai.interpret import InterpretableModel
+
+    return interpretable if isinstance(interpretable, InterpretableModel) else None
+
+
 def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], training_cells: frozenset[str],
                  batch_size: int = 256) -> list[dict]:
     """Score the cells of ``results`` in batches and write each field's cell and embedding files.
@@ -93,7 +104,8 @@ def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], trai
     probabilities = (predict_proba(bundle["classifier"], crops, batch_size) if len(crops)
                      else np.zeros((0, len(bundle.class_names)), np.float32))
     z = _encode(bundle["autoencoder"], crops, batch_size) if "autoencoder" in bundle.models else None
-    formula = models.interpretable.logit(crops) if models.interpretable is not None and len(crops) else None
+    single = _single_formula(models.interpretable)
+    formula = single.logit(crops) if single is not None and len(crops) else None
     attributes = None
     if models.explanations is not None and z is not None:
         from screenxai.explain import scores_from_latents
@@ -109,7 +121,7 @@ def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], trai
         table = result.table.drop(columns=list(PARTITION_COLUMNS)).reset_index(drop=True)
         for k, name in enumerate(bundle.class_names):
             table[class_column_name(name)] = probabilities[rows, k].astype(np.float32)
-        if models.interpretable is not None:
+        if single is not None:
             table["formula_value"] = formula[rows].astype(np.float64)
         if attributes is not None:
             for column in attributes.columns:

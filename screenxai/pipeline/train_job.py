@@ -44,7 +44,7 @@ from screenxai.io import write_json_atomic
 from screenxai.pipeline.sinks import write_parquet_atomic
 from screenxai.cells.features import feature_columns
 from screenxai.cells.field import nuclear_channel_index, reporter_channel_index
-from screenxai.interpret.latent_names import describe_latents
+from screenxai.interpret.latent_names import describe_latents, latent_features
 from screenxai.models.splits import class_labels
 from screenxai.plate.conditions import ConditionError, Conditions, screen_conditions, training_wells
 from screenxai.plate.reader import Plate
@@ -273,10 +273,7 @@ def run_training(cache: str, out: str, work: str, settings: TrainSettings, condi
             else load_bundle(out_path, replacing=rewritten(stages))["autoencoder"]
         summary["explain"] = _explain(crops, table, autoencoder, classifier, out_path, settings, conditions,
                                       description["channel_names"])
-    if "interpretable" in stages and len(conditions.class_names) > 2:
-        summary["interpretable"] = {"skipped": "the interpretable model tells two classes apart; this screen has "
-                                               f"{len(conditions.class_names)}"}
-    elif "interpretable" in stages:
+    if "interpretable" in stages:
         summary["interpretable"] = _fit_interpretable(crops, table, classifier, out_path, settings, conditions,
                                                       description["channel_names"])
     if {"explain", "interpretable"} & set(stages):
@@ -324,40 +321,90 @@ def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings
                        conditions: Conditions, channel_names: Sequence[str]) -> dict:
     """Fit the interpretable model on the classifier's training wells, score and attack it on its validation wells.
 
-    Writes ``interpretable/`` into the bundle with the interpretable table and
-    the adversarial sweep (``adversarial.parquet``).
+    Two classes get one formula; a screen of many treatments gets one
+    formula per treatment against the negative control, over one shared VAE
+    (``screenxai.interpret.treatments``). Writes ``interpretable/`` into the
+    bundle with the interpretable table (one row per formula) and the
+    adversarial sweeps (``adversarial.parquet``).
     """
-    from screenxai.interpret import InterpretConfig, adversarial_check, fit_interpretable, flip_budgets
-    from screenxai.interpret import save_interpretable
-    from screenxai.interpret.latent_names import latent_features
+    from screenxai.interpret import InterpretConfig, fit_interpretable, fit_treatments, save_interpretable
+    from screenxai.interpret.treatments import name_latents, view_of
 
     held_out = validation_rows(table, classifier.split)
-    held_table = table[held_out].reset_index(drop=True)
-    model = fit_interpretable(crops[~held_out], table[~held_out].reset_index(drop=True), classifier.model,
-                              InterpretConfig(seed=settings.seed), conditions.class_column,
-                              conditions.class_names, heldout=(crops[held_out], held_table))
-    labels, _ = class_labels(held_table, conditions.class_column, conditions.class_names)
+    train_crops, train_table = crops[~held_out], table[~held_out].reset_index(drop=True)
+    heldout = (crops[held_out], table[held_out].reset_index(drop=True))
+    config, names = InterpretConfig(seed=settings.seed), conditions.class_names
+    features = feature_columns(channel_names)
+    if len(names) > 2:
+        fitted = fit_treatments(train_crops, train_table, classifier.model, config, conditions.class_column, names,
+                                heldout=heldout, on_treatment=TreatmentReporter())
+        models, black_boxes = fitted.models, {t: view_of(classifier.model, names, t) for t in fitted.models}
+    else:
+        fitted = fit_interpretable(train_crops, train_table, classifier.model, config, conditions.class_column,
+                                   names, heldout=heldout)
+        models, black_boxes = {names[1]: fitted}, {names[1]: classifier.model}
+    sweeps = [_adversarial(model, black_boxes[t], heldout, settings, channel_names).assign(treatment=t)
+              for t, model in models.items()]
+    if len(names) > 2:
+        name_latents(fitted, train_crops, train_table, features, channel_names)
+    else:
+        named = latent_features(fitted.latents(train_crops), train_table[features], fitted.report["formula_variables"],
+                                channel_names)
+        fitted.report["latent_features"] = named.to_dict(orient="records")
+    folder = save_interpretable(fitted, out / INTERPRETABLE_FOLDER, overwrite=True)
+    write_parquet_atomic(pd.concat(sweeps, ignore_index=True), folder / "adversarial.parquet")
+    report = fitted.report if len(names) == 2 else {
+        **fitted.report, "treatments": [{"treatment": t, **m.report} for t, m in models.items()]}
+    write_parquet_atomic(interpretable_table(report), folder / "interpretable.parquet")
+    return report
+
+
+def _adversarial(model, black_box, heldout: tuple[np.ndarray, pd.DataFrame], settings: TrainSettings,
+                 channel_names: Sequence[str]) -> pd.DataFrame:
+    """PGD sweep on up to ``ADVERSARIAL_CELLS`` held-out cells of ``model``'s two classes; notes it in its report."""
+    from screenxai.interpret import adversarial_check, flip_budgets
+
+    held_crops, held_table = heldout
+    labels, _ = class_labels(held_table, model.class_column, model.class_names)
     known = np.flatnonzero(labels >= 0)
     attacked = np.random.default_rng(settings.seed).permutation(known)[:ADVERSARIAL_CELLS]
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     reporter = reporter_channel_index(channel_names, nuclear, settings.reporter_channel)
-    sweep = adversarial_check(model, classifier.model, crops[held_out][attacked], labels[attacked],
+    sweep = adversarial_check(model, black_box, held_crops[attacked], labels[attacked],
                               nuclear_channel=nuclear, reporter_channel=reporter)
     model.report["adversarial"] = {"cells": len(attacked), "reporter_channel": channel_names[reporter],
                                    "half_flip_budget": flip_budgets(sweep)}
-    named = latent_features(model.latents(crops[~held_out]), table.loc[~held_out, feature_columns(channel_names)],
-                            model.report["formula_variables"], channel_names)
-    model.report["latent_features"] = named.to_dict(orient="records")
-    folder = save_interpretable(model, out / INTERPRETABLE_FOLDER, overwrite=True)
-    write_parquet_atomic(sweep, folder / "adversarial.parquet")
-    write_parquet_atomic(interpretable_table(model.report), folder / "interpretable.parquet")
-    return model.report
+    return sweep
+
+
+class TreatmentReporter:
+    """Sends ``interpretable: treatment k of T`` progress events, with the time left from the treatments done."""
+
+    def __init__(self) -> None:
+        self.start = float("nan")
+
+    def __call__(self, treatment: str, k: int, total: int) -> None:
+        if k == 1:
+            self.start = time.perf_counter()
+        left = (time.perf_counter() - self.start) / (k - 1) * (total - k + 1) if k > 1 else float("nan")
+        _report(Progress(f"interpretable: treatment {k} of {total} ({treatment})", k - 1, total, float("nan"),
+                         None, left))
 
 
 def interpretable_table(report: dict) -> pd.DataFrame:
-    """One row: the formula and its held-out figures beside the black box's (the ``interpretable`` table)."""
+    """One row per formula (per treatment, with many): the formula and its held-out figures beside the black box's.
+
+    ``report`` is a two-class model's report, or one with a ``treatments``
+    list of the treatments' reports (the ``interpretable`` table).
+    """
+    return pd.DataFrame([_formula_row(r) for r in report.get("treatments", [report])])
+
+
+def _formula_row(report: dict) -> dict:
+    """The ``interpretable`` table's row of one formula's report."""
     held = report["heldout"]
-    return pd.DataFrame([{
+    return {
+        "treatment": report["positive_class"],
         "formula": report["formula"], "complexity": int(report["complexity"]),
         "positive_class": report["positive_class"], "inputs": ",".join(report["formula_variables"]),
         "latent_features": describe_latents(pd.DataFrame(report.get("latent_features", []),
@@ -370,7 +417,7 @@ def interpretable_table(report: dict) -> pd.DataFrame:
         "parameters_sparse": int(report["parameters"]["sparse_nonzero"]),
         "flip_budget_blackbox": report["adversarial"]["half_flip_budget"].get("blackbox", float("nan")),
         "flip_budget_formula": report["adversarial"]["half_flip_budget"].get("formula", float("nan")),
-    }])
+    }
 
 
 def _latent_summary(trained, crops: np.ndarray, table, settings: TrainSettings) -> dict:

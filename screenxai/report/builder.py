@@ -27,8 +27,9 @@ QC_MAPS = (("n_cells", "cell count", "cells", ("qc_low_count", "qc_failed_fields
 STRIP_CELLS = 2  # exemplar cells shown per attribute: one of the treatment's condition, one of another
 GALLERY_END = 3  # cells from each end of the score in the gallery
 EFFECT_COLUMNS = ("activity_z", "max_effect", "robust_z_top_dose")
-FORMULA_FIELDS = ("formula", "complexity", "positive_class", "inputs", "accuracy_blackbox", "accuracy_sparse",
-                  "accuracy_formula", "fidelity", "agreement", "n_heldout_cells", "n_heldout_wells")
+FORMULA_FIELDS = ("treatment", "formula", "complexity", "positive_class", "inputs", "latent_features",
+                  "accuracy_blackbox", "accuracy_sparse", "accuracy_formula", "fidelity", "agreement",
+                  "n_heldout_cells", "n_heldout_wells")
 
 
 @dataclass
@@ -378,7 +379,7 @@ def _replicates(run: RunData, shown: _Figures, row: dict, label: str):
 
 def screen_section(run: RunData, shown: _Figures) -> dict:
     """Treatments ordered by effect, inactive ones, similarity heatmap, the interpretable formula."""
-    section: dict = {"figures": [], "treatments": [], "inactive": [], "formula": None}
+    section: dict = {"figures": [], "treatments": [], "inactive": [], "formulas": []}
     treatments = run.table("treatments")
     if treatments is not None and len(treatments):
         effect = next((c for c in EFFECT_COLUMNS if c in treatments), None)
@@ -409,19 +410,20 @@ def screen_section(run: RunData, shown: _Figures) -> dict:
             "How alike the treatments' effects are (1: the same change, -1: opposite), treatments sorted by their "
             "mechanism group (the coloured squares on the left and the name in brackets).",
             {"kind": "similarity", "treatment": [str(t) for t in matrix.index]}))
-    section["formula"] = _formula(run, shown, section)
+    section["formulas"] = _formulas(run, shown, section)
     return section
 
 
-def _formula(run: RunData, shown: _Figures, section: dict) -> dict | None:
+def _formulas(run: RunData, shown: _Figures, section: dict) -> list[dict]:
+    """The interpretable table's rows (one formula, or one per treatment against the negative control)."""
     table = run.table("interpretable")
     if table is None or not len(table):
-        return None
-    formula = dict.fromkeys(FORMULA_FIELDS) | table.iloc[0].to_dict()
+        return []
+    formulas = [dict.fromkeys(FORMULA_FIELDS) | row for row in table.to_dict("records")]
     sweep = run.adversarial
     if sweep is not None and {"target", "budget", "flip_rate"} <= set(sweep.columns):
         section["figures"].append(shown.show(
             figures.adversarial_sweep(sweep), "screen-adversarial",
             "Adversarial check: the fraction of held-out cells a small pixel change (PGD, L-infinity budget) flips, "
             "for the black-box classifier and for the formula; a model that needs a larger budget is harder to fool."))
-    return formula
+    return formulas

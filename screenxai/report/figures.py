@@ -221,12 +221,14 @@ def similarity_heatmap(matrix: pd.DataFrame, groups: list[str]) -> Figure:
 
 
 def adversarial_sweep(sweep: pd.DataFrame) -> Figure:
-    """Fraction of cells flipped against the attack budget, black box and formula."""
+    """Fraction of cells flipped against the attack budget, black box and formula (of each treatment, with many)."""
     figure = Figure(figsize=(4.0, 2.8))
     axes = figure.add_axes((0.15, 0.17, 0.8, 0.78))
-    for target, rows in sweep.groupby("target"):
+    several = "treatment" in sweep and sweep["treatment"].nunique() > 1
+    for key, rows in sweep.groupby(["treatment", "target"] if several else "target"):
         rows = rows.sort_values("budget")
-        axes.plot(rows["budget"], rows["flip_rate"], "o-", ms=3, label=str(target))
+        label = f"{key[0]}: {key[1]}" if several else str(key[0] if isinstance(key, tuple) else key)
+        axes.plot(rows["budget"], rows["flip_rate"], "o-", ms=3, label=label)
     axes.set_xlabel("L-infinity budget (intensities span [-1, 1])", fontsize=8)
     axes.set_ylabel("fraction of cells flipped", fontsize=8)
     axes.legend(fontsize=7)
