@@ -18,7 +18,6 @@ from screenxai.errors import ScreenxaiError
 from screenxai.pipeline.cluster import connect
 from screenxai.pipeline.run import open_plates, run_cells
 from screenxai.pipeline.summary import SATURATION_LIMIT, aggregate_wells
-from screenxai.plate import open_plate
 
 WELLS = ["A01", "B02", "A12", "B12"]
 

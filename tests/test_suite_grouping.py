@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 CONFTEST = Path(__file__).with_name("conftest.py").read_text()
 BUILDS = """
