@@ -120,7 +120,7 @@ def test_attribute_scores_per_cell_and_screen_statistics_beside_the_hand_built_r
     assert {"name", "changes", "mean_delta_p", "flip_rate", "control_z_prime", "control_ssmd", "ec50",
             "hill", "max_effect", "robust_z_top_dose"} <= set(table.columns)
     readouts = pd.read_parquet(result.out / "readouts.parquet")
-    assert {*columns, "reporter_ratio"} <= set(readouts["readout"])
+    assert {*columns, "reporter_ratio", "p_negative", "p_positive"} <= set(readouts["readout"])
     treatments = pd.read_parquet(result.out / "treatments.parquet")
     assert treatments["treatment"].tolist() == ["positive"]
     assert treatments["top_attribute"].iloc[0] == table.loc[table["rank"] == 1, "attribute"].iloc[0]

@@ -157,7 +157,10 @@ def condition_summary(wells: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
 
 def attribute_tables(aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame | None], attributes: pd.DataFrame,
                      dose_column: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Control statistics of the learned attributes beside the hand-built nucleus/ring ratios (two-class designs).
+    """Control statistics of the learned attributes beside the hand-built nucleus/ring ratios and the classifier.
+
+    For two-class designs; the classifier's readouts are its mean
+    probabilities per well (``p_{class}``).
 
     ``aggregates`` is :func:`aggregate_wells`'s table. Returns (the
     ``attributes`` table with each attribute id's statistics joined, one row
@@ -174,7 +177,8 @@ def attribute_tables(aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame |
         raise ValueError("attribute statistics need the layout's control and dose (or dose_index) columns")
     learned = attribute_columns(attributes)
     ratios = [c.removeprefix("sd_") for c in wells.columns if c.startswith("sd_") and c.endswith("_ratio")]
-    readout_names = [*learned, *ratios]
+    probabilities = [c.removeprefix("mean_") for c in wells.columns if c.startswith("mean_p_")]
+    readout_names = [*learned, *ratios, *probabilities]
     wells = wells.rename(columns={**{f"mean_{c}": f"{c}_mean" for c in readout_names},
                                   **{f"sd_{c}": f"{c}_sd" for c in readout_names}})
     _, readouts = readout_statistics(wells, readout_names, dose_column=dose_column)
