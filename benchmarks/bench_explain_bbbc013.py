@@ -84,7 +84,7 @@ def main() -> None:
         "load_average_at_end": os.getloadavg(),
         "cells": int(result.wells["n_cells"].sum()), "wells": len(result.wells),
         "classifier": summary.get("classifier"), "autoencoder": summary.get("autoencoder"),
-        "attributes": attributes[["rank", "direction", "sign", "mean_delta_p", "flip_rate", "name",
+        "attributes": attributes[["rank", "direction", "source", "sign", "mean_delta_p", "flip_rate", "name",
                                   "changes"]].to_dict(orient="records"),
         "readouts": {name: readouts.loc[name, keep].to_dict() for name in readouts.index},
         "top_attribute": attributes["name"].iloc[0],
