@@ -144,6 +144,9 @@ def test_a_two_class_run_shows_one_treatment_with_its_attributes_in_rank_order(b
     headings = [f"{r}. {n}" for r, n in zip(attributes["rank"], attributes["name"])]
     positions = [bundle_page.text.index(h) for h in headings]
     assert positions == sorted(positions)
+    for source in attributes["source"]:  # each attribute says which kind of direction it is
+        kind = "the contrast direction of positive" if source == "contrast positive" else "a learned direction"
+        assert f"Direction: {kind}" in bundle_page.text, source
     assert "no treatments.parquet" not in bundle_page.text  # a two-class run has its one treatment's row too
 
 

@@ -23,7 +23,7 @@ The result is an ``xarray.Dataset``, dims (cell, attribute, alpha, c, y, x):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,11 +76,13 @@ def attribute_keys(attributes: pd.DataFrame) -> np.ndarray:
 def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
                          crops: np.ndarray, table: pd.DataFrame, channel_names: Sequence[str],
                          alphas: Sequence[float] = (-3.0, -1.5, 0.0, 1.5, 3.0), steps_inv: int = 10,
-                         steps_dec: int = 10, batch_size: int = 256) -> xr.Dataset:
+                         steps_dec: int = 10, batch_size: int = 256,
+                         on_step: Callable[[int, int], None] | None = None) -> xr.Dataset:
     """Decode each cell along each attribute row of ``attributes`` at each alpha (SD units) and score the images.
 
     ``probability`` is each image's probability of its attribute's
     ``target_class``; ``original_probability`` the real crop's, per attribute.
+    ``on_step(done, total)`` is called after each (batch of cells, attribute).
     """
     _check(autoencoder, crops, table, attributes, alphas, channel_names)
     device = model_device(autoencoder)
@@ -103,6 +105,8 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
                                                  steps_dec)
                     images[i:i + len(xb), a, j] = decoded.cpu().numpy()
                     probability[i:i + len(xb), a, j] = predict_proba(autoencoder.classifier, decoded)[:, targets[a]]
+                if on_step is not None:
+                    on_step((i // batch_size) * n_attr + a + 1, -(-n // batch_size) * n_attr)
     autoencoder.train(was_training)
     scales = directions.edit_scales.cpu().numpy()[attributes["direction"].to_numpy()]
     cells = table.reset_index(drop=True)

@@ -14,7 +14,7 @@ Inversion and decoding are never run for every cell of a plate.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import dask
@@ -22,7 +22,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import xarray as xr
-from distributed import Client
+from distributed import Client, get_worker
 
 from screenxai.cells import CellConfig
 from screenxai.errors import ScreenxaiError
@@ -32,6 +32,7 @@ from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.model_stage import class_column_name, cut_field
 
 ALPHAS = (-3.0, -1.5, 0.0, 1.5, 3.0)
+PROGRESS_TOPIC = "screenxai-counterfactuals"  # worker events: {"done": steps rendered, "total": steps}
 
 
 def choose_exemplars(cells: dd.DataFrame, layouts: dict[str, pd.DataFrame | None], class_column: str,
@@ -139,9 +140,14 @@ def render_exemplars(tasks: Sequence[FieldTask], configs: dict[str, CellConfig],
     bundle = models.bundle
     chosen = table.iloc[rows]
     dataset = make_counterfactuals(bundle["autoencoder"], directions, attributes, np.concatenate(crops)[rows],
-                                   chosen, bundle.channel_names, alphas)
+                                   chosen, bundle.channel_names, alphas, on_step=_report_step)
     dataset = with_raw_intensities(dataset, chosen["plate"].astype(str).tolist(), configs)
     return dataset.assign_coords(condition=("cell", np.asarray(conditions, dtype=object)))
+
+
+def _report_step(done: int, total: int) -> None:
+    """Send the rendering's progress to the client as a worker event (``PROGRESS_TOPIC``)."""
+    get_worker().log_event(PROGRESS_TOPIC, {"done": done, "total": total})
 
 
 def with_raw_intensities(dataset: xr.Dataset, plates: Sequence[str], configs: dict[str, CellConfig]) -> xr.Dataset:
@@ -158,12 +164,23 @@ def with_raw_intensities(dataset: xr.Dataset, plates: Sequence[str], configs: di
 
 
 def counterfactual_stage(client: Client, exemplars: pd.DataFrame, tasks: Sequence[FieldTask],
-                         configs: dict[str, CellConfig], path: Path) -> Path:
-    """Render ``exemplars`` in one task on the GPU worker (when there is one) and write the Zarr at ``path``."""
+                         configs: dict[str, CellConfig], path: Path,
+                         on_progress: Callable[[int, int], None] | None = None) -> Path:
+    """Render ``exemplars`` in one task on the GPU worker (when there is one) and write the Zarr at ``path``.
+
+    ``on_progress(done, total)`` is called on the client as the worker renders.
+    """
     from screenxai.explain import write_counterfactuals
 
     keys = set(zip(exemplars["plate"], exemplars["well"], exemplars["field"], strict=True))
     needed = [t for t in tasks if (t.plate_name, t.well, t.field) in keys]
-    future = client.submit(render_exemplars, needed, configs, exemplars["cell_id"].tolist(),
-                           exemplars["condition"].tolist(), resources=gpu_resources(client), pure=False)
-    return write_counterfactuals(future.result(), path)
+    if on_progress is not None:
+        client.subscribe_topic(PROGRESS_TOPIC, lambda event: on_progress(event[1]["done"], event[1]["total"]))
+    try:
+        future = client.submit(render_exemplars, needed, configs, exemplars["cell_id"].tolist(),
+                               exemplars["condition"].tolist(), resources=gpu_resources(client), pure=False)
+        dataset = future.result()
+    finally:
+        if on_progress is not None:
+            client.unsubscribe_topic(PROGRESS_TOPIC)
+    return write_counterfactuals(dataset, path)

@@ -196,12 +196,23 @@ def attribute_section(run: RunData, shown: _Figures, row: dict) -> dict:
     stats = {k: row[k] for k in ("mean_delta_p", "flip_rate", "ec50", "hill", "max_effect", "r2", "dose_spearman",
                                  "z_prime", "ssmd") if k in row and row[k] is not None and np.isfinite(row[k])}
     section = {"rank": int(row["rank"]), "attribute": attribute, "name": row.get("name", ""),
-               "changes": row.get("changes", ""), "stats": stats, "figures": [], "notes": []}
+               "changes": row.get("changes", ""), "source": direction_source(row.get("source")), "stats": stats,
+               "figures": [], "notes": []}
     for part in (_strips, _dose_response, _gallery, _robust_z_maps, _replicates):
         made, notes = part(run, shown, row, label)
         section["figures"] += made
         section["notes"] += notes
     return section
+
+
+def direction_source(source: str | None) -> str:
+    """The attributes table's ``source`` in words ("" when the table has none)."""
+    if not source:
+        return ""
+    if source.startswith("contrast "):
+        return (f"the contrast direction of {source.removeprefix('contrast ')}: its mean change from the negative "
+                "control, scored by the linear discriminant that detects it")
+    return "a learned direction (contrastive, classifier-guided unless the bundle says otherwise)"
 
 
 def _attribute_index(dataset, treatment: str, attribute: str) -> int | None:
