@@ -23,6 +23,18 @@ TOP_DOSES_OPTION = click.option("--top-doses", default=2, show_default=True,
                                 help="Highest dose levels of each treatment the classifier trains on.")
 
 
+def _check_preset(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse an unknown --preset while the options are parsed, before anything is read or written."""
+    from screenxai.pipeline.preflight import check_preset
+
+    return check_preset(value)
+
+
+def preset_option(help: str):
+    """The --preset option of the commands that train, checked against the known presets."""
+    return click.option("--preset", default="small", show_default=True, callback=_check_preset, help=help)
+
+
 class _Group(click.Group):
     """Turn bad-input errors into one clear line on stderr and exit status 2."""
 
@@ -124,7 +136,7 @@ def info(plate_path: Path) -> None:
               help="Output folder.")
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="Model bundle to score the cells with (default: train one into OUT/bundle first).")
-@click.option("--preset", default="small", show_default=True, help="Preset of the bundle trained when none is given.")
+@preset_option("Preset of the bundle trained when none is given.")
 @click.option("--cells-only", is_flag=True, help="Only the cell stage: no models, no training.")
 @click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
@@ -156,6 +168,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.preflight import check_nuclear_channel
     from screenxai.pipeline.run import field_tasks, open_plates, run_cells
     from screenxai.pipeline.train_job import TrainSettings
 
@@ -171,6 +184,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     opened = open_plates(plates, layout=layout)
     selected = [w.strip() for w in wells.split(",")] if wells else None
     n_fields = len(field_tasks(opened, out, selected))
+    check_nuclear_channel(opened, nuclear_channel)
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
     with connect(scheduler, workers, **cluster) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
@@ -304,8 +318,7 @@ def _train_for_run(plates, out: Path, client, console, settings) -> Path:
 @click.option("--classes", help="Comma-separated classes of that column for the classifier to tell apart, the "
                                 "negative control first (default: read from the layout).")
 @TOP_DOSES_OPTION
-@click.option("--preset", default="small", show_default=True,
-              help="Model size: tiny (tests), small (CPU demo), base (GPU).")
+@preset_option("Model size: tiny (tests), small (CPU demo), base (GPU).")
 @click.option("--stages", default="classifier,autoencoder,explain,interpretable", show_default=True,
               help="Comma-separated training stages to run; later stages reuse the bundle at OUT.")
 @click.option("--wells", help="Comma-separated wells to sample (default: the wells of the classes).")
@@ -332,16 +345,11 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.preflight import check_classes, check_nuclear_channel
     from screenxai.pipeline.run import open_plates
     from screenxai.pipeline.train_job import TrainSettings
     from screenxai.pipeline.train_job import train as train_job
 
-    from screenxai.models.presets import get_preset
-
-    try:
-        get_preset(preset)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--preset") from err
     console = Console(stderr=True)
     opened = open_plates(plates, layout=layout)
     selected = [w.strip() for w in wells.split(",")] if wells else None
@@ -352,7 +360,8 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
         wells={p.name: selected for p in opened} if selected else None, explain_guided=guided,
         explain_contrast=contrast)
-
+    check_nuclear_channel(opened, nuclear_channel)
+    check_classes(opened, settings)
     with connect(scheduler, workers, **cluster) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
         columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]

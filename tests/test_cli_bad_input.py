@@ -1,0 +1,72 @@
+"""What a new user hits: mistyped options refused up front, starting over, Ctrl-C, and the exit statuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from conftest import in_process_cluster
+from screenxai.cli import main
+from screenxai.plate.simulate import simulate_screen
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real scheduler with one in-process worker, shared by the commands through --scheduler."""
+    with in_process_cluster() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def plate_path(tmp_path_factory) -> Path:
+    """A 2x3-well, one-field simulated plate (negative, dose and positive columns)."""
+    path = tmp_path_factory.mktemp("bad-input") / "plate.zarr"
+    simulate_screen(path, rows=2, columns=3, fields=1, size=128, seed=0)
+    return path
+
+
+def _cli(*args: str | Path):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _run(plate: Path | None, out: Path, client, *options: str):
+    """``screenxai run`` of the cell stage on the test cluster."""
+    plates = [] if plate is None else [plate]
+    return _cli("run", *plates, "-o", out, "--cells-only", "--scheduler", client.scheduler.address, *options)
+
+
+def test_an_unknown_preset_is_refused_before_anything_is_written(plate_path, tmp_path):
+    result = _cli("run", "-o", tmp_path / "out", "--preset", "bogus")
+    assert result.exit_code == 2
+    assert result.output == "error: --preset 'bogus' is not a model preset; known presets: base, small, tiny\n"
+    assert not (tmp_path / "out").exists()  # not even the demo plate
+    result = _cli("train", plate_path, "-o", tmp_path / "bundle", "--preset", "bogus")
+    assert result.exit_code == 2 and "--preset 'bogus'" in result.output and "known presets" in result.output
+    assert not (tmp_path / "bundle").exists() and not (tmp_path / "bundle.work").exists()
+
+
+def test_a_nuclear_channel_no_plate_has_is_refused_up_front_and_a_corrected_rerun_succeeds(
+        plate_path, client, tmp_path):
+    out = tmp_path / "out"
+    refused = _run(plate_path, out, client, "--nuclear-channel", "Hoechst")
+    assert refused.exit_code == 2
+    assert refused.output.count("\n") == 1 and "Dask dashboard" not in refused.output
+    assert "nuclear channel 'Hoechst' is not among the channels ['DNA', 'reporter']" in refused.output
+    assert "--nuclear-channel" in refused.output and f"plate {plate_path.stem}" in refused.output
+    rerun = _run(plate_path, out, client)
+    assert rerun.exit_code == 0, rerun.output
+    assert len(pd.read_parquet(out / "wells.parquet")) == 6
+    trained = _cli("train", plate_path, "-o", tmp_path / "bundle", "--nuclear-channel", "Hoechst")
+    assert trained.exit_code == 2 and "'Hoechst' is not among the channels" in trained.output
+    assert not (tmp_path / "bundle.work").exists()
+
+
+def test_train_classes_absent_from_the_layout_are_refused_up_front_naming_the_classes_present(plate_path, tmp_path):
+    result = _cli("train", plate_path, "-o", tmp_path / "bundle", "--classes", "negative,wortmannin")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "no well has control = ['wortmannin']" in result.output
+    assert "['dose', 'negative', 'positive'] (--classes)" in result.output
+    assert "Dask dashboard" not in result.output and not (tmp_path / "bundle.work").exists()
