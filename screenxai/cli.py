@@ -147,6 +147,8 @@ def info(plate_path: Path) -> None:
 @click.option("--nuclear-channel", help="Channel to segment (default: the one named DNA, DAPI, Hoechst, ...).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in OUT: compute only fields without a complete file (same settings only).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run in OUT (its tables, cells and bundle; never the plates it reads).")
 @click.option("--strict", is_flag=True, help="Stop at the first failed field instead of recording it.")
 @click.option("--exemplars-per-well", default=0, show_default=True,
               help="Typical cells of every well to render along each attribute, besides 4 per condition.")
@@ -155,8 +157,8 @@ def info(plate_path: Path) -> None:
 @cluster_options
 def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
         layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
-        nuclear_channel: str | None, resume: bool, strict: bool, exemplars_per_well: int, class_column: str | None,
-        top_doses: int, **cluster) -> None:
+        nuclear_channel: str | None, resume: bool, overwrite: bool, strict: bool, exemplars_per_well: int,
+        class_column: str | None, top_doses: int, **cluster) -> None:
     """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
@@ -169,9 +171,11 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
     from screenxai.pipeline.preflight import check_nuclear_channel
-    from screenxai.pipeline.run import field_tasks, open_plates, run_cells
+    from screenxai.pipeline.run import clear_run, field_tasks, open_plates, run_cells
     from screenxai.pipeline.train_job import TrainSettings
 
+    if overwrite and resume:
+        raise click.UsageError("--overwrite replaces the run in OUT and --resume continues it: pass one of them")
     console = Console(stderr=True)
     if not plates:
         demo = out / "plate.zarr"
@@ -185,6 +189,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     selected = [w.strip() for w in wells.split(",")] if wells else None
     n_fields = len(field_tasks(opened, out, selected))
     check_nuclear_channel(opened, nuclear_channel)
+    if overwrite:
+        clear_run(out, keep=_own_inputs(plates, bundle))
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
     with connect(scheduler, workers, **cluster) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")
@@ -198,6 +204,14 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
                                exemplars_per_well=exemplars_per_well)
     _print_summary(result)
     _write_report(out)
+
+
+def _own_inputs(plates: tuple[Path | str, ...], bundle: Path | None) -> list[Path]:
+    """What --overwrite keeps in OUT: the local plates read (with a simulated plate's truth) and a bundle given."""
+    from screenxai.plate.simulate import truth_path
+
+    local = [p for p in plates if isinstance(p, Path)]
+    return [*local, *map(truth_path, local), *([bundle] if bundle is not None else [])]
 
 
 @main.command()

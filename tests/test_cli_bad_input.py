@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -9,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import in_process_cluster
+from screenxai.cells import CellConfig
 from screenxai.cli import main
-from screenxai.plate.simulate import simulate_screen
+from screenxai.errors import ScreenxaiError
+from screenxai.pipeline.run import RUN_RECORD, open_plates, run_cells
+from screenxai.plate.simulate import simulate_screen, truth_path
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +74,40 @@ def test_train_classes_absent_from_the_layout_are_refused_up_front_naming_the_cl
     assert "no well has control = ['wortmannin']" in result.output
     assert "['dose', 'negative', 'positive'] (--classes)" in result.output
     assert "Dask dashboard" not in result.output and not (tmp_path / "bundle.work").exists()
+
+
+def test_a_run_that_wrote_no_field_leaves_nothing_that_blocks_a_plain_rerun(plate_path, client, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ScreenxaiError, match="every field failed"):  # the Python API has no up-front check
+        run_cells(open_plates([plate_path]), out, client, CellConfig(nuclear_channel="Hoechst"))
+    assert not (out / RUN_RECORD).exists()
+    rerun = _run(plate_path, out, client)
+    assert rerun.exit_code == 0, rerun.output
+
+
+def test_overwrite_replaces_the_run_but_keeps_the_plate_it_reads(plate_path, client, tmp_path):
+    out = tmp_path / "out"
+    plate = out / "plate.zarr"  # the demo's place, given here as the plate to read
+    shutil.copytree(plate_path, plate)
+    shutil.copy(truth_path(plate_path), truth_path(plate))
+    first = _run(plate, out, client, "--wells", "A01")
+    assert first.exit_code == 0, first.output
+    again = _run(plate, out, client)
+    assert again.exit_code == 2 and "already holds a run" in again.output and "--overwrite" in again.output
+    other = _run(plate, out, client, "--wells", "A01", "--crop-size", "48", "--resume")
+    assert other.exit_code == 2 and "cells differ" in other.output and "--overwrite" in other.output
+    both = _run(plate, out, client, "--overwrite", "--resume")
+    assert both.exit_code == 2 and "--overwrite replaces the run in OUT and --resume continues it" in both.output
+    replaced = _run(plate, out, client, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert sorted(pd.read_parquet(out / "wells.parquet")["well"]) == ["A01", "A02", "A03", "B01", "B02", "B03"]
+    assert sorted(pd.read_parquet(out / "cells")["well"].astype(str).unique()) == ["A01", "A02", "A03", "B01",
+                                                                                    "B02", "B03"]
+    assert truth_path(plate).exists() and len(open_plates([plate])[0].wells) == 6
+
+
+def test_overwrite_refuses_a_folder_that_holds_no_run(plate_path, client, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a run")
+    result = _run(plate_path, tmp_path, client, "--overwrite")
+    assert result.exit_code == 2 and "holds no screenxai run to overwrite" in result.output
+    assert (tmp_path / "notes.txt").exists()

@@ -41,7 +41,7 @@ from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import model_capacity
 from screenxai.pipeline.counterfactual_stage import choose_exemplars, choose_well_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
-from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
+from screenxai.pipeline.sinks import is_done, read_marker, write_parquet_atomic
 from screenxai.pipeline.summary import aggregate_wells, attribute_tables, field_qc_flags, well_table, with_layouts
 from screenxai.plate.conditions import Conditions
 from screenxai.profiles import well_profiles
@@ -106,7 +106,21 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
             check_channels(loaded, plate.channel_names)
     tasks = field_tasks(plates, out, wells)
     record = run_record(plates, wells, config, loaded)
-    claim_output(out, record, resume)
+    claimed = claim_output(out, record, resume)
+    try:
+        return _run_claimed(plates, out, client, config, wells, tasks, record, loaded, on_field, fields_per_batch,
+                            resume, strict, exemplars_per_condition, exemplars_per_well)
+    except BaseException:
+        if claimed and not any(is_done(t.cells_path) for t in tasks):
+            (out / RUN_RECORD).unlink(missing_ok=True)  # nothing written: a plain rerun starts afresh
+        raise
+
+
+def _run_claimed(plates: Sequence[Plate], out: Path, client: Client, config: CellConfig,
+                 wells: Sequence[str] | None, tasks: list[FieldTask], record: dict, loaded: Bundle | None,
+                 on_field: Callable[[dict], None] | None, fields_per_batch: int, resume: bool, strict: bool,
+                 exemplars_per_condition: int, exemplars_per_well: int) -> RunResult:
+    """``run_cells`` once the output folder is claimed: compute the fields left, reduce and write the tables."""
     start = time.perf_counter()
     rows, todo = [], []
     for task in tasks:
@@ -193,21 +207,48 @@ def bundle_fingerprint(path: Path) -> str:
     return verify_bundle(path)
 
 
-def claim_output(out: Path, record: dict, resume: bool) -> None:
-    """Refuse a folder holding another run (or any run, without ``resume``); record this run's settings."""
+def claim_output(out: Path, record: dict, resume: bool) -> bool:
+    """Refuse a folder holding another run (or any run, without ``resume``); record this run's settings.
+
+    Returns whether this run created the record (False when it resumes one).
+    """
     path = out / RUN_RECORD
     if path.exists():
         found = json.loads(path.read_text())
         if not resume:
-            raise ScreenxaiError(f"{out} already holds a run; pass --resume to continue it, or choose another "
-                                 "output folder")
+            raise ScreenxaiError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
+                                 "it, or choose another output folder")
         changed = sorted(k for k in record if found.get(k) != record[k])
         if changed:
             raise ScreenxaiError(f"cannot resume the run in {out}: its {', '.join(changed)} differ from this "
-                                 "run's (another bundle, configuration, plates or wells)")
-        return
+                                 "run's (another bundle, configuration, plates or wells); pass --overwrite instead "
+                                 "of --resume to replace it, or choose another output folder")
+        return False
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, record)
+    return True
+
+
+def clear_run(out: Path, keep: Sequence[Path] = ()) -> None:
+    """Remove the run in ``out`` (tables, cells, bundle, report, ...), but not the paths in ``keep`` (plates).
+
+    A non-empty folder without a run record or run bundle is refused, so
+    ``--overwrite`` never empties a folder that holds something else. The
+    record goes last: a clearing cut short still reads as a run.
+    """
+    if not out.is_dir():
+        return
+    if not any((out / name).exists() for name in (RUN_RECORD, "bundle", "bundle.work")) and any(out.iterdir()):
+        raise ScreenxaiError(f"{out} holds no screenxai run to overwrite; choose an empty or new output folder")
+    kept = [Path(k).resolve() for k in keep]
+    for entry in sorted(out.iterdir(), key=lambda e: e.name == RUN_RECORD):
+        path = entry.resolve()
+        if any(path == k or path in k.parents for k in kept):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def model_configs(plates: Sequence[Plate], config: CellConfig, bundle: Bundle) -> dict[str, CellConfig]:
