@@ -170,7 +170,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
-    from screenxai.pipeline.preflight import check_nuclear_channel
+    from screenxai.pipeline.preflight import check_bundle_preset, check_nuclear_channel
     from screenxai.pipeline.run import clear_run, field_tasks, open_plates, run_cells
     from screenxai.pipeline.train_job import TrainSettings
 
@@ -191,6 +191,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     check_nuclear_channel(opened, nuclear_channel)
     if overwrite:
         clear_run(out, keep=_own_inputs(plates, bundle))
+    elif bundle is None and not cells_only:
+        check_bundle_preset(out / "bundle", preset, out)
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
     with connect(scheduler, workers, **cluster) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}")

@@ -13,8 +13,10 @@ from conftest import in_process_cluster
 from screenxai.cells import CellConfig
 from screenxai.cli import main
 from screenxai.errors import ScreenxaiError
+from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import RUN_RECORD, open_plates, run_cells
 from screenxai.plate.simulate import simulate_screen, truth_path
+from test_models_training import MINI
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +113,31 @@ def test_overwrite_refuses_a_folder_that_holds_no_run(plate_path, client, tmp_pa
     result = _run(plate_path, tmp_path, client, "--overwrite")
     assert result.exit_code == 2 and "holds no screenxai run to overwrite" in result.output
     assert (tmp_path / "notes.txt").exists()
+
+
+@pytest.fixture(scope="module")
+def mini_bundle(tmp_path_factory) -> Path:
+    """A bundle of the 16 px ``mini`` preset trained in seconds on toy cells; its provenance records the preset."""
+    from screenxai.models.synthetic import toy_cells
+    from screenxai.models.training import save_trained, train_models
+
+    crops, table = toy_cells(wells_per_class=2, cells_per_well=20, size=16, doses=1, seed=0)
+    path = tmp_path_factory.mktemp("mini-bundle") / "bundle"
+    return save_trained(path, train_models(crops, table, MINI, seed=0), table, ["DNA", "reporter"],
+                        {"channel_names": ["DNA", "reporter"], "low": [0, 0], "high": [1, 1]})
+
+
+def test_a_run_bundle_of_another_preset_is_refused_saying_how_to_proceed_and_one_of_the_same_is_reused(
+        plate_path, mini_bundle, client, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(mini_bundle, out / "bundle")
+    args = ["run", plate_path, "-o", out, "--scheduler", client.scheduler.address]
+    refused = _cli(*args, "--preset", "tiny")
+    assert refused.exit_code == 2 and refused.output.count("\n") == 1 and "Dask dashboard" not in refused.output
+    assert f"{out / 'bundle'} was trained with the 'mini' preset, not 'tiny'" in refused.output
+    assert all(way in refused.output for way in ("--preset mini", "(-o)", "--overwrite", "(--bundle)"))
+    with registered_preset(MINI):
+        reused = _cli(*args, "--preset", "mini")
+    assert reused.exit_code == 0, reused.output
+    assert f"using the bundle trained earlier at {out / 'bundle'}" in " ".join(reused.output.split())  # rich wraps
+    assert "mean_p_positive" in pd.read_parquet(out / "wells.parquet")

@@ -7,7 +7,9 @@ is one ``PreflightError`` naming the option and what the input offers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 from screenxai.cells.field import nuclear_channel_index
 from screenxai.errors import PlateError, ScreenxaiError
@@ -40,3 +42,28 @@ def check_classes(plates: Sequence[Plate], settings) -> None:
     from screenxai.pipeline.train_job import job_conditions
 
     job_conditions(plates, settings)
+
+
+def bundle_preset(bundle: Path) -> str | None:
+    """The preset a bundle folder was trained with (or its interrupted training in ``BUNDLE.work`` uses)."""
+    config = bundle / "config.json"
+    settings = bundle.with_name(bundle.name + ".work") / "settings.json"
+    try:
+        if config.exists():
+            return json.loads(config.read_text())["provenance"]["preset"]
+        if settings.exists():
+            return json.loads(settings.read_text())["cells"]["preset"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise PreflightError(f"cannot read the preset of {bundle}: {err!r}; pass --overwrite to train it anew") \
+            from None
+    return None
+
+
+def check_bundle_preset(bundle: Path, preset: str, out: Path) -> None:
+    """Refuse to train or reuse ``out``'s bundle with ``preset`` when it was trained with another one."""
+    found = bundle_preset(bundle)
+    if found is not None and found != preset:
+        raise PreflightError(
+            f"{bundle} was trained with the {found!r} preset, not {preset!r}; to keep it, run with --preset {found}; "
+            f"to train a {preset!r} bundle, choose another output folder (-o) or pass --overwrite to replace the run "
+            f"in {out}; or score with a bundle you have (--bundle)")
