@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,8 @@ CLASS_COLUMN_OPTION = click.option(
                            "treatments, else control).")
 TOP_DOSES_OPTION = click.option("--top-doses", default=2, show_default=True,
                                 help="Highest dose levels of each treatment the classifier trains on.")
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
 
 
 def _check_preset(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -35,15 +38,42 @@ def preset_option(help: str):
     return click.option("--preset", default="small", show_default=True, callback=_check_preset, help=help)
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a long command: what it kept on disk, and the flag that resumes it (none: the same command)."""
+
+    def __init__(self, kept: str, resume_flag: str | None = None) -> None:
+        super().__init__(kept)
+        self.kept, self.resume_flag = kept, resume_flag
+
+
 class _Group(click.Group):
-    """Turn bad-input errors into one clear line on stderr and exit status 2."""
+    """Turn bad input into one clear line and exit status 2; Ctrl-C into one line saying how to resume, and 130."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["screenxai.argv"] = list(args)  # the command line as typed, for the resume command
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ScreenxaiError as err:
             click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
+        except Interrupted as stop:
+            command = resume_command(ctx.meta.get("screenxai.argv", []), stop.resume_flag)
+            click.echo(f"interrupted: kept {stop.kept}; to resume, run: {command}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+def resume_command(argv: list[str], flag: str | None) -> str:
+    """The command line that continues an interrupted one: the same, with ``flag`` and without --overwrite."""
+    args = [a for a in argv if a != "--overwrite"]
+    if flag is not None and flag not in args:
+        args.append(flag)
+    return shlex.join(["screenxai", *args])
 
 
 @click.group(cls=_Group)
@@ -194,16 +224,19 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     elif bundle is None and not cells_only:
         check_bundle_preset(out / "bundle", preset, out)
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
-    with connect(scheduler, workers, **cluster) as client:
-        console.print(f"Dask dashboard: {client.dashboard_link}")
-        if bundle is None and not cells_only:
-            bundle = _train_for_run(opened, out / "bundle", client, console,
-                                    TrainSettings(preset=preset, nuclear_channel=nuclear_channel,
-                                                  class_column=class_column, top_dose_levels=top_doses))
-        with _field_progress(console, n_fields) as on_field:
-            result = run_cells(opened, out, client, config, selected, on_field=on_field,
-                               bundle=None if cells_only else bundle, resume=resume, strict=strict,
-                               exemplars_per_well=exemplars_per_well)
+    try:
+        with connect(scheduler, workers, **cluster) as client:
+            console.print(f"Dask dashboard: {client.dashboard_link}")
+            if bundle is None and not cells_only:
+                bundle = _train_for_run(opened, out / "bundle", client, console,
+                                        TrainSettings(preset=preset, nuclear_channel=nuclear_channel,
+                                                      class_column=class_column, top_dose_levels=top_doses))
+            with _field_progress(console, n_fields) as on_field:
+                result = run_cells(opened, out, client, config, selected, on_field=on_field,
+                                   bundle=None if cells_only else bundle, resume=resume, strict=strict,
+                                   exemplars_per_well=exemplars_per_well)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept_by_run(out, opened, selected), "--resume") from None
     _print_summary(result)
     _write_report(out)
 
@@ -214,6 +247,30 @@ def _own_inputs(plates: tuple[Path | str, ...], bundle: Path | None) -> list[Pat
 
     local = [p for p in plates if isinstance(p, Path)]
     return [*local, *map(truth_path, local), *([bundle] if bundle is not None else [])]
+
+
+def _kept_by_run(out: Path, plates, wells: list[str] | None) -> str:
+    """What an interrupted run leaves to resume from: the fields written, and a training's work folder."""
+    from screenxai.pipeline.run import field_tasks
+    from screenxai.pipeline.sinks import is_done
+    from screenxai.pipeline.train_job import work_folder
+
+    tasks = field_tasks(plates, out, wells)
+    kept = f"{sum(is_done(t.cells_path) for t in tasks)} of {len(tasks)} fields written in {out}"
+    work = work_folder(out / "bundle")
+    return kept + (f" and the training's crop cache and checkpoints in {work}" if work.exists() else "")
+
+
+def _kept_by_training(out: Path) -> str:
+    """What an interrupted training leaves to resume from: its work folder, if it got that far."""
+    from screenxai.pipeline.train_job import work_folder
+
+    work = work_folder(out.absolute())
+    if not work.exists():
+        return "nothing (no crop cache was started)"
+    kept = [name for folder, name in (("cache", "the crop cache"), ("checkpoints", "checkpoints"))
+            if (work / folder).exists()]
+    return f"{' and '.join(kept) or 'the settings'} in {work}"
 
 
 @main.command()
@@ -378,13 +435,16 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         explain_contrast=contrast)
     check_nuclear_channel(opened, nuclear_channel)
     check_classes(opened, settings)
-    with connect(scheduler, workers, **cluster) as client:
-        console.print(f"Dask dashboard: {client.dashboard_link}")
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("cutting cells", total=None)
-            result = train_job(opened, out, client, settings, on_field=lambda _: progress.advance(bar),
-                               on_progress=_epoch_printer(console), keep_work=keep_work)
+    try:
+        with connect(scheduler, workers, **cluster) as client:
+            console.print(f"Dask dashboard: {client.dashboard_link}")
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+            with Progress(*columns, console=console) as progress:
+                bar = progress.add_task("cutting cells", total=None)
+                result = train_job(opened, out, client, settings, on_field=lambda _: progress.advance(bar),
+                                   on_progress=_epoch_printer(console), keep_work=keep_work)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept_by_training(out)) from None
     _print_training_summary(result)
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from conftest import in_process_cluster
+from conftest import REPO_ROOT, in_process_cluster
 from screenxai.cells import CellConfig
-from screenxai.cli import main
+from screenxai.cli import EXIT_INTERRUPTED, LogProgress, main
 from screenxai.errors import ScreenxaiError
 from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import RUN_RECORD, open_plates, run_cells
@@ -113,6 +120,78 @@ def test_overwrite_refuses_a_folder_that_holds_no_run(plate_path, client, tmp_pa
     result = _run(plate_path, tmp_path, client, "--overwrite")
     assert result.exit_code == 2 and "holds no screenxai run to overwrite" in result.output
     assert (tmp_path / "notes.txt").exists()
+
+
+def _interrupt_after_first_field(monkeypatch) -> None:
+    """Ctrl-C while the fields run: the progress callback raises KeyboardInterrupt after the first field."""
+    count = LogProgress.__call__
+
+    def interrupt(self, row):
+        count(self, row)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LogProgress, "__call__", interrupt)
+
+
+def test_ctrl_c_during_a_run_says_what_was_kept_and_how_to_resume(plate_path, client, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    _interrupt_after_first_field(monkeypatch)
+    result = _run(plate_path, out, client, "--overwrite")
+    assert result.exit_code == EXIT_INTERRUPTED == 130
+    line = result.stderr.splitlines()[-1]
+    assert line.startswith("interrupted: kept ") and f"of 6 fields written in {out}" in line
+    command = f"screenxai run {plate_path} -o {out} --cells-only --scheduler {client.scheduler.address} --resume"
+    assert line.endswith(f"; to resume, run: {command}")
+    assert "Traceback" not in result.output and len(result.stderr.splitlines()) <= 3  # dashboard, the line
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(main, shlex.split(command)[1:])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(pd.read_parquet(out / "fields.parquet")) == 6
+
+
+def test_ctrl_c_during_training_names_the_kept_crop_cache_and_the_same_command(plate_path, client, tmp_path,
+                                                                              monkeypatch):
+    import screenxai.pipeline.train_job as train_job
+
+    build = train_job.build_crop_cache
+
+    def cut_then_interrupt(*args, **kwargs):
+        build(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_job, "build_crop_cache", cut_then_interrupt)
+    out = tmp_path / "bundle"
+    args = ["train", str(plate_path), "-o", str(out), "--scheduler", client.scheduler.address,
+            "--max-cells-per-well", "5"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 130
+    assert result.stderr.splitlines()[-1] == (f"interrupted: kept the crop cache in {out}.work; to resume, run: "
+                                              f"screenxai {shlex.join(args)}")
+    assert "Traceback" not in result.output
+    assert (out.parent / "bundle.work" / "cache").is_dir()
+    refused = _cli("run", plate_path, "-o", out.parent, "--preset", "tiny")
+    assert refused.exit_code == 2 and "trained with the 'small' preset, not 'tiny'" in refused.output
+
+
+def test_a_real_ctrl_c_to_the_whole_command_stops_workers_and_client_with_one_line(tmp_path):
+    """SIGINT to the process group, as a terminal sends it: the local cluster's workers print no tracebacks."""
+    simulate_screen(tmp_path / "plate.zarr", rows=2, columns=4, fields=2, size=256, seed=1)
+    command = [sys.executable, "-m", "screenxai.cli", "run", "plate.zarr", "-o", "out", "--cells-only",
+               "--workers", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    run = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    deadline = time.monotonic() + 50
+    while not list((tmp_path / "out").glob("cells/*/*/*.parquet")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGINT)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == 130, stderr
+    dashboard, line = stderr.splitlines()
+    assert dashboard.startswith("Dask dashboard: ")
+    kept = re.fullmatch(r"interrupted: kept (\d+) of 16 fields written in out; to resume, run: "
+                        r"screenxai run plate.zarr -o out --cells-only --workers 1 --resume", line)
+    assert kept and 1 <= int(kept.group(1)) < 16, line
 
 
 @pytest.fixture(scope="module")
