@@ -23,6 +23,7 @@ CLASS_COLUMN_OPTION = click.option(
 TOP_DOSES_OPTION = click.option("--top-doses", default=2, show_default=True,
                                 help="Highest dose levels of each treatment the classifier trains on.")
 EXIT_BAD_INPUT = 2
+EXIT_FAILED_FIELDS = 3
 EXIT_INTERRUPTED = 130
 
 
@@ -195,6 +196,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     Without --bundle, a bundle is trained on the plates' controls into
     OUT/bundle first (as `screenxai train` with --preset). On a terminal a
     bar with ETA follows the fields; in a log, a line every half minute.
+    Exit status: 0 done, 2 bad input, 3 done with failed fields (see
+    OUT/failures.parquet), 130 interrupted.
     """
     from rich.console import Console
 
@@ -239,6 +242,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
         raise Interrupted(_kept_by_run(out, opened, selected), "--resume") from None
     _print_summary(result)
     _write_report(out)
+    if len(result.failures):
+        sys.exit(EXIT_FAILED_FIELDS)
 
 
 def _own_inputs(plates: tuple[Path | str, ...], bundle: Path | None) -> list[Path]:

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from conftest import REPO_ROOT, in_process_cluster
 from screenxai.cells import CellConfig
-from screenxai.cli import EXIT_INTERRUPTED, LogProgress, main
+from screenxai.cli import EXIT_FAILED_FIELDS, EXIT_INTERRUPTED, LogProgress, main
 from screenxai.errors import ScreenxaiError
 from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import RUN_RECORD, open_plates, run_cells
@@ -220,3 +220,15 @@ def test_a_run_bundle_of_another_preset_is_refused_saying_how_to_proceed_and_one
     assert reused.exit_code == 0, reused.output
     assert f"using the bundle trained earlier at {out / 'bundle'}" in " ".join(reused.output.split())  # rich wraps
     assert "mean_p_positive" in pd.read_parquet(out / "wells.parquet")
+
+
+def test_a_run_with_failed_fields_writes_everything_and_exits_with_its_own_status(plate_path, client, tmp_path):
+    plate = tmp_path / "plate.zarr"
+    shutil.copytree(plate_path, plate)
+    chunk = next(p for p in (plate / "A" / "02" / "0" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"\x00garbage")
+    result = _run(plate, tmp_path / "out", client)
+    assert result.exit_code == EXIT_FAILED_FIELDS == 3, result.output
+    assert "1 field(s) failed" in result.stderr
+    assert pd.read_parquet(tmp_path / "out" / "failures.parquet")["well"].tolist() == ["A02"]
+    assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "manifest.json").exists()
