@@ -232,3 +232,27 @@ def test_a_run_with_failed_fields_writes_everything_and_exits_with_its_own_statu
     assert "1 field(s) failed" in result.stderr
     assert pd.read_parquet(tmp_path / "out" / "failures.parquet")["well"].tolist() == ["A02"]
     assert (tmp_path / "out" / "report.html").exists() and (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("group", ["", "A/02"])
+def test_a_plate_or_well_zarr_json_that_is_not_json_is_one_error_naming_the_file(plate_path, group, tmp_path):
+    plate = tmp_path / "plate.zarr"
+    shutil.copytree(plate_path, plate)
+    broken = plate / group / "zarr.json"
+    broken.write_text("{garbage")
+    for command in (["info", plate], ["run", plate, "-o", tmp_path / "out", "--cells-only"]):
+        result = _cli(*command)
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith("error: ") and f"{broken} is not valid JSON" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_field_zarr_json_that_is_not_json_fails_that_field_naming_the_file(plate_path, client, tmp_path):
+    plate = tmp_path / "plate.zarr"
+    shutil.copytree(plate_path, plate)
+    (plate / "B" / "03" / "0" / "zarr.json").write_text("{garbage")
+    result = _run(plate, tmp_path / "out", client)
+    assert result.exit_code == EXIT_FAILED_FIELDS, result.output
+    failures = pd.read_parquet(tmp_path / "out" / "failures.parquet")
+    assert failures["well"].tolist() == ["B03"]
+    assert f"{plate / 'B' / '03' / '0' / 'zarr.json'} is not valid JSON" in failures["error"].iloc[0]
