@@ -203,7 +203,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
-    from screenxai.pipeline.preflight import check_bundle_preset, check_nuclear_channel
+    from screenxai.pipeline.preflight import check_bundle_preset, check_classes, check_nuclear_channel
     from screenxai.pipeline.run import clear_run, field_tasks, open_plates, run_cells
     from screenxai.pipeline.train_job import TrainSettings
 
@@ -222,6 +222,10 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     selected = [w.strip() for w in wells.split(",")] if wells else None
     n_fields = len(field_tasks(opened, out, selected))
     check_nuclear_channel(opened, nuclear_channel)
+    training = TrainSettings(preset=preset, nuclear_channel=nuclear_channel, class_column=class_column,
+                             top_dose_levels=top_doses)
+    if bundle is None and not cells_only:
+        check_classes(opened, training)
     if overwrite:
         clear_run(out, keep=_own_inputs(plates, bundle))
     elif bundle is None and not cells_only:
@@ -231,9 +235,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
         with connect(scheduler, workers, **cluster) as client:
             console.print(f"Dask dashboard: {client.dashboard_link}")
             if bundle is None and not cells_only:
-                bundle = _train_for_run(opened, out / "bundle", client, console,
-                                        TrainSettings(preset=preset, nuclear_channel=nuclear_channel,
-                                                      class_column=class_column, top_dose_levels=top_doses))
+                bundle = _train_for_run(opened, out / "bundle", client, console, training)
             with _field_progress(console, n_fields) as on_field:
                 result = run_cells(opened, out, client, config, selected, on_field=on_field,
                                    bundle=None if cells_only else bundle, resume=resume, strict=strict,

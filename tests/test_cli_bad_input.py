@@ -83,6 +83,9 @@ def test_train_classes_absent_from_the_layout_are_refused_up_front_naming_the_cl
     assert "no well has control = ['wortmannin']" in result.output
     assert "['dose', 'negative', 'positive'] (--classes)" in result.output
     assert "Dask dashboard" not in result.output and not (tmp_path / "bundle.work").exists()
+    result = _cli("run", plate_path, "-o", tmp_path / "out", "--class-column", "treatment")
+    assert result.exit_code == 2 and "has no column 'treatment'" in result.output and "'compound'" in result.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_run_that_wrote_no_field_leaves_nothing_that_blocks_a_plain_rerun(plate_path, client, tmp_path):
