@@ -20,7 +20,8 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -107,84 +108,71 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     tasks = field_tasks(plates, out, wells)
     record = run_record(plates, wells, config, loaded)
     claimed = claim_output(out, record, resume)
-    try:
-        return _run_claimed(plates, out, client, config, wells, tasks, record, loaded, on_field, fields_per_batch,
-                            resume, strict, exemplars_per_condition, exemplars_per_well)
-    except BaseException:
-        if claimed and not any(is_done(t.cells_path) for t in tasks):
-            (out / RUN_RECORD).unlink(missing_ok=True)  # nothing written: a plain rerun starts afresh
-        raise
-
-
-def _run_claimed(plates: Sequence[Plate], out: Path, client: Client, config: CellConfig,
-                 wells: Sequence[str] | None, tasks: list[FieldTask], record: dict, loaded: Bundle | None,
-                 on_field: Callable[[dict], None] | None, fields_per_batch: int, resume: bool, strict: bool,
-                 exemplars_per_condition: int, exemplars_per_well: int) -> RunResult:
-    """``run_cells`` once the output folder is claimed: compute the fields left, reduce and write the tables."""
-    start = time.perf_counter()
-    rows, todo = [], []
-    for task in tasks:
-        finished = read_marker(task.cells_path) if resume else None
-        if finished:
-            rows.append(finished)
-            if on_field is not None:
-                on_field(finished)
-        else:
-            todo.append(task)
-    configs = model_configs(plates, config, loaded) if loaded is not None else {}
-    if not todo:
-        completed = bounded_completion(client, iter([]), 1)
-    elif loaded is None:
-        token = uuid.uuid4().hex[:8]
-        futures = client.map(run_field, todo, config=config, pure=False,
-                             key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
-        completed = bounded_completion(client, iter(futures), len(futures))
-    else:
-        completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
-    try:
-        for future in completed:
-            result = future.result()
-            for row in result if isinstance(result, list) else [result]:
-                if strict and row["status"] == "failed":
-                    raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
-                                         f"{row['error']}")
-                rows.append(row)
+    with _unclaimed_on_failure(out, tasks, claimed):
+        start = time.perf_counter()
+        rows, todo = [], []
+        for task in tasks:
+            finished = read_marker(task.cells_path) if resume else None
+            if finished:
+                rows.append(finished)
                 if on_field is not None:
-                    on_field(row)
-    finally:  # an error or an interrupt (Ctrl-C, a failing callback) cancels the fields still in flight
-        completed.close()
-    fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
-    failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
-    fields = field_qc_flags(fields.drop(columns=[c for c in ("traceback",) if c in fields]))
-    done = fields[fields["status"] == "done"]
-    if done.empty:
-        raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
-    cells = dd.read_parquet(out / "cells")
-    aggregates = aggregate_wells(cells, client)
-    layouts = {p.name: p.layout for p in plates}
-    wells_table = well_table(aggregates, fields, layouts)
-    explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
-    if explain is not None and explain.is_dir():
-        wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table, loaded)
-        if exemplars_per_condition > 0 or exemplars_per_well > 0:
-            if not todo:  # a resumed run with nothing left: the models still have to reach the workers
-                client.register_plugin(BundlePlugin.from_path(loaded.path))
-            exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
-                                   client)
-            counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
-    write_parquet_atomic(fields, out / "fields.parquet")
-    write_parquet_atomic(wells_table, out / "wells.parquet")
-    write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
-    if not failures.empty:
-        write_parquet_atomic(failures, out / "failures.parquet")
-    seconds = time.perf_counter() - start
-    if loaded is not None and loaded.path.resolve() != (out / "bundle").resolve():
-        copy_bundle(loaded.path, out / "bundle")
-    interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
-    if loaded is not None and interpretable.exists():
-        write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
-    write_manifest(out, plates, config, fields, seconds, record, loaded)
-    return RunResult(out, wells_table, fields, seconds, failures)
+                    on_field(finished)
+            else:
+                todo.append(task)
+        configs = model_configs(plates, config, loaded) if loaded is not None else {}
+        if not todo:
+            completed = bounded_completion(client, iter([]), 1)
+        elif loaded is None:
+            token = uuid.uuid4().hex[:8]
+            futures = client.map(run_field, todo, config=config, pure=False,
+                                 key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
+            completed = bounded_completion(client, iter(futures), len(futures))
+        else:
+            completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
+        try:
+            for future in completed:
+                result = future.result()
+                for row in result if isinstance(result, list) else [result]:
+                    if strict and row["status"] == "failed":
+                        raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
+                                             f"{row['error']}")
+                    rows.append(row)
+                    if on_field is not None:
+                        on_field(row)
+        finally:  # an error or an interrupt (Ctrl-C, a failing callback) cancels the fields still in flight
+            completed.close()
+        fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
+        failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
+        fields = field_qc_flags(fields.drop(columns=[c for c in ("traceback",) if c in fields]))
+        done = fields[fields["status"] == "done"]
+        if done.empty:
+            raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
+        cells = dd.read_parquet(out / "cells")
+        aggregates = aggregate_wells(cells, client)
+        layouts = {p.name: p.layout for p in plates}
+        wells_table = well_table(aggregates, fields, layouts)
+        explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
+        if explain is not None and explain.is_dir():
+            wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table, loaded)
+            if exemplars_per_condition > 0 or exemplars_per_well > 0:
+                if not todo:  # a resumed run with nothing left: the models still have to reach the workers
+                    client.register_plugin(BundlePlugin.from_path(loaded.path))
+                exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
+                                       client)
+                counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
+        write_parquet_atomic(fields, out / "fields.parquet")
+        write_parquet_atomic(wells_table, out / "wells.parquet")
+        write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
+        if not failures.empty:
+            write_parquet_atomic(failures, out / "failures.parquet")
+        seconds = time.perf_counter() - start
+        if loaded is not None and loaded.path.resolve() != (out / "bundle").resolve():
+            copy_bundle(loaded.path, out / "bundle")
+        interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
+        if loaded is not None and interpretable.exists():
+            write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
+        write_manifest(out, plates, config, fields, seconds, record, loaded)
+        return RunResult(out, wells_table, fields, seconds, failures)
 
 
 RUN_RECORD = ".screenxai-run.json"
@@ -249,6 +237,17 @@ def clear_run(out: Path, keep: Sequence[Path] = ()) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
+
+
+@contextmanager
+def _unclaimed_on_failure(out: Path, tasks: Sequence[FieldTask], claimed: bool) -> Iterator[None]:
+    """Drop the run record this run wrote when it fails before writing any field: a plain rerun then starts afresh."""
+    try:
+        yield
+    except BaseException:
+        if claimed and not any(is_done(t.cells_path) for t in tasks):
+            (out / RUN_RECORD).unlink(missing_ok=True)
+        raise
 
 
 def model_configs(plates: Sequence[Plate], config: CellConfig, bundle: Bundle) -> dict[str, CellConfig]:
