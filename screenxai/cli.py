@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -21,17 +22,59 @@ CLASS_COLUMN_OPTION = click.option(
                            "treatments, else control).")
 TOP_DOSES_OPTION = click.option("--top-doses", default=2, show_default=True,
                                 help="Highest dose levels of each treatment the classifier trains on.")
+EXIT_BAD_INPUT = 2
+EXIT_FAILED_FIELDS = 3
+EXIT_INTERRUPTED = 130
+
+
+def _check_preset(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse an unknown --preset while the options are parsed, before anything is read or written."""
+    from screenxai.pipeline.preflight import check_preset
+
+    return check_preset(value)
+
+
+def preset_option(help: str):
+    """The --preset option of the commands that train, checked against the known presets."""
+    return click.option("--preset", default="small", show_default=True, callback=_check_preset, help=help)
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a long command: what it kept on disk, and the flag that resumes it (none: the same command)."""
+
+    def __init__(self, kept: str, resume_flag: str | None = None) -> None:
+        super().__init__(kept)
+        self.kept, self.resume_flag = kept, resume_flag
 
 
 class _Group(click.Group):
-    """Turn bad-input errors into one clear line on stderr and exit status 2."""
+    """Turn bad input into one clear line and exit status 2; Ctrl-C into one line saying how to resume, and 130."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["screenxai.argv"] = list(args)  # the command line as typed, for the resume command
+        return super().parse_args(ctx, args)
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ScreenxaiError as err:
             click.echo(f"error: {err}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
+        except Interrupted as stop:
+            command = resume_command(ctx.meta.get("screenxai.argv", []), stop.resume_flag)
+            click.echo(f"interrupted: kept {stop.kept}; to resume, run: {command}", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+
+def resume_command(argv: list[str], flag: str | None) -> str:
+    """The command line that continues an interrupted one: the same, with ``flag`` and without --overwrite."""
+    args = [a for a in argv if a != "--overwrite"]
+    if flag is not None and flag not in args:
+        args.append(flag)
+    return shlex.join(["screenxai", *args])
 
 
 @click.group(cls=_Group)
@@ -124,7 +167,7 @@ def info(plate_path: Path) -> None:
               help="Output folder.")
 @click.option("--bundle", type=click.Path(path_type=Path),
               help="Model bundle to score the cells with (default: train one into OUT/bundle first).")
-@click.option("--preset", default="small", show_default=True, help="Preset of the bundle trained when none is given.")
+@preset_option("Preset of the bundle trained when none is given.")
 @click.option("--cells-only", is_flag=True, help="Only the cell stage: no models, no training.")
 @click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV (default: the one stored in each plate).")
 @click.option("--scheduler", help="Address of a running Dask scheduler (default: a local cluster).")
@@ -135,6 +178,8 @@ def info(plate_path: Path) -> None:
 @click.option("--nuclear-channel", help="Channel to segment (default: the one named DNA, DAPI, Hoechst, ...).")
 @click.option("--resume", is_flag=True,
               help="Continue the run in OUT: compute only fields without a complete file (same settings only).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace the run in OUT (its tables, cells and bundle; never the plates it reads).")
 @click.option("--strict", is_flag=True, help="Stop at the first failed field instead of recording it.")
 @click.option("--exemplars-per-well", default=0, show_default=True,
               help="Typical cells of every well to render along each attribute, besides 4 per condition.")
@@ -143,22 +188,27 @@ def info(plate_path: Path) -> None:
 @cluster_options
 def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
         layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
-        nuclear_channel: str | None, resume: bool, strict: bool, exemplars_per_well: int, class_column: str | None,
-        top_doses: int, **cluster) -> None:
+        nuclear_channel: str | None, resume: bool, overwrite: bool, strict: bool, exemplars_per_well: int,
+        class_column: str | None, top_doses: int, **cluster) -> None:
     """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
     Without --bundle, a bundle is trained on the plates' controls into
     OUT/bundle first (as `screenxai train` with --preset). On a terminal a
     bar with ETA follows the fields; in a log, a line every half minute.
+    Exit status: 0 done, 2 bad input, 3 done with failed fields (see
+    OUT/failures.parquet), 130 interrupted.
     """
     from rich.console import Console
 
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
-    from screenxai.pipeline.run import field_tasks, open_plates, run_cells
+    from screenxai.pipeline.preflight import check_bundle_preset, check_classes, check_nuclear_channel
+    from screenxai.pipeline.run import clear_run, field_tasks, open_plates, run_cells
     from screenxai.pipeline.train_job import TrainSettings
 
+    if overwrite and resume:
+        raise click.UsageError("--overwrite replaces the run in OUT and --resume continues it: pass one of them")
     console = Console(stderr=True)
     if not plates:
         demo = out / "plate.zarr"
@@ -171,19 +221,63 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     opened = open_plates(plates, layout=layout)
     selected = [w.strip() for w in wells.split(",")] if wells else None
     n_fields = len(field_tasks(opened, out, selected))
+    check_nuclear_channel(opened, nuclear_channel)
+    training = TrainSettings(preset=preset, nuclear_channel=nuclear_channel, class_column=class_column,
+                             top_dose_levels=top_doses)
+    if bundle is None and not cells_only:
+        check_classes(opened, training)
+    if overwrite:
+        clear_run(out, keep=_own_inputs(plates, bundle))
+    elif bundle is None and not cells_only:
+        check_bundle_preset(out / "bundle", preset, out)
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
-    with connect(scheduler, workers, **cluster) as client:
-        console.print(f"Dask dashboard: {client.dashboard_link}")
-        if bundle is None and not cells_only:
-            bundle = _train_for_run(opened, out / "bundle", client, console,
-                                    TrainSettings(preset=preset, nuclear_channel=nuclear_channel,
-                                                  class_column=class_column, top_dose_levels=top_doses))
-        with _field_progress(console, n_fields) as on_field:
-            result = run_cells(opened, out, client, config, selected, on_field=on_field,
-                               bundle=None if cells_only else bundle, resume=resume, strict=strict,
-                               exemplars_per_well=exemplars_per_well)
+    try:
+        with connect(scheduler, workers, **cluster) as client:
+            console.print(f"Dask dashboard: {client.dashboard_link}")
+            if bundle is None and not cells_only:
+                bundle = _train_for_run(opened, out / "bundle", client, console, training)
+            with _field_progress(console, n_fields) as on_field:
+                result = run_cells(opened, out, client, config, selected, on_field=on_field,
+                                   bundle=None if cells_only else bundle, resume=resume, strict=strict,
+                                   exemplars_per_well=exemplars_per_well)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept_by_run(out, opened, selected), "--resume") from None
     _print_summary(result)
     _write_report(out)
+    if len(result.failures):
+        sys.exit(EXIT_FAILED_FIELDS)
+
+
+def _own_inputs(plates: tuple[Path | str, ...], bundle: Path | None) -> list[Path]:
+    """What --overwrite keeps in OUT: the local plates read (with a simulated plate's truth) and a bundle given."""
+    from screenxai.plate.simulate import truth_path
+
+    local = [p for p in plates if isinstance(p, Path)]
+    return [*local, *map(truth_path, local), *([bundle] if bundle is not None else [])]
+
+
+def _kept_by_run(out: Path, plates, wells: list[str] | None) -> str:
+    """What an interrupted run leaves to resume from: the fields written, and a training's work folder."""
+    from screenxai.pipeline.run import field_tasks
+    from screenxai.pipeline.sinks import is_done
+    from screenxai.pipeline.train_job import work_folder
+
+    tasks = field_tasks(plates, out, wells)
+    kept = f"{sum(is_done(t.cells_path) for t in tasks)} of {len(tasks)} fields written in {out}"
+    work = work_folder(out / "bundle")
+    return kept + (f" and the training's crop cache and checkpoints in {work}" if work.exists() else "")
+
+
+def _kept_by_training(out: Path) -> str:
+    """What an interrupted training leaves to resume from: its work folder, if it got that far."""
+    from screenxai.pipeline.train_job import work_folder
+
+    work = work_folder(out.absolute())
+    if not work.exists():
+        return "nothing (no crop cache was started)"
+    kept = [name for folder, name in (("cache", "the crop cache"), ("checkpoints", "checkpoints"))
+            if (work / folder).exists()]
+    return f"{' and '.join(kept) or 'the settings'} in {work}"
 
 
 @main.command()
@@ -304,8 +398,7 @@ def _train_for_run(plates, out: Path, client, console, settings) -> Path:
 @click.option("--classes", help="Comma-separated classes of that column for the classifier to tell apart, the "
                                 "negative control first (default: read from the layout).")
 @TOP_DOSES_OPTION
-@click.option("--preset", default="small", show_default=True,
-              help="Model size: tiny (tests), small (CPU demo), base (GPU).")
+@preset_option("Model size: tiny (tests), small (CPU demo), base (GPU).")
 @click.option("--stages", default="classifier,autoencoder,explain,interpretable", show_default=True,
               help="Comma-separated training stages to run; later stages reuse the bundle at OUT.")
 @click.option("--wells", help="Comma-separated wells to sample (default: the wells of the classes).")
@@ -332,16 +425,11 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.preflight import check_classes, check_nuclear_channel
     from screenxai.pipeline.run import open_plates
     from screenxai.pipeline.train_job import TrainSettings
     from screenxai.pipeline.train_job import train as train_job
 
-    from screenxai.models.presets import get_preset
-
-    try:
-        get_preset(preset)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--preset") from err
     console = Console(stderr=True)
     opened = open_plates(plates, layout=layout)
     selected = [w.strip() for w in wells.split(",")] if wells else None
@@ -352,14 +440,18 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
         wells={p.name: selected for p in opened} if selected else None, explain_guided=guided,
         explain_contrast=contrast)
-
-    with connect(scheduler, workers, **cluster) as client:
-        console.print(f"Dask dashboard: {client.dashboard_link}")
-        columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-        with Progress(*columns, console=console) as progress:
-            bar = progress.add_task("cutting cells", total=None)
-            result = train_job(opened, out, client, settings, on_field=lambda _: progress.advance(bar),
-                               on_progress=_epoch_printer(console), keep_work=keep_work)
+    check_nuclear_channel(opened, nuclear_channel)
+    check_classes(opened, settings)
+    try:
+        with connect(scheduler, workers, **cluster) as client:
+            console.print(f"Dask dashboard: {client.dashboard_link}")
+            columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+            with Progress(*columns, console=console) as progress:
+                bar = progress.add_task("cutting cells", total=None)
+                result = train_job(opened, out, client, settings, on_field=lambda _: progress.advance(bar),
+                                   on_progress=_epoch_printer(console), keep_work=keep_work)
+    except KeyboardInterrupt:
+        raise Interrupted(_kept_by_training(out)) from None
     _print_training_summary(result)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,8 +101,26 @@ def _local_cluster(n_workers: int | None, security) -> LocalCluster:
     """A local cluster of one process per core (or GPU), on loopback; over TLS with ``security``."""
     workers, threads, resources = local_cluster_size()
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
-    return LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
-                        resources=resources, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
+    with _workers_ignore_ctrl_c():
+        return LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
+                            resources=resources, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
+
+
+@contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with Ctrl-C ignored (they inherit it), so that the client alone handles it.
+
+    A terminal sends Ctrl-C to every process of the command; without this,
+    each worker prints its own traceback while the client shuts it down.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def model_capacity(client: Client) -> tuple[dict | None, int, int]:

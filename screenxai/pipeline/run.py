@@ -20,7 +20,8 @@ import platform
 import sys
 import time
 import uuid
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -41,7 +42,7 @@ from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import model_capacity
 from screenxai.pipeline.counterfactual_stage import choose_exemplars, choose_well_exemplars, counterfactual_stage
 from screenxai.pipeline.model_stage import cut_field, score_fields
-from screenxai.pipeline.sinks import read_marker, write_parquet_atomic
+from screenxai.pipeline.sinks import is_done, read_marker, write_parquet_atomic
 from screenxai.pipeline.summary import aggregate_wells, attribute_tables, field_qc_flags, well_table, with_layouts
 from screenxai.plate.conditions import Conditions
 from screenxai.profiles import well_profiles
@@ -106,71 +107,72 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
             check_channels(loaded, plate.channel_names)
     tasks = field_tasks(plates, out, wells)
     record = run_record(plates, wells, config, loaded)
-    claim_output(out, record, resume)
-    start = time.perf_counter()
-    rows, todo = [], []
-    for task in tasks:
-        finished = read_marker(task.cells_path) if resume else None
-        if finished:
-            rows.append(finished)
-            if on_field is not None:
-                on_field(finished)
-        else:
-            todo.append(task)
-    configs = model_configs(plates, config, loaded) if loaded is not None else {}
-    if not todo:
-        completed = bounded_completion(client, iter([]), 1)
-    elif loaded is None:
-        token = uuid.uuid4().hex[:8]
-        futures = client.map(run_field, todo, config=config, pure=False,
-                             key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
-        completed = bounded_completion(client, iter(futures), len(futures))
-    else:
-        completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
-    try:
-        for future in completed:
-            result = future.result()
-            for row in result if isinstance(result, list) else [result]:
-                if strict and row["status"] == "failed":
-                    raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
-                                         f"{row['error']}")
-                rows.append(row)
+    claimed = claim_output(out, record, resume)
+    with _unclaimed_on_failure(out, tasks, claimed):
+        start = time.perf_counter()
+        rows, todo = [], []
+        for task in tasks:
+            finished = read_marker(task.cells_path) if resume else None
+            if finished:
+                rows.append(finished)
                 if on_field is not None:
-                    on_field(row)
-    finally:  # an error or an interrupt (Ctrl-C, a failing callback) cancels the fields still in flight
-        completed.close()
-    fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
-    failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
-    fields = field_qc_flags(fields.drop(columns=[c for c in ("traceback",) if c in fields]))
-    done = fields[fields["status"] == "done"]
-    if done.empty:
-        raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
-    cells = dd.read_parquet(out / "cells")
-    aggregates = aggregate_wells(cells, client)
-    layouts = {p.name: p.layout for p in plates}
-    wells_table = well_table(aggregates, fields, layouts)
-    explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
-    if explain is not None and explain.is_dir():
-        wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table, loaded)
-        if exemplars_per_condition > 0 or exemplars_per_well > 0:
-            if not todo:  # a resumed run with nothing left: the models still have to reach the workers
-                client.register_plugin(BundlePlugin.from_path(loaded.path))
-            exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
-                                   client)
-            counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
-    write_parquet_atomic(fields, out / "fields.parquet")
-    write_parquet_atomic(wells_table, out / "wells.parquet")
-    write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
-    if not failures.empty:
-        write_parquet_atomic(failures, out / "failures.parquet")
-    seconds = time.perf_counter() - start
-    if loaded is not None and loaded.path.resolve() != (out / "bundle").resolve():
-        copy_bundle(loaded.path, out / "bundle")
-    interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
-    if loaded is not None and interpretable.exists():
-        write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
-    write_manifest(out, plates, config, fields, seconds, record, loaded)
-    return RunResult(out, wells_table, fields, seconds, failures)
+                    on_field(finished)
+            else:
+                todo.append(task)
+        configs = model_configs(plates, config, loaded) if loaded is not None else {}
+        if not todo:
+            completed = bounded_completion(client, iter([]), 1)
+        elif loaded is None:
+            token = uuid.uuid4().hex[:8]
+            futures = client.map(run_field, todo, config=config, pure=False,
+                                 key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
+            completed = bounded_completion(client, iter(futures), len(futures))
+        else:
+            completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
+        try:
+            for future in completed:
+                result = future.result()
+                for row in result if isinstance(result, list) else [result]:
+                    if strict and row["status"] == "failed":
+                        raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
+                                             f"{row['error']}")
+                    rows.append(row)
+                    if on_field is not None:
+                        on_field(row)
+        finally:  # an error or an interrupt (Ctrl-C, a failing callback) cancels the fields still in flight
+            completed.close()
+        fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
+        failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
+        fields = field_qc_flags(fields.drop(columns=[c for c in ("traceback",) if c in fields]))
+        done = fields[fields["status"] == "done"]
+        if done.empty:
+            raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
+        cells = dd.read_parquet(out / "cells")
+        aggregates = aggregate_wells(cells, client)
+        layouts = {p.name: p.layout for p in plates}
+        wells_table = well_table(aggregates, fields, layouts)
+        explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
+        if explain is not None and explain.is_dir():
+            wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table, loaded)
+            if exemplars_per_condition > 0 or exemplars_per_well > 0:
+                if not todo:  # a resumed run with nothing left: the models still have to reach the workers
+                    client.register_plugin(BundlePlugin.from_path(loaded.path))
+                exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
+                                       client)
+                counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
+        write_parquet_atomic(fields, out / "fields.parquet")
+        write_parquet_atomic(wells_table, out / "wells.parquet")
+        write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
+        if not failures.empty:
+            write_parquet_atomic(failures, out / "failures.parquet")
+        seconds = time.perf_counter() - start
+        if loaded is not None and loaded.path.resolve() != (out / "bundle").resolve():
+            copy_bundle(loaded.path, out / "bundle")
+        interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
+        if loaded is not None and interpretable.exists():
+            write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
+        write_manifest(out, plates, config, fields, seconds, record, loaded)
+        return RunResult(out, wells_table, fields, seconds, failures)
 
 
 RUN_RECORD = ".screenxai-run.json"
@@ -193,21 +195,59 @@ def bundle_fingerprint(path: Path) -> str:
     return verify_bundle(path)
 
 
-def claim_output(out: Path, record: dict, resume: bool) -> None:
-    """Refuse a folder holding another run (or any run, without ``resume``); record this run's settings."""
+def claim_output(out: Path, record: dict, resume: bool) -> bool:
+    """Refuse a folder holding another run (or any run, without ``resume``); record this run's settings.
+
+    Returns whether this run created the record (False when it resumes one).
+    """
     path = out / RUN_RECORD
     if path.exists():
         found = json.loads(path.read_text())
         if not resume:
-            raise ScreenxaiError(f"{out} already holds a run; pass --resume to continue it, or choose another "
-                                 "output folder")
+            raise ScreenxaiError(f"{out} already holds a run; pass --resume to continue it, --overwrite to replace "
+                                 "it, or choose another output folder")
         changed = sorted(k for k in record if found.get(k) != record[k])
         if changed:
             raise ScreenxaiError(f"cannot resume the run in {out}: its {', '.join(changed)} differ from this "
-                                 "run's (another bundle, configuration, plates or wells)")
-        return
+                                 "run's (another bundle, configuration, plates or wells); pass --overwrite instead "
+                                 "of --resume to replace it, or choose another output folder")
+        return False
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, record)
+    return True
+
+
+def clear_run(out: Path, keep: Sequence[Path] = ()) -> None:
+    """Remove the run in ``out`` (tables, cells, bundle, report, ...), but not the paths in ``keep`` (plates).
+
+    A non-empty folder without a run record or run bundle is refused, so
+    ``--overwrite`` never empties a folder that holds something else. The
+    record goes last: a clearing cut short still reads as a run.
+    """
+    if not out.is_dir():
+        return
+    if not any((out / name).exists() for name in (RUN_RECORD, "bundle", "bundle.work")) and any(out.iterdir()):
+        raise ScreenxaiError(f"{out} holds no screenxai run to overwrite; choose an empty or new output folder")
+    kept = [Path(k).resolve() for k in keep]
+    for entry in sorted(out.iterdir(), key=lambda e: e.name == RUN_RECORD):
+        path = entry.resolve()
+        if any(path == k or path in k.parents for k in kept):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+@contextmanager
+def _unclaimed_on_failure(out: Path, tasks: Sequence[FieldTask], claimed: bool) -> Iterator[None]:
+    """Drop the run record this run wrote when it fails before writing any field: a plain rerun then starts afresh."""
+    try:
+        yield
+    except BaseException:
+        if claimed and not any(is_done(t.cells_path) for t in tasks):
+            (out / RUN_RECORD).unlink(missing_ok=True)
+        raise
 
 
 def model_configs(plates: Sequence[Plate], config: CellConfig, bundle: Bundle) -> dict[str, CellConfig]:

@@ -7,6 +7,7 @@ the ``c`` coordinate; pixels are read when the caller computes.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -143,6 +144,9 @@ class Plate:
         except KeyError as err:
             raise PlateError(f"plate {self.name} well {info.id} field {field}: group {path} is missing "
                              f"from {self.url}") from err
+        except json.JSONDecodeError as err:
+            raise PlateError(f"plate {self.name} well {info.id} field {field}: "
+                             f"{_broken_metadata(self.url, path, err)}") from None
 
     @cached_property
     def _first_multiscale(self) -> Multiscale:
@@ -225,12 +229,21 @@ def _open_root(url: str) -> zarr.Group:
     """
     try:
         return zarr.open_group(url, mode="r")
+    except json.JSONDecodeError as err:
+        raise PlateError(_broken_metadata(url, "", err)) from None
     except (zarr.errors.GroupNotFoundError, FileNotFoundError, ValueError, KeyError) as err:
         raise PlateError(f"{url}: not a Zarr group, so not an OME-Zarr plate ({err})") from err
     except Exception as err:
         if "://" not in url:
             raise
         raise PlateError(f"{url}: the store cannot be read ({type(err).__name__}: {err})") from err
+
+
+def _broken_metadata(url: str, path: str, err: json.JSONDecodeError) -> str:
+    """What is wrong with a group whose metadata is not JSON, naming its file (Zarr v3 ``zarr.json``, v2 ``.z*``)."""
+    folder = url.rstrip("/") + (f"/{path.strip('/')}" if path else "")
+    names = ["zarr.json"] if "://" in url or (Path(folder) / "zarr.json").exists() else [".zgroup", ".zattrs"]
+    return f"{' or '.join(f'{folder}/{n}' for n in names)} is not valid JSON ({err})"
 
 
 def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None = None,
@@ -264,6 +277,8 @@ def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None
             well_group = root[entry["path"]]
         except KeyError as err:
             raise PlateError(f"{url}: well {key} is listed in the plate but group {entry['path']} is missing") from err
+        except json.JSONDecodeError as err:
+            raise PlateError(f"well {key}: {_broken_metadata(url, entry['path'], err)}") from None
         well_attrs, _ = _ome_attrs(well_group)
         images = well_attrs.get("well", {}).get("images")
         if not images:
