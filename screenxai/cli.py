@@ -239,7 +239,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
             with _field_progress(console, n_fields) as on_field:
                 result = run_cells(opened, out, client, config, selected, on_field=on_field,
                                    bundle=None if cells_only else bundle, resume=resume, strict=strict,
-                                   exemplars_per_well=exemplars_per_well)
+                                   exemplars_per_well=exemplars_per_well,
+                                   on_counterfactual=StepProgress(console.print, "counterfactuals"))
     except KeyboardInterrupt:
         raise Interrupted(_kept_by_run(out, opened, selected), "--resume") from None
     _print_summary(result)
@@ -334,6 +335,29 @@ class LogProgress:
 
     def _counts(self) -> str:
         return f"fields {self.done}/{self.total} ({self.failed} failed)"
+
+
+class StepProgress:
+    """Progress of one stage's steps as plain lines: at most one per ``every_s`` seconds, and a last one.
+
+    For stages that run as one task on a worker (rendering counterfactuals):
+    ``counterfactuals: step 12/40, 0:00:31 left``.
+    """
+
+    def __init__(self, echo: Callable[[str], None], stage: str, every_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.echo, self.stage, self.every_s, self.clock = echo, stage, every_s, clock
+        self.start = self.last = clock()
+
+    def __call__(self, done: int, total: int) -> None:
+        """Record ``done`` of ``total`` steps; print a line when the interval has passed or the stage ends."""
+        now = self.clock()
+        if done >= total:
+            self.echo(f"{self.stage}: {total} steps in {_clock_time(now - self.start)}")
+        elif now - self.last >= self.every_s:
+            self.last = now
+            left = (now - self.start) / max(done, 1) * (total - done)
+            self.echo(f"{self.stage}: step {done}/{total}, {_clock_time(left)} left")
 
 
 def _clock_time(seconds: float) -> str:
@@ -544,7 +568,8 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
         result = train_job(opened, bundle, client, settings)
         _print_attributes(result.summary["explain"])
         run = run_cells(opened, out, client, CellConfig(), selected, bundle=bundle,
-                        exemplars_per_condition=exemplars)
+                        exemplars_per_condition=exemplars,
+                        on_counterfactual=StepProgress(lambda line: click.echo(line, err=True), "counterfactuals"))
     _print_summary(run)
     click.echo(f"attributes: {run.out / 'attributes.parquet'}; counterfactuals: {run.out / 'counterfactuals.zarr'}")
 

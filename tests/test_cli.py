@@ -7,7 +7,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from screenxai.cli import LogProgress, main
+from screenxai.cli import LogProgress, StepProgress, main
 from screenxai.plate import open_plate
 
 
@@ -86,3 +86,13 @@ def test_log_progress_prints_a_line_with_eta_at_most_every_interval():
     progress.finish()
     assert lines == ["fields 3/10 (0 failed), 0:01:10 left", "fields 6/10 (1 failed), 0:00:40 left",
                      "fields 9/10 (1 failed), 0:00:10 left", "fields 10/10 (1 failed) in 0:01:40"]
+
+
+def test_stage_steps_are_printed_at_most_every_interval_with_the_time_left_and_once_at_the_end():
+    lines, now = [], [0.0]
+    progress = StepProgress(lines.append, "counterfactuals", every_s=10, clock=lambda: now[0])
+    for step in range(1, 9):
+        now[0] = 4.0 * step  # a step every 4 s
+        progress(step, 8)
+    assert lines == ["counterfactuals: step 3/8, 0:00:20 left", "counterfactuals: step 6/8, 0:00:08 left",
+                     "counterfactuals: 8 steps in 0:00:32"]

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 import pytest
 from distributed import get_task_stream
 
@@ -51,13 +52,23 @@ def bundle(plate, cluster_client, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scored(plate, bundle, cluster_client, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
+    steps = []
     with get_task_stream(cluster_client) as stream:
-        result = run_cells([plate], out, cluster_client, bundle=bundle, fields_per_batch=3)
-    return result, stream.data
+        result = run_cells([plate], out, cluster_client, bundle=bundle, fields_per_batch=3,
+                           on_counterfactual=lambda done, total: steps.append((done, total)))
+    return result, stream.data, steps
+
+
+def test_rendering_counterfactuals_reports_every_step_to_the_client(scored):
+    """One report per (batch of exemplar cells, attribute), in order, the last one complete."""
+    result, _, steps = scored
+    dataset = xr.open_zarr(result.out / "counterfactuals.zarr")
+    total = dataset.sizes["attribute"]  # the exemplars fit in one batch
+    assert steps == [(k, total) for k in range(1, total + 1)]
 
 
 def test_every_field_is_scored_once_and_written_with_class_probabilities(scored, plate, bundle):
-    result, _ = scored
+    result, *_ = scored
     assert (result.fields["status"] == "done").all() and len(result.fields) == len(plate.field_keys())
     cells = pd.read_parquet(result.out / "cells")
     assert cells["cell_id"].is_unique
@@ -72,7 +83,7 @@ def test_every_field_is_scored_once_and_written_with_class_probabilities(scored,
 
 
 def test_embeddings_have_their_own_table_keyed_like_the_cells(scored, bundle):
-    result, _ = scored
+    result, *_ = scored
     cells = pd.read_parquet(result.out / "cells")
     embeddings = pd.read_parquet(result.out / "embeddings")
     z_dim = load_bundle(bundle).config["models"]["autoencoder"]["config"]["z_dim"]
@@ -82,7 +93,7 @@ def test_embeddings_have_their_own_table_keyed_like_the_cells(scored, bundle):
 
 
 def test_cells_the_models_saw_are_marked_in_training(scored, bundle):
-    result, _ = scored
+    result, *_ = scored
     cells = pd.read_parquet(result.out / "cells")
     trained_on = set(load_bundle(bundle).config["provenance"]["training_cells"])
     assert cells["in_training"].sum() == len(trained_on & set(cells["cell_id"])) > 0
@@ -90,7 +101,7 @@ def test_cells_the_models_saw_are_marked_in_training(scored, bundle):
 
 
 def test_wells_carry_mean_probabilities_and_the_formula(scored, bundle):
-    result, _ = scored
+    result, *_ = scored
     wells = pd.read_parquet(result.out / "wells.parquet")
     assert {"mean_p_negative", "mean_p_positive", "mean_formula_value", "fraction_formula_positive",
             "n_training_cells"} <= set(wells.columns)
@@ -104,7 +115,7 @@ def test_wells_carry_mean_probabilities_and_the_formula(scored, bundle):
 def test_attribute_scores_per_cell_and_screen_statistics_beside_the_hand_built_ratio(scored, bundle):
     from screenxai.explain import load_directions
 
-    result, _ = scored
+    result, *_ = scored
     _, attributes = load_directions(bundle / "explain")
     assert json.loads((bundle / "explain" / "directions.json").read_text())["guided"] is True  # the default
     ids = list(dict.fromkeys(attributes["attribute"]))
@@ -129,7 +140,7 @@ def test_attribute_scores_per_cell_and_screen_statistics_beside_the_hand_built_r
 def test_counterfactuals_of_exemplar_cells_open_with_xarray(scored, cluster_client):
     import xarray as xr
 
-    result, stream = scored
+    result, stream, _ = scored
     dataset = xr.open_zarr(result.out / "counterfactuals.zarr")
     assert dataset["image"].dims == ("cell", "attribute", "alpha", "c", "y", "x")
     assert dataset.sizes["cell"] == 8 and sorted(set(dataset["condition"].values)) == ["negative", "positive"]
@@ -147,7 +158,7 @@ def test_counterfactuals_of_exemplar_cells_open_with_xarray(scored, cluster_clie
 
 
 def test_model_tasks_run_only_on_the_gpu_worker(scored, cluster_client):
-    _, stream = scored
+    _, stream, _ = scored
     gpu = [a for a, w in cluster_client.scheduler_info()["workers"].items() if w["resources"].get("GPU")]
     scoring = [t for t in stream if str(t["key"]).startswith("score-")]
     assert scoring and {t["worker"] for t in scoring} == set(gpu)
@@ -179,7 +190,7 @@ def test_the_plugin_refuses_a_folder_that_is_not_a_bundle(tmp_path):
                                            ("similarity.parquet", "similarity.parquet"),
                                            ("readouts.parquet", "readouts.parquet")])
 def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle, section, path):
-    result, _ = scored
+    result, *_ = scored
     data = pd.read_parquet(result.out / path)
     loaded = load_bundle(bundle)
     z_dim = loaded.config["models"]["autoencoder"]["config"]["z_dim"]
@@ -219,7 +230,7 @@ def _manifest_values(manifest: dict, key: str) -> list:
 
 
 def test_every_documented_manifest_key_is_in_the_run_manifest_with_its_type(scored):
-    result, _ = scored
+    result, *_ = scored
     manifest = json.loads((result.out / "manifest.json").read_text())
     documented = documented_columns("outputs.md", "manifest.json")
     assert set(manifest) == {k for k in documented if "." not in k}
@@ -246,7 +257,7 @@ def _array_dtype(variable) -> str:
 def test_counterfactuals_zarr_has_exactly_the_documented_dims_coordinates_variables_and_attributes(scored):
     import xarray as xr
 
-    result, _ = scored
+    result, *_ = scored
     dataset = xr.open_zarr(result.out / "counterfactuals.zarr")
     assert set(dataset.dims) == set(documented_columns("outputs.md", "counterfactuals.zarr"))
     for section, found in (("coordinates", dataset.coords), ("variables", dataset.data_vars)):

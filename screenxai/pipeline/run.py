@@ -78,11 +78,13 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
               wells: Sequence[str] | None = None,
               on_field: Callable[[dict], None] | None = None, bundle: str | Path | None = None,
               fields_per_batch: int = FIELDS_PER_BATCH, resume: bool = False, strict: bool = False,
-              exemplars_per_condition: int = EXEMPLARS_PER_CONDITION, exemplars_per_well: int = 0) -> RunResult:
+              exemplars_per_condition: int = EXEMPLARS_PER_CONDITION, exemplars_per_well: int = 0,
+              on_counterfactual: Callable[[int, int], None] | None = None) -> RunResult:
     """Run the cell stage (and, with ``bundle``, the model stage) of every field and reduce the per-well table.
 
     ``on_field`` is called with each field's status row as it completes
-    (progress bars). Writes ``cells/`` (and ``embeddings/`` with a bundle),
+    (progress bars), ``on_counterfactual(done, total)`` as the exemplars are
+    rendered. Writes ``cells/`` (and ``embeddings/`` with a bundle),
     ``fields.parquet``, ``wells.parquet``, ``profiles.parquet`` (and ``failures.parquet`` when
     fields failed) and ``manifest.json``. A bundle whose channels or crop
     size do not fit a plate is refused before any work starts.
@@ -159,7 +161,8 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
                     client.register_plugin(BundlePlugin.from_path(loaded.path))
                 exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
                                        client)
-                counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr")
+                counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr",
+                                     on_progress=on_counterfactual)
         write_parquet_atomic(fields, out / "fields.parquet")
         write_parquet_atomic(wells_table, out / "wells.parquet")
         write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
