@@ -77,8 +77,13 @@ def test_every_treatment_gets_a_contrast_direction_recorded_as_the_source(run):
     assert attributes["source"].tolist() == expected.tolist()
 
 
+@pytest.mark.acceptance
 def test_inert_treatment_and_a_pseudo_treatment_of_negative_wells_are_inactive_and_the_others_active(run):
-    """Activity calls against the planted truth, and the negative control of a treatment made of negative wells."""
+    """Issue 15, item 6: activity calls exact, and a treatment made of negative wells is called inactive.
+
+    (The same item's mechanism-group and factor-tracking goals are not met;
+    benchmarks/README.md has their figures.)
+    """
     calls = pd.read_parquet(run.out / "treatments.parquet").set_index("treatment")["active"]
     assert calls.to_dict() == {t: bool(factors) for t, factors in TREATMENTS.items()}
     wells = with_layouts(pd.read_parquet(run.out / "wells.parquet"), {})
