@@ -341,17 +341,21 @@ class StepProgress:
     """Progress of one stage's steps as plain lines: at most one per ``every_s`` seconds, and a last one.
 
     For stages that run as one task on a worker (rendering counterfactuals):
-    ``counterfactuals: step 12/40, 0:00:31 left``.
+    ``counterfactuals: step 12/40, 0:00:31 left``. The clock starts at the
+    first report (the stage's step 0), not when the callback is made.
     """
 
     def __init__(self, echo: Callable[[str], None], stage: str, every_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.echo, self.stage, self.every_s, self.clock = echo, stage, every_s, clock
-        self.start = self.last = clock()
+        self.start: float | None = None
+        self.last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
         """Record ``done`` of ``total`` steps; print a line when the interval has passed or the stage ends."""
         now = self.clock()
+        if self.start is None:
+            self.start = self.last = now
         if done >= total:
             self.echo(f"{self.stage}: {total} steps in {_clock_time(now - self.start)}")
         elif now - self.last >= self.every_s:

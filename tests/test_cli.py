@@ -89,10 +89,10 @@ def test_log_progress_prints_a_line_with_eta_at_most_every_interval():
 
 
 def test_stage_steps_are_printed_at_most_every_interval_with_the_time_left_and_once_at_the_end():
-    lines, now = [], [0.0]
+    lines, now = [], [100.0]  # made long before the stage starts: the clock starts at step 0
     progress = StepProgress(lines.append, "counterfactuals", every_s=10, clock=lambda: now[0])
-    for step in range(1, 9):
-        now[0] = 4.0 * step  # a step every 4 s
+    for step in range(0, 9):
+        now[0] = 200.0 + 4.0 * step  # a step every 4 s
         progress(step, 8)
     assert lines == ["counterfactuals: step 3/8, 0:00:20 left", "counterfactuals: step 6/8, 0:00:08 left",
                      "counterfactuals: 8 steps in 0:00:32"]

@@ -82,7 +82,8 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
 
     ``probability`` is each image's probability of its attribute's
     ``target_class``; ``original_probability`` the real crop's, per attribute.
-    ``on_step(done, total)`` is called after each (batch of cells, attribute).
+    ``on_step(done, total)`` is called once before the first step (``done``
+    0) and after each (batch of cells, attribute).
     """
     _check(autoencoder, crops, table, attributes, alphas, channel_names)
     device = model_device(autoencoder)
@@ -94,6 +95,8 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
     probability = np.empty((n, n_attr, n_alpha), np.float32)
     was_training = autoencoder.training
     autoencoder.eval()
+    if on_step is not None:
+        on_step(0, -(-n // batch_size) * n_attr)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             xb = x[i:i + batch_size]
