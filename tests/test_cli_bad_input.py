@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import re
 import shlex
@@ -9,18 +11,22 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from distributed import Client
 
 from conftest import REPO_ROOT, in_process_cluster
 from screenxai.cells import CellConfig
 from screenxai.cli import EXIT_FAILED_FIELDS, EXIT_INTERRUPTED, LogProgress, main
 from screenxai.errors import ScreenxaiError
 from screenxai.models.presets import registered_preset
+from screenxai.pipeline.cluster import quiet_interrupted_sync
 from screenxai.pipeline.run import RUN_RECORD, open_plates, run_cells
 from screenxai.plate.simulate import simulate_screen, truth_path
 from test_models_training import MINI
@@ -190,11 +196,32 @@ def test_a_real_ctrl_c_to_the_whole_command_stops_workers_and_client_with_one_li
     os.killpg(run.pid, signal.SIGINT)
     _, stderr = run.communicate(timeout=60)
     assert run.returncode == 130, stderr
+    assert len(stderr.splitlines()) == 2, stderr
     dashboard, line = stderr.splitlines()
     assert dashboard.startswith("Dask dashboard: ")
     kept = re.fullmatch(r"interrupted: kept (\d+) of 16 fields written in out; to resume, run: "
                         r"screenxai run plate.zarr -o out --cells-only --workers 1 --resume", line)
     assert kept and 1 <= int(kept.group(1)) < 16, line
+
+
+def _interrupt_a_sync_call_before_its_future_exists(client: Client) -> None:
+    """Ctrl-C while the client's loop is busy, so that distributed's ``sync`` cancels a future it never made."""
+    client.loop.add_callback(time.sleep, 1.0)
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        client.sync(asyncio.sleep, 5)
+    time.sleep(1.5)  # the loop runs the cancel callback, which logs
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["distributed alone", "under connect's filter"])
+def test_ctrl_c_before_a_sync_call_starts_logs_no_traceback_under_connect(quiet, caplog):
+    """The negative control shows distributed's own ``NameError`` traceback; ``connect``'s filter removes just it."""
+    with Client(processes=False, n_workers=1, dashboard_address="127.0.0.1:0") as client:
+        with quiet_interrupted_sync() if quiet else nullcontext():
+            _interrupt_a_sync_call_before_its_future_exists(client)
+            logging.getLogger("tornado.application").error("another loop error", exc_info=ValueError("kept"))
+    logged = [record.exc_info[1] for record in caplog.records if record.exc_info]
+    assert [type(error) for error in logged] == ([ValueError] if quiet else [NameError, ValueError])
 
 
 @pytest.fixture(scope="module")

@@ -54,6 +54,14 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, cluster:
     config = clusters.load_cluster_config(cluster_config) if cluster_config else clusters.ClusterConfig()
     tls = _tls_files(config, tls_ca_file, tls_cert, tls_key)
     security = tls.security() if tls else None
+    with quiet_interrupted_sync():
+        yield from _connected(scheduler, n_workers, cluster, config, security)
+
+
+def _connected(scheduler, n_workers, cluster, config, security) -> Iterator[Client]:
+    """Yield the client of ``connect``, closing what it started."""
+    from screenxai.pipeline import clusters
+
     if scheduler:
         with _client(scheduler, security) as client:
             yield client
@@ -104,6 +112,30 @@ def _local_cluster(n_workers: int | None, security) -> LocalCluster:
     with _workers_ignore_ctrl_c():
         return LocalCluster(n_workers=n_workers or workers, threads_per_worker=threads, processes=True,
                             resources=resources, dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, **tls)
+
+
+class _InterruptedSyncFilter(logging.Filter):
+    """Drop the ``NameError`` that distributed's ``sync`` logs when Ctrl-C lands before its future exists.
+
+    ``distributed.utils.sync`` schedules a ``cancel`` callback on Ctrl-C
+    that reads a ``future`` it may not have assigned yet; the loop then
+    logs a traceback that says nothing about the run.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NameError) and "'future'" in str(error))
+
+
+@contextmanager
+def quiet_interrupted_sync() -> Iterator[None]:
+    """Silence distributed's spurious Ctrl-C traceback (see ``_InterruptedSyncFilter``) while a client is open."""
+    logger, quiet = logging.getLogger("tornado.application"), _InterruptedSyncFilter()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 @contextmanager
