@@ -180,7 +180,8 @@ def info(plate_path: Path) -> None:
               help="Continue the run in OUT: compute only fields without a complete file (same settings only).")
 @click.option("--overwrite", is_flag=True,
               help="Replace the run in OUT (its tables, cells and bundle; never the plates it reads).")
-@click.option("--strict", is_flag=True, help="Stop at the first failed field instead of recording it.")
+@click.option("--strict", is_flag=True,
+              help="Stop at the first failed field, or field whose image lacks chunks, instead of recording it.")
 @click.option("--exemplars-per-well", default=0, show_default=True,
               help="Typical cells of every well to render along each attribute, besides 4 per condition.")
 @CLASS_COLUMN_OPTION

@@ -117,7 +117,8 @@ def test_plate_maps_show_the_values_of_wells_parquet(bundle_run, bundle_page):
         got = pd.Series(data["values"], dtype=float).reindex(wells.index)
         np.testing.assert_allclose(got, wells[data["column"]].astype(float), rtol=1e-12, equal_nan=True)
     count = next(f["data"] for f in maps if f["data"]["column"] == "n_cells")
-    assert count["flagged"] == sorted(wells.index[wells["qc_low_count"] | wells["qc_failed_fields"]])
+    assert count["flagged"] == sorted(wells.index[wells["qc_low_count"] | wells["qc_failed_fields"]
+                                                  | wells["qc_missing_chunks"]])
 
 
 def test_counterfactual_strips_print_the_probabilities_of_counterfactuals_zarr(bundle_run, bundle_page):

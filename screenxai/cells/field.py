@@ -109,29 +109,31 @@ def reporter_channel_index(channel_names: Sequence[str], nuclear: int, reporter_
     return others[0]
 
 
-def field_qc(image: np.ndarray, nuclear: np.ndarray, n_cells: int) -> dict:
+def field_qc(image: np.ndarray, nuclear: np.ndarray, n_cells: int, missing_chunks: int = 0) -> dict:
     """Quality numbers of a field.
 
     ``n_cells``; ``saturated_fraction``: fraction of all pixel values at the
     dtype's maximum (NaN for float images); ``focus``: variance of the
-    Laplacian of the nuclear channel scaled to [0, 1] (low when blurred).
+    Laplacian of the nuclear channel scaled to [0, 1] (low when blurred);
+    ``missing_chunks``: chunks of the image absent from the store (read as
+    the fill value, so the pixels alone cannot tell).
     """
     saturated = (float(np.mean(image == np.iinfo(image.dtype).max))
                  if np.issubdtype(image.dtype, np.integer) else float("nan"))
     focus = float(filters.laplace(util.img_as_float(nuclear)).var())
-    return {"n_cells": n_cells, "saturated_fraction": saturated, "focus": focus}
+    return {"n_cells": n_cells, "saturated_fraction": saturated, "focus": focus, "missing_chunks": int(missing_chunks)}
 
 
 def read_field(plate: Plate, well: str, field: int, config: CellConfig,
                nuclear: int) -> tuple[np.ndarray, np.ndarray, str]:
     """The field's (c, y, x) image, its (y, x) nucleus labels and where the labels came from.
 
-    Stacks with several planes are max-projected along z, images and labels alike. The read is computed
-    in this thread: inside a Dask task the default would send it back through the cluster's scheduler.
+    Stacks with several planes are max-projected along z, images and labels alike. ``Plate.read_pixels``
+    reads them in this thread and names a chunk it cannot decode.
     """
-    image = plate.image(well, field).max(dim="z").compute(scheduler="synchronous").values
+    image = plate.read_pixels(plate.image(well, field).max(dim="z", keep_attrs=True))
     if config.use_plate_labels and config.label_name in plate.label_names(well, field):
-        labels = plate.labels(well, field, config.label_name).max(dim="z").compute(scheduler="synchronous").values
+        labels = plate.read_pixels(plate.labels(well, field, config.label_name).max(dim="z", keep_attrs=True))
         return image, labels.astype(np.int32), "plate"
     return image, segment_nuclei(image[nuclear], config.segmentation), "segmented"
 
@@ -152,7 +154,7 @@ def process_field(plate: Plate, well: str, field: int, config: CellConfig) -> Ce
     well_id = plate.well(well).id
     crops, table = measure_cells(image, labels, plate.channel_names, config, plate.name, well_id, field, source)
     qc = {"plate": plate.name, "well": well_id, "field": field, "label_source": source,
-          **field_qc(image, image[nuclear], len(table))}
+          **field_qc(image, image[nuclear], len(table), plate.missing_chunks(well, field))}
     return CellBatch(crops, table, qc)
 
 

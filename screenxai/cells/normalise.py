@@ -103,7 +103,7 @@ def fit_normalisation(plate: Plate, wells: Sequence[str] | None = None, max_fiel
     """
     wells = list(wells) if wells is not None else negative_wells(plate)
     keys = _spread_fields(plate, wells, max_fields)
-    images = (plate.image(k.well, k.field).max(dim="z").compute(scheduler="synchronous").values for k in keys)
+    images = (plate.read_pixels(plate.image(k.well, k.field).max(dim="z", keep_attrs=True)) for k in keys)
     return stats_from_images(images, plate.channel_names, percentiles)
 
 

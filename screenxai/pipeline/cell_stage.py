@@ -20,7 +20,8 @@ from screenxai.pipeline.sinks import write_parquet_atomic
 from screenxai.pipeline.summary import OWN_FIELD_FLAGS, field_flags
 
 PARTITION_COLUMNS = ("plate", "well")
-FAILED_QC = {"label_source": "", "n_cells": 0, "saturated_fraction": float("nan"), "focus": float("nan")}
+FAILED_QC = {"label_source": "", "n_cells": 0, "saturated_fraction": float("nan"), "focus": float("nan"),
+             "missing_chunks": 0}
 
 
 @dataclass(frozen=True)

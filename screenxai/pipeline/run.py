@@ -32,7 +32,7 @@ from distributed import Client, Future
 
 from screenxai import __version__
 from screenxai.cells import CellConfig, fit_normalisation
-from screenxai.errors import ScreenxaiError
+from screenxai.errors import PlateError, ScreenxaiError
 from screenxai.plate.reader import Plate, open_plate
 from screenxai.io import atomic_folder, write_json_atomic
 from screenxai.models.bundle import Bundle, check_channels, load_bundle, verify_bundle
@@ -98,7 +98,8 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     An output folder holding a run is refused unless ``resume``: then only
     the fields without a complete file are computed (failed fields are
     tried again), provided the plates, wells, cell configuration and bundle
-    are those of the run found. ``strict`` stops at the first failed field.
+    are those of the run found. ``strict`` stops at the first failed field or
+    field whose image has chunks missing (``raise_for_strict``).
     """
     config = config or CellConfig()
     out = Path(out)
@@ -108,6 +109,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         for plate in plates:
             check_channels(loaded, plate.channel_names)
     tasks = field_tasks(plates, out, wells)
+    by_name = {p.name: p for p in plates}
     record = run_record(plates, wells, config, loaded)
     claimed = claim_output(out, record, resume)
     with _unclaimed_on_failure(out, tasks, claimed):
@@ -116,6 +118,8 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         for task in tasks:
             finished = read_marker(task.cells_path) if resume else None
             if finished:
+                if strict:
+                    raise_for_strict(finished, by_name)
                 rows.append(finished)
                 if on_field is not None:
                     on_field(finished)
@@ -135,9 +139,8 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
             for future in completed:
                 result = future.result()
                 for row in result if isinstance(result, list) else [result]:
-                    if strict and row["status"] == "failed":
-                        raise ScreenxaiError(f"field {row['plate']}/{row['well']}/{row['field']} failed (--strict): "
-                                             f"{row['error']}")
+                    if strict:
+                        raise_for_strict(row, by_name)
                     rows.append(row)
                     if on_field is not None:
                         on_field(row)
@@ -176,6 +179,23 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
             write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
         write_manifest(out, plates, config, fields, seconds, record, loaded)
         return RunResult(out, wells_table, fields, seconds, failures)
+
+
+def raise_for_strict(row: dict, plates: dict[str, Plate]) -> None:
+    """Raise what stops a ``--strict`` run at a field's status row: the field failed, or its image lacks chunks.
+
+    Without ``--strict`` such a field is recorded (failed, or done and
+    flagged ``qc_missing_chunks``) and the run goes on.
+    """
+    where = f"field {row['plate']}/{row['well']}/{row['field']}"
+    if row["status"] == "failed":
+        raise ScreenxaiError(f"{where} failed (--strict): {row['error']}")
+    if row.get("missing_chunks", 0) > 0:
+        plate = plates[row["plate"]]
+        array, path = plate.image_array(row["well"], row["field"])
+        raise PlateError(f"{where}: {row['missing_chunks']} chunk(s) of array {path} are missing from {plate.url} "
+                         f"(--strict stops here; without it the absent chunks read as "
+                         f"{array.fill_value} and the field is flagged qc_missing_chunks)")
 
 
 RUN_RECORD = ".screenxai-run.json"

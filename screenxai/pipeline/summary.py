@@ -21,12 +21,18 @@ LOW_COUNT_FRACTION = 0.25  # a field or well with fewer cells than this share of
 SATURATION_LIMIT = 0.01  # a field with more saturated pixel values than this fraction (and its well) is flagged
 FOCUS_FRACTION = 0.25  # blur cuts Laplacian variance by an order of magnitude; content alone varies it ~3x
 WELL_KEYS = ["plate", "well"]
-OWN_FIELD_FLAGS = ("qc_no_cells", "qc_saturated")  # set by the field's task from its own numbers
+OWN_FIELD_FLAGS = ("qc_no_cells", "qc_saturated", "qc_missing_chunks")  # set by the field's task from its own numbers
 
 
 def field_flags(qc: dict) -> dict[str, bool]:
-    """The QC flags a done field decides alone (no cells found, too many saturated pixels), for its status row."""
-    return {"qc_no_cells": qc["n_cells"] == 0, "qc_saturated": bool(qc["saturated_fraction"] > SATURATION_LIMIT)}
+    """The QC flags a done field decides alone, for its status row.
+
+    No cells found, too many saturated pixels, chunks of its image absent
+    from the store (read as the fill value, so its cells are scored on
+    partly blank pixels).
+    """
+    return {"qc_no_cells": qc["n_cells"] == 0, "qc_saturated": bool(qc["saturated_fraction"] > SATURATION_LIMIT),
+            "qc_missing_chunks": qc["missing_chunks"] > 0}
 
 
 def relative_flags(table: pd.DataFrame) -> pd.DataFrame:
@@ -116,6 +122,7 @@ def well_table(aggregates: pd.DataFrame, fields: pd.DataFrame,
             n_failed_fields=("status", lambda s: int((s == "failed").sum())),
             saturated_fraction=("saturated_fraction", "max"),
             focus=("focus", "mean"),
+            missing_chunks=("missing_chunks", "sum"),
         )
     wells = field_stats.join(aggregates[keep].set_index(WELL_KEYS)).reset_index()
     wells["n_cells"] = wells["n_cells"].fillna(0).astype("int64")
@@ -124,6 +131,7 @@ def well_table(aggregates: pd.DataFrame, fields: pd.DataFrame,
     wells = relative_flags(wells)
     wells["qc_saturated"] = wells["saturated_fraction"] > SATURATION_LIMIT
     wells["qc_failed_fields"] = wells["n_failed_fields"] > 0
+    wells["qc_missing_chunks"] = wells.pop("missing_chunks") > 0
     return with_layouts(wells, layouts)
 
 

@@ -2,18 +2,24 @@
 
 ``open_plate`` reads only metadata. Each field's image comes back as a
 dask-backed ``xarray.DataArray`` with dims (c, z, y, x) and channel names as
-the ``c`` coordinate; pixels are read when the caller computes.
+the ``c`` coordinate; pixels are read when the caller computes
+(``Plate.read_pixels`` names the chunk it cannot decode). ``missing_chunks``
+counts the chunks of an image absent from the store, which zarr would read
+as its fill value.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import dask.array as da
+import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
@@ -79,6 +85,16 @@ def _read_multiscale(group: zarr.Group, where: str) -> Multiscale:
     channels = attrs.get("omero", {}).get("channels")
     names = [c.get("label") or f"c{i}" for i, c in enumerate(channels)] if channels else None
     return Multiscale(axes, paths, scales, names)
+
+
+def _level_array(group: zarr.Group, path: str, ms: Multiscale, level: int, url: str) -> tuple[zarr.Array, str]:
+    """The array of one multiscale level of the image group at ``path``, and its path within the plate."""
+    if not 0 <= level < len(ms.paths):
+        raise PlateError(f"{url}/{path}: no level {level} (the image has {len(ms.paths)} levels)")
+    try:
+        return group[ms.paths[level]], f"{path}/{ms.paths[level]}"
+    except KeyError as err:
+        raise PlateError(f"{url}/{path}: array {ms.paths[level]} is missing") from err
 
 
 def _to_czyx(array: da.Array, axes: list[str], where: str) -> da.Array:
@@ -175,18 +191,25 @@ class Plate:
         scale = self._first_multiscale.scales[0]
         return {a: float(scale[a]) for a in ("z", "y", "x") if a in scale}
 
+    def image_array(self, well: str, field: int = 0, level: int = 0) -> tuple[zarr.Array, str]:
+        """The Zarr array of one field's image at ``level`` and its path within the plate."""
+        group, path = self._field_group(well, field)
+        return _level_array(group, path, _read_multiscale(group, f"{self.url}/{path}"), level, self.url)
+
+    def missing_chunks(self, well: str, field: int = 0, level: int = 0) -> int:
+        """How many chunks of one field's image at ``level`` are absent from the store (see ``missing_chunks``)."""
+        return missing_chunks(self.image_array(well, field, level)[0])
+
     def image(self, well: str, field: int = 0, level: int = 0) -> xr.DataArray:
-        """Lazy image of one field, dims (c, z, y, x), channel names on ``c``."""
+        """Lazy image of one field, dims (c, z, y, x), channel names on ``c``.
+
+        The ``array`` attribute is the image's path within the plate (``read_pixels`` names it).
+        """
         group, path = self._field_group(well, field)
         where = f"{self.url}/{path}"
         ms = _read_multiscale(group, where)
-        if not 0 <= level < len(ms.paths):
-            raise PlateError(f"{where}: no level {level} (the image has {len(ms.paths)} levels)")
-        try:
-            array = da.from_zarr(group[ms.paths[level]])
-        except KeyError as err:
-            raise PlateError(f"{where}: array {ms.paths[level]} is missing") from err
-        data = _to_czyx(array, ms.axes, where)
+        array, array_path = _level_array(group, path, ms, level, self.url)
+        data = _to_czyx(da.from_zarr(array), ms.axes, where)
         names = ms.channel_names or [f"c{i}" for i in range(data.shape[0])]
         if len(names) != data.shape[0]:
             raise PlateError(f"{where}: {len(names)} channel names for {data.shape[0]} channels")
@@ -196,8 +219,29 @@ class Plate:
             coords={"c": names},
             name=f"{self.name}/{self.well(well).id}/{field}",
             attrs={"plate": self.name, "well": self.well(well).id, "field": field, "level": level,
+                   "array": array_path,
                    "pixel_size": {a: ms.scales[level].get(a, 1.0) for a in ("z", "y", "x")}},
         )
+
+    def read_pixels(self, data: xr.DataArray) -> np.ndarray:
+        """The values of a lazy image or label image of this plate (or of a reduction keeping its attrs).
+
+        Computed in this thread: inside a Dask task the default scheduler would
+        send the read back through the cluster. A chunk that cannot be read or
+        decoded becomes one ``PlateError`` naming the array and the chunk key,
+        which the codec's own error does not.
+        """
+        try:
+            return data.compute(scheduler="synchronous").values
+        except Exception as err:
+            path = data.attrs.get("array")
+            found = undecodable_chunk(self.root[path]) if path else None
+            if found is None:
+                raise
+            key, cause = found
+            raise PlateError(f"plate {self.name} well {data.attrs['well']} field {data.attrs['field']}: chunk {key} "
+                             f"of array {path} cannot be read or decoded "
+                             f"({type(cause).__name__}: {cause})") from err
 
     def label_names(self, well: str, field: int = 0) -> list[str]:
         """Names of the label images stored with a field (empty when none)."""
@@ -218,7 +262,47 @@ class Plate:
         ms = _read_multiscale(label_group, where)
         data = _to_czyx(da.from_zarr(label_group[ms.paths[level]]), ms.axes, where)[0]
         return xr.DataArray(data, dims=("z", "y", "x"), name=name,
-                            attrs={"plate": self.name, "well": self.well(well).id, "field": field})
+                            attrs={"plate": self.name, "well": self.well(well).id, "field": field,
+                                   "array": f"{path}/labels/{name}/{ms.paths[level]}"})
+
+
+def _stored_grid(array: zarr.Array) -> tuple[tuple[int, ...], int]:
+    """The grid of ``array``'s stored objects (shards, else chunks) and the chunks each holds."""
+    step = array.shards or array.chunks
+    grid = tuple(math.ceil(n / s) for n, s in zip(array.shape, step, strict=True))
+    return grid, math.prod(s // c for s, c in zip(step, array.chunks, strict=True))
+
+
+def missing_chunks(array: zarr.Array) -> int:
+    """How many chunks of ``array`` (shards, when sharded) are absent from its store.
+
+    zarr reads an absent chunk as the fill value, so a deleted chunk file
+    would otherwise pass as dark pixels. A writer may also leave out a chunk
+    equal to the fill value; such an array is counted too, since a camera
+    image is never exactly fill-valued over a whole chunk and a lost chunk is
+    the likelier cause. The count is zarr's ``nchunks - nchunks_initialized``;
+    for a sharded array, whose ``nchunks_initialized`` counts every chunk slot
+    of a stored shard, it is the number of shards absent.
+    """
+    if array.shards is None:
+        return array.nchunks - array.nchunks_initialized
+    grid, per_shard = _stored_grid(array)
+    return math.prod(grid) - array.nchunks_initialized // per_shard
+
+
+def undecodable_chunk(array: zarr.Array) -> tuple[str, Exception] | None:
+    """The key of the first stored chunk (shard, when sharded) of ``array`` that cannot be read, with its error.
+
+    None when every one reads; the caller then keeps its own error.
+    """
+    step = array.shards or array.chunks
+    grid, _ = _stored_grid(array)
+    for coords in itertools.product(*map(range, grid)):
+        try:
+            array[tuple(slice(i * s, (i + 1) * s) for i, s in zip(coords, step, strict=True))]
+        except Exception as err:  # whatever the codec or store raises, it is reported with the chunk's key
+            return array.metadata.encode_chunk_key(coords), err
+    return None
 
 
 def _open_root(url: str) -> zarr.Group:

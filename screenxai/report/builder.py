@@ -21,7 +21,7 @@ from screenxai.report import figures
 from screenxai.report.dose import MIN_DOSES, dose_points, fitted_curve
 from screenxai.report.run_data import RunData, attribute_column, load_run, well_position
 
-QC_MAPS = (("n_cells", "cell count", "cells", ("qc_low_count", "qc_failed_fields"), "viridis"),
+QC_MAPS = (("n_cells", "cell count", "cells", ("qc_low_count", "qc_failed_fields", "qc_missing_chunks"), "viridis"),
            ("focus", "focus", "variance of the Laplacian", ("qc_out_of_focus",), "viridis"),
            ("saturated_fraction", "saturation", "fraction of saturated pixels", ("qc_saturated",), "magma"))
 STRIP_CELLS = 2  # exemplar cells shown per attribute: one of the treatment's condition, one of another

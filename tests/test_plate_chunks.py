@@ -1,0 +1,173 @@
+"""Damaged chunks of a plate's images: a lost chunk flags its field and well; one that cannot be decoded is named."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from conftest import in_process_cluster
+from screenxai.cells import CellConfig, fit_normalisation, process_field
+from screenxai.cli import EXIT_FAILED_FIELDS, main
+from screenxai.errors import PlateError
+from screenxai.pipeline.run import open_plates, run_cells
+from screenxai.plate.reader import missing_chunks, open_plate, undecodable_chunk
+from screenxai.plate.simulate import simulate_screen
+
+LOST = ("A02", 1)  # the field whose reporter chunk is deleted
+CORRUPT = ("B03", 0)  # the field whose reporter chunk is overwritten with garbage
+REPORTER_CHUNK = (1, 0, 0, 0)  # (c, z, y, x) chunk coordinates: the whole reporter plane of a 128-pixel field
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A real scheduler with one in-process worker."""
+    with in_process_cluster() as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def plate_path(tmp_path_factory) -> Path:
+    """A 2x3-well simulated plate of two 128-pixel fields per well, one chunk per channel."""
+    path = tmp_path_factory.mktemp("chunks") / "plate.zarr"
+    simulate_screen(path, rows=2, columns=3, fields=2, size=128, seed=0)
+    return path
+
+
+def chunk_file(plate: Path, well: str, field: int, coords: tuple[int, ...] = REPORTER_CHUNK,
+               labels: bool = False) -> tuple[Path, str, str]:
+    """The file of one chunk of a field's image (or nucleus labels), the array's path in the plate and the key."""
+    opened = open_plate(plate)
+    if labels:
+        path = opened.labels(well, field).attrs["array"]
+        array = opened.root[path]
+    else:
+        array, path = opened.image_array(well, field)
+    key = array.metadata.encode_chunk_key(coords)
+    return plate / path / key, path, key
+
+
+def damaged_copy(plate: Path, folder: Path, lost: tuple[str, int] | None = LOST,
+                 corrupt: tuple[str, int] | None = None) -> Path:
+    """A copy of ``plate`` with the reporter chunk of ``lost`` deleted and that of ``corrupt`` made garbage."""
+    copy = folder / "plate.zarr"
+    shutil.copytree(plate, copy)
+    if lost is not None:
+        chunk_file(copy, *lost)[0].unlink()
+    if corrupt is not None:
+        chunk_file(copy, *corrupt)[0].write_bytes(b"\x00garbage, not zstd")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def damaged_run(plate_path, client, tmp_path_factory):
+    """``screenxai run --cells-only`` of a copy with one lost and one corrupt chunk: (the copy, out, CLI result)."""
+    root = tmp_path_factory.mktemp("damaged")
+    copy = damaged_copy(plate_path, root, lost=LOST, corrupt=CORRUPT)
+    out = root / "out"
+    result = CliRunner().invoke(main, ["run", str(copy), "-o", str(out), "--cells-only",
+                                       "--scheduler", client.scheduler.address])
+    return copy, out, result
+
+
+def test_the_field_that_lost_a_chunk_and_only_it_is_flagged_and_done(damaged_run):
+    _, out, result = damaged_run
+    assert result.exit_code == EXIT_FAILED_FIELDS, result.output  # the corrupt field failed
+    fields = pd.read_parquet(out / "fields.parquet").set_index(["well", "field"])
+    assert fields["missing_chunks"].dtype == "int64" and fields["qc_missing_chunks"].dtype == bool
+    assert fields.loc[LOST, "status"] == "done" and fields.loc[LOST, "n_cells"] > 0
+    assert fields.index[fields["missing_chunks"] > 0].tolist() == [LOST]
+    assert fields.loc[LOST, "missing_chunks"] == 1
+    assert fields.index[fields["qc_missing_chunks"]].tolist() == [LOST]
+    assert fields.loc[CORRUPT, "status"] == "failed" and fields.loc[CORRUPT, "missing_chunks"] == 0
+
+
+def test_the_well_of_the_lost_chunk_is_flagged_in_the_well_table_profiles_and_cli_summary(damaged_run):
+    _, out, result = damaged_run
+    wells = pd.read_parquet(out / "wells.parquet").set_index("well")
+    assert wells.index[wells["qc_missing_chunks"]].tolist() == [LOST[0]]
+    profiles = pd.read_parquet(out / "profiles.parquet").set_index("Metadata_Well")
+    assert profiles.index[profiles["Metadata_qc_missing_chunks"]].tolist() == [LOST[0]]
+    line = next(line for line in result.output.splitlines() if line.startswith("QC flags on"))
+    assert LOST[0] in line.split(": ", 1)[1].split(", ")
+
+
+def test_a_corrupt_chunk_fails_its_field_with_an_error_naming_the_array_and_the_chunk(damaged_run):
+    copy, out, _ = damaged_run
+    _, path, key = chunk_file(copy, *CORRUPT)
+    fields = pd.read_parquet(out / "fields.parquet").set_index(["well", "field"])
+    assert fields.index[fields["status"] == "failed"].tolist() == [CORRUPT]
+    error = fields.loc[CORRUPT, "error"]
+    assert error.startswith(f"PlateError: plate plate well {CORRUPT[0]} field {CORRUPT[1]}: chunk {key} of array "
+                            f"{path} cannot be read or decoded (")
+    assert path == f"B/03/{CORRUPT[1]}/s0" and key == "c/1/0/0/0"
+
+
+def test_strict_stops_at_the_field_that_lost_a_chunk_naming_it(plate_path, client, tmp_path):
+    copy = damaged_copy(plate_path, tmp_path, lost=LOST)
+    _, path, _ = chunk_file(plate_path, *LOST)
+    with pytest.raises(PlateError) as raised:
+        run_cells(open_plates([copy]), tmp_path / "out", client, CellConfig(), strict=True)
+    message = str(raised.value)
+    assert message.startswith(f"field plate/{LOST[0]}/{LOST[1]}: 1 chunk(s) of array {path} are missing from {copy} ")
+    assert "--strict stops here" in message and "qc_missing_chunks" in message
+    assert not (tmp_path / "out" / "wells.parquet").exists()
+
+
+def test_an_untouched_plate_has_no_missing_chunks_anywhere(plate_path, client, tmp_path):
+    result = run_cells(open_plates([plate_path]), tmp_path / "out", client, CellConfig(), strict=True)
+    assert (result.fields["status"] == "done").all() and len(result.fields) == 12
+    assert (result.fields["missing_chunks"] == 0).all() and not result.fields["qc_missing_chunks"].any()
+    assert not result.wells["qc_missing_chunks"].any()
+
+
+@pytest.mark.parametrize("ngff_version", ["0.4", "0.5"])
+@pytest.mark.parametrize("labels", [False, True], ids=["image", "labels"])
+def test_process_field_names_the_chunk_it_cannot_decode(tmp_path, ngff_version, labels):
+    plate = tmp_path / "plate.zarr"
+    simulate_screen(plate, rows=1, columns=3, fields=1, size=128, seed=0, ngff_version=ngff_version)
+    coords = (0, 0, 0) if labels else REPORTER_CHUNK
+    file, path, key = chunk_file(plate, "A01", 0, coords, labels=labels)
+    assert file.is_file()  # the key names a stored chunk, in the plate's Zarr version's layout
+    file.write_bytes(b"\x00garbage")
+    with pytest.raises(PlateError, match="^plate plate well A01 field 0: chunk ") as raised:
+        process_field(open_plate(plate), "A01", 0, CellConfig(crop_size=16))
+    assert f"chunk {key} of array {path} cannot be read or decoded" in str(raised.value)
+    assert ("/labels/nuclei/" in path) == labels
+
+
+def test_process_field_counts_a_lost_chunk_of_a_zarr_v2_plate(tmp_path):
+    plate = tmp_path / "plate.zarr"
+    simulate_screen(plate, rows=1, columns=3, fields=1, size=128, seed=0, ngff_version="0.4")
+    assert process_field(open_plate(plate), "A01", 0, CellConfig(crop_size=16)).qc["missing_chunks"] == 0
+    chunk_file(plate, "A01", 0)[0].unlink()
+    qc = process_field(open_plate(plate), "A01", 0, CellConfig(crop_size=16)).qc
+    assert qc["missing_chunks"] == 1 and qc["n_cells"] > 0
+
+
+def test_the_normalisation_fit_names_a_chunk_it_cannot_decode(tmp_path):
+    plate = tmp_path / "plate.zarr"
+    simulate_screen(plate, rows=1, columns=3, fields=1, size=128, seed=0)
+    file, path, key = chunk_file(plate, "A01", 0)
+    assert file.is_file()
+    file.write_bytes(b"\x00garbage")
+    with pytest.raises(PlateError, match=f"chunk {key} of array {path} cannot be read or decoded"):
+        fit_normalisation(open_plate(plate), wells=["A01"])
+
+
+def test_a_sharded_array_counts_a_lost_shard_and_names_a_corrupt_one(tmp_path):
+    array = zarr.create_array(str(tmp_path / "sharded.zarr"), shape=(10, 10), chunks=(2, 2), shards=(4, 4),
+                              dtype="uint16")
+    array[:] = np.arange(100, dtype="uint16").reshape(10, 10) + 1
+    assert missing_chunks(array) == 0 and undecodable_chunk(array) is None
+    (tmp_path / "sharded.zarr" / array.metadata.encode_chunk_key((2, 1))).unlink()  # an edge shard
+    assert array.nchunks_initialized == 32  # zarr counts the 4 chunk slots of each of the 8 stored shards
+    assert missing_chunks(array) == 1
+    (tmp_path / "sharded.zarr" / array.metadata.encode_chunk_key((0, 1))).write_bytes(b"garbage")
+    key, _ = undecodable_chunk(array)
+    assert key == "c/0/1"
