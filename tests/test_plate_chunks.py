@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from screenxai.errors import PlateError
 from screenxai.pipeline.run import open_plates, run_cells
 from screenxai.plate.reader import missing_chunks, open_plate, undecodable_chunk
 from screenxai.plate.simulate import simulate_screen
+from screenxai.report.builder import build_report
 
 LOST = ("A02", 1)  # the field whose reporter chunk is deleted
 CORRUPT = ("B03", 0)  # the field whose reporter chunk is overwritten with garbage
@@ -171,3 +174,23 @@ def test_a_sharded_array_counts_a_lost_shard_and_names_a_corrupt_one(tmp_path):
     (tmp_path / "sharded.zarr" / array.metadata.encode_chunk_key((0, 1))).write_bytes(b"garbage")
     key, _ = undecodable_chunk(array)
     assert key == "c/0/1"
+
+
+def test_the_reports_cell_count_map_crosses_the_well_that_lost_a_chunk(damaged_run):
+    _, out, _ = damaged_run
+    page = build_report(out).read_text()
+    figure = re.search(r'<figure id="qc-plate-n_cells">.*?<figcaption>(.*?)</figcaption>.*?'
+                       r'<script type="application/json"[^>]*>(.*?)</script>', page, re.S)
+    assert "qc_missing_chunks" in figure.group(1)
+    assert LOST[0] in json.loads(figure.group(2))["flagged"]
+
+
+def test_a_strict_resume_stops_at_a_finished_field_that_lost_a_chunk(damaged_run, client, tmp_path):
+    copy, out, _ = damaged_run
+    shutil.copytree(out, tmp_path / "out")
+    result = CliRunner().invoke(main, ["run", str(copy), "-o", str(tmp_path / "out"), "--cells-only", "--resume",
+                                       "--strict", "--scheduler", client.scheduler.address])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: field plate/{LOST[0]}/{LOST[1]}: 1 chunk(s) of array ")
+    assert "--strict stops here" in errors[0]

@@ -48,7 +48,8 @@ def test_failed_rows_keep_the_done_rows_dtypes():
     fields = pd.DataFrame([_done("A01", 0, 10), _failed("A02", 0)]).drop(columns="traceback")
     assert fields["n_cells"].dtype == "int64" and fields["qc_saturated"].dtype == bool
     assert fields["missing_chunks"].dtype == "int64" and fields["qc_missing_chunks"].dtype == bool
-    assert fields.loc[1, "n_cells"] == 0 and fields.loc[1, "missing_chunks"] == 0 and fields.loc[1, "label_source"] == ""
+    assert fields.loc[1, "n_cells"] == 0 and fields.loc[1, "label_source"] == ""
+    assert fields.loc[1, "missing_chunks"] == 0 and not fields.loc[1, "qc_missing_chunks"]
 
 
 def test_low_count_and_focus_are_judged_within_each_plate():
