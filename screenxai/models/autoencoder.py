@@ -161,8 +161,9 @@ reaches the norm. Passing ``z_sem`` as an argument would mean rewriting both
 ``UNet2DModel.forward`` and ``ResnetBlock2D.forward``. A ``ContextVar`` is the
 narrowest alternative: it is set for one ``ConditionedUNet.forward`` call and
 reset when the call returns, each thread and task sees only its own value (so
-threads sharing one model never read each other's latents), and the model
-holds no mutable state, so its ``state_dict`` is that of the plain layers.
+threads sharing one model never read each other's latents; a thread started
+inside the call sees none), and the model holds no mutable state, so its
+``state_dict`` is that of the plain layers.
 """
 
 

@@ -1,8 +1,9 @@
 """Checks of a command's options against its opened plates, made before a cluster starts or a task is submitted.
 
-A mistyped preset, channel or class would otherwise surface inside a Dask
-task, after the cluster started and the output folder was claimed; here it
-is one ``PreflightError`` naming the option and what the input offers.
+A mistyped preset, channel or class, or a layout missing a processed well,
+would otherwise surface inside a Dask task, after the cluster started and
+the output folder was claimed; here it is one ``PreflightError`` naming the
+option or file and what the input offers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from screenxai.plate.reader import Plate
 
 
 class PreflightError(ScreenxaiError):
-    """An option names a preset, channel or class that the models or plates do not have."""
+    """An option names a preset, channel or class that the models or plates do not have, or a layout lacks a well."""
 
 
 def check_preset(name: str) -> str:
