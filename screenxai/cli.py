@@ -204,7 +204,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
-    from screenxai.pipeline.preflight import check_bundle_preset, check_classes, check_nuclear_channel
+    from screenxai.pipeline.preflight import (check_bundle_preset, check_classes, check_layout_wells,
+                                              check_nuclear_channel, renders_counterfactuals)
     from screenxai.pipeline.run import clear_run, field_tasks, open_plates, run_cells
     from screenxai.pipeline.train_job import TrainSettings
 
@@ -223,6 +224,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     selected = [w.strip() for w in wells.split(",")] if wells else None
     n_fields = len(field_tasks(opened, out, selected))
     check_nuclear_channel(opened, nuclear_channel)
+    if renders_counterfactuals(bundle, cells_only):
+        check_layout_wells(opened, selected, layout)
     training = TrainSettings(preset=preset, nuclear_channel=nuclear_channel, class_column=class_column,
                              top_dose_levels=top_doses)
     if bundle is None and not cells_only:
@@ -558,16 +561,20 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
     stores them in BUNDLE/explain/. Then scores every cell of PLATES into
     OUT (as `screenxai run --bundle`), with attributes.parquet (names, flip
     rates, Z', dose-response) and counterfactuals.zarr (exemplar cells of
-    each condition along each attribute).
+    each condition along each attribute). Exit status as `screenxai run`:
+    0 done, 2 bad input, 3 done with failed fields (see OUT/failures.parquet).
     """
     from screenxai.cells import CellConfig
     from screenxai.pipeline.cluster import connect
+    from screenxai.pipeline.preflight import check_layout_wells
     from screenxai.pipeline.run import open_plates, run_cells
     from screenxai.pipeline.train_job import train as train_job
 
     opened = open_plates(plates, layout=layout)
-    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided, contrast)
     selected = [w.strip() for w in wells.split(",")] if wells else None
+    if exemplars > 0:
+        check_layout_wells(opened, selected, layout)
+    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided, contrast)
     with connect(scheduler, workers) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
         result = train_job(opened, bundle, client, settings)
@@ -577,6 +584,8 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
                         on_counterfactual=StepProgress(lambda line: click.echo(line, err=True), "counterfactuals"))
     _print_summary(run)
     click.echo(f"attributes: {run.out / 'attributes.parquet'}; counterfactuals: {run.out / 'counterfactuals.zarr'}")
+    if len(run.failures):
+        sys.exit(EXIT_FAILED_FIELDS)
 
 
 def _print_attributes(explain: dict) -> None:

@@ -253,11 +253,17 @@ def test_a_run_bundle_of_another_preset_is_refused_saying_how_to_proceed_and_one
     assert "mean_p_positive" in pd.read_parquet(out / "wells.parquet")
 
 
-def test_a_run_with_failed_fields_writes_everything_and_exits_with_its_own_status(plate_path, client, tmp_path):
+def _with_a_broken_field(plate_path: Path, tmp_path: Path) -> Path:
+    """A copy of the plate whose well A02 (a dose well, trained on by no model) has a garbage chunk."""
     plate = tmp_path / "plate.zarr"
     shutil.copytree(plate_path, plate)
     chunk = next(p for p in (plate / "A" / "02" / "0" / "s0").rglob("*") if p.is_file() and p.name != "zarr.json")
     chunk.write_bytes(b"\x00garbage")
+    return plate
+
+
+def test_a_run_with_failed_fields_writes_everything_and_exits_with_its_own_status(plate_path, client, tmp_path):
+    plate = _with_a_broken_field(plate_path, tmp_path)
     result = _run(plate, tmp_path / "out", client)
     assert result.exit_code == EXIT_FAILED_FIELDS == 3, result.output
     assert "1 field(s) failed" in result.stderr
@@ -287,3 +293,45 @@ def test_a_field_zarr_json_that_is_not_json_fails_that_field_naming_the_file(pla
     failures = pd.read_parquet(tmp_path / "out" / "failures.parquet")
     assert failures["well"].tolist() == ["B03"]
     assert f"{plate / 'B' / '03' / '0' / 'zarr.json'} is not valid JSON" in failures["error"].iloc[0]
+
+
+@pytest.fixture(scope="module")
+def plate_bundle(plate_path, client, tmp_path_factory) -> Path:
+    """A ``mini`` bundle (classifier and autoencoder, no attributes yet) trained on ``plate_path`` by the CLI."""
+    path = tmp_path_factory.mktemp("plate-bundle") / "bundle"
+    with registered_preset(MINI):
+        result = _cli("train", plate_path, "-o", path, "--preset", "mini", "--stages", "classifier,autoencoder",
+                      "--scheduler", client.scheduler.address)
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_explain_with_failed_fields_writes_everything_and_exits_with_the_status_of_run(
+        plate_path, plate_bundle, client, tmp_path):
+    plate, bundle, out = _with_a_broken_field(plate_path, tmp_path), tmp_path / "bundle", tmp_path / "out"
+    shutil.copytree(plate_bundle, bundle)
+    with registered_preset(MINI):
+        result = _cli("explain", bundle, plate, "-o", out, "--scheduler", client.scheduler.address)
+    assert result.exit_code == EXIT_FAILED_FIELDS, result.output
+    assert f"1 field(s) failed; see {out / 'failures.parquet'}" in result.stderr
+    assert pd.read_parquet(out / "failures.parquet")["well"].tolist() == ["A02"]
+    assert (out / "attributes.parquet").exists() and (out / "counterfactuals.zarr").exists()
+
+
+@pytest.mark.parametrize("wells", [("--wells", "B02"), ()], ids=["selected", "all"])
+def test_a_layout_without_a_row_for_a_processed_well_is_refused_before_anything_is_written(
+        plate_path, plate_bundle, client, tmp_path, wells):
+    layout = open_plates([plate_path])[0].layout
+    csv = tmp_path / "layout.csv"
+    layout[layout["well"] != "B02"].to_csv(csv, index=False)
+    bundle, out = tmp_path / "bundle", tmp_path / "out"
+    shutil.copytree(plate_bundle, bundle)
+    scheduler = ("--scheduler", client.scheduler.address)
+    for command in (["run", plate_path, "-o", out, "--layout", csv, *scheduler, *wells],
+                    ["explain", bundle, plate_path, "-o", out, "--layout", csv, *scheduler, *wells]):
+        result = _cli(*command)
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith(f"error: layout file {csv} has no row for well(s) B02 of plate plate,")
+        assert ("leave them out of --wells" if wells else "select the wells it lists with --wells") in result.output
+        assert not out.exists()
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in plate_bundle.iterdir())

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 from diffusers import DDIMInverseScheduler
@@ -134,6 +137,29 @@ def test_every_conditioning_reaches_the_unet_output(classifier, crops, condition
                 p.normal_(0, 0.1)
     x, z = crops[:3], torch.randn(3, 8)
     assert not torch.allclose(_unet_output(model, x, z), _unet_output(model, x, z.flip(0)))
+
+
+def test_threads_sharing_one_model_each_get_the_output_of_their_own_z_sem(classifier, crops):
+    """Two threads denoise with one scale-conditioned model at once; each gets exactly what it gets alone."""
+    torch.manual_seed(2)
+    model = DiffusionAutoencoder(tiny_config(conditioning="scale", decoder_input=False), classifier).eval()
+    with torch.no_grad():
+        for name, p in model.unet.named_parameters():
+            if "to_scale_shift" in name:
+                p.normal_(0, 0.5)
+    x, latents = crops[:2], [torch.randn(2, 8), torch.randn(2, 8)]
+    alone = [_unet_output(model, x, z) for z in latents]
+    assert not torch.allclose(alone[0], alone[1])
+    barrier = threading.Barrier(2)
+
+    def denoise_repeatedly(z: torch.Tensor) -> list[torch.Tensor]:
+        barrier.wait()
+        return [_unet_output(model, x, z) for _ in range(40)]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(denoise_repeatedly, latents))
+    for outputs, expected in zip(together, alone):
+        assert all(torch.equal(output, expected) for output in outputs)
 
 
 def test_latent_depends_on_the_frozen_classifier(crops):

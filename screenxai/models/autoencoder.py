@@ -42,6 +42,7 @@ batch of n images adds n. ``decode`` and ``invert`` with ``steps`` add
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -151,27 +152,39 @@ class LatentDecoder(nn.Module):
         return self.layers(F.silu(grid))
 
 
-class _Condition:
-    """The ``z_sem`` of the batch under way, shared by the ``ZModulatedNorm`` layers of one UNet."""
+_Z_SEM: ContextVar[torch.Tensor | None] = ContextVar("z_sem", default=None)
+"""The ``z_sem`` of the forward pass under way in this thread (or asyncio task), read by ``ZModulatedNorm``.
 
-    z: torch.Tensor | None = None
+diffusers' blocks hand a ResNet block only ``(hidden_states, temb)`` and call
+its ``norm2`` on ``hidden_states`` alone, so no argument of a UNet call
+reaches the norm. Passing ``z_sem`` as an argument would mean rewriting both
+``UNet2DModel.forward`` and ``ResnetBlock2D.forward``. A ``ContextVar`` is the
+narrowest alternative: it is set for one ``ConditionedUNet.forward`` call and
+reset when the call returns, each thread and task sees only its own value (so
+threads sharing one model never read each other's latents; a thread started
+inside the call sees none), and the model holds no mutable state, so its
+``state_dict`` is that of the plain layers.
+"""
 
 
 class ZModulatedNorm(nn.Module):
-    """A GroupNorm whose output is scaled by ``1 + s(z)`` and shifted by ``b(z)``, with s = b = 0 at start."""
+    """A GroupNorm whose output is scaled by ``1 + s(z)`` and shifted by ``b(z)``, with s = b = 0 at start.
 
-    def __init__(self, norm: nn.GroupNorm, z_dim: int, condition: _Condition) -> None:
+    ``z`` is the ``z_sem`` that ``ConditionedUNet.forward`` set for this call (``_Z_SEM``).
+    """
+
+    def __init__(self, norm: nn.GroupNorm, z_dim: int) -> None:
         super().__init__()
         self.norm = norm
         self.to_scale_shift = nn.Linear(z_dim, 2 * norm.num_channels)
         nn.init.zeros_(self.to_scale_shift.weight)
         nn.init.zeros_(self.to_scale_shift.bias)
-        self.condition = condition
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.condition.z is None:
+        z = _Z_SEM.get()
+        if z is None:
             raise RuntimeError("ZModulatedNorm called outside ConditionedUNet.forward")
-        scale, shift = self.to_scale_shift(self.condition.z).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
+        scale, shift = self.to_scale_shift(z).to(h.dtype)[:, :, None, None].chunk(2, dim=1)
         return self.norm(h) * (1 + scale) + shift
 
 
@@ -204,9 +217,8 @@ class ConditionedUNet(nn.Module):
         if config.conditioning == "additive":
             self.to_time_embedding = nn.Linear(config.z_dim, config.unet_channels[0] * 4)
         else:
-            self.condition = _Condition()
             for block in [m for m in self.unet.modules() if isinstance(m, ResnetBlock2D)]:
-                block.norm2 = ZModulatedNorm(block.norm2, config.z_dim, self.condition)
+                block.norm2 = ZModulatedNorm(block.norm2, config.z_dim)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         conditioning = self.config.conditioning
@@ -215,11 +227,11 @@ class ConditionedUNet(nn.Module):
             return self.unet(x_t, t, encoder_hidden_states=tokens).sample
         if conditioning == "additive":
             return self.unet(x_t, t, class_labels=self.to_time_embedding(z)).sample
-        self.condition.z = z
+        token = _Z_SEM.set(z)
         try:
             return self.unet(x_t, t).sample
         finally:
-            self.condition.z = None
+            _Z_SEM.reset(token)
 
 
 class DiffusionAutoencoder(nn.Module):

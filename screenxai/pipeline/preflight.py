@@ -1,8 +1,9 @@
 """Checks of a command's options against its opened plates, made before a cluster starts or a task is submitted.
 
-A mistyped preset, channel or class would otherwise surface inside a Dask
-task, after the cluster started and the output folder was claimed; here it
-is one ``PreflightError`` naming the option and what the input offers.
+A mistyped preset, channel or class, or a layout missing a processed well,
+would otherwise surface inside a Dask task, after the cluster started and
+the output folder was claimed; here it is one ``PreflightError`` naming the
+option or file and what the input offers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from screenxai.plate.reader import Plate
 
 
 class PreflightError(ScreenxaiError):
-    """An option names a preset, channel or class that the models or plates do not have."""
+    """An option names a preset, channel or class that the models or plates do not have, or a layout lacks a well."""
 
 
 def check_preset(name: str) -> str:
@@ -67,3 +68,32 @@ def check_bundle_preset(bundle: Path, preset: str, out: Path) -> None:
             f"{bundle} was trained with the {found!r} preset, not {preset!r}; to keep it, run with --preset {found}; "
             f"to train a {preset!r} bundle, choose another output folder (-o) or pass --overwrite to replace the run "
             f"in {out}; or score with a bundle you have (--bundle)")
+
+
+def renders_counterfactuals(bundle: Path | None, cells_only: bool = False) -> bool:
+    """Whether a run renders exemplar cells: it trains a bundle (with attributes) or scores with one that has them."""
+    from screenxai.pipeline.train_job import EXPLAIN_FOLDER
+
+    return not cells_only and (bundle is None or (bundle / EXPLAIN_FOLDER).is_dir())
+
+
+def check_layout_wells(plates: Sequence[Plate], wells: Sequence[str] | None, layout: Path | None) -> None:
+    """Refuse a layout without a row for a well the run processes, naming the layout and the wells.
+
+    Exemplar cells are chosen by their wells' conditions in the layout; a
+    selected well without a row has none, and a run whose selected wells
+    all lack one would find no exemplar to render only after every field
+    was written. ``layout`` is the ``--layout`` file (``None``: each plate's own).
+    """
+    for plate in plates:
+        if plate.layout is None:
+            continue
+        listed = set(plate.layout["well"])
+        processed = dict.fromkeys(key.well for key in plate.field_keys(list(wells) if wells else None))
+        missing = [well for well in processed if well not in listed]
+        if missing:
+            source = f"layout file {layout}" if layout is not None else f"the layout stored in {plate.url}"
+            remedy = "leave them out of --wells" if wells else "select the wells it lists with --wells"
+            raise PreflightError(f"{source} has no row for well(s) {', '.join(missing)} of plate {plate.name}, "
+                                 f"so their cells have no condition to choose exemplars by; add the well(s) to the "
+                                 f"layout or {remedy}")
