@@ -335,3 +335,20 @@ def test_a_layout_without_a_row_for_a_processed_well_is_refused_before_anything_
         assert ("leave them out of --wells" if wells else "select the wells it lists with --wells") in result.output
         assert not out.exists()
     assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in plate_bundle.iterdir())
+
+
+def test_a_run_of_wells_holding_none_of_the_classes_writes_its_tables_and_renders_no_exemplar(
+        plate_path, plate_bundle, client, tmp_path):
+    """A dose well alone: no cell of the classifier's classes to render, so no counterfactuals.zarr, and exit 0."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(plate_bundle, bundle)
+    scheduler = ("--scheduler", client.scheduler.address)
+    with registered_preset(MINI):
+        explained = _cli("explain", bundle, plate_path, "-o", tmp_path / "explained", *scheduler)
+        assert explained.exit_code == 0, explained.output
+        result = _cli("run", plate_path, "-o", tmp_path / "out", "--bundle", bundle, "--wells", "A02", *scheduler)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    assert pd.read_parquet(out / "wells.parquet")["well"].tolist() == ["A02"]
+    assert (out / "attributes.parquet").exists() and not (out / "counterfactuals.zarr").exists()
+    assert (explained_zarr := tmp_path / "explained" / "counterfactuals.zarr").exists(), explained_zarr

@@ -42,6 +42,7 @@ def choose_exemplars(cells: dd.DataFrame, layouts: dict[str, pd.DataFrame | None
     ``cells`` is the run's cell table as a dask DataFrame; the top cells are
     found by ``client``'s cluster, so only the exemplars reach the client.
     Cells the models were trained on are avoided when others are available.
+    Empty when no selected well holds one of the classes.
     """
     if not any(layout is not None and class_column in layout.columns for layout in layouts.values()):
         raise ScreenxaiError(f"no plate has the layout column {class_column!r} to choose exemplar cells by")
@@ -71,7 +72,7 @@ def choose_exemplars(cells: dd.DataFrame, layouts: dict[str, pd.DataFrame | None
         if per_class == 2 and len(found[i * per_class + 1]) >= per_condition:
             top = found[i * per_class + 1]
         chosen.append(top.assign(condition=name))
-    exemplars = pd.concat(chosen, ignore_index=True)
+    exemplars = pd.concat(chosen or [cells._meta.assign(condition=pd.Series(dtype=object))], ignore_index=True)
     return exemplars.assign(plate=exemplars["plate"].astype(str), well=exemplars["well"].astype(str))
 
 

@@ -164,8 +164,9 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
                     client.register_plugin(BundlePlugin.from_path(loaded.path))
                 exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
                                        client)
-                counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr",
-                                     on_progress=on_counterfactual)
+                if len(exemplars):  # none when the selected wells hold none of the bundle's classes
+                    counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr",
+                                         on_progress=on_counterfactual)
         write_parquet_atomic(fields, out / "fields.parquet")
         write_parquet_atomic(wells_table, out / "wells.parquet")
         write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
