@@ -205,11 +205,19 @@ def test_a_real_ctrl_c_to_the_whole_command_stops_workers_and_client_with_one_li
 
 
 def _interrupt_a_sync_call_before_its_future_exists(client: Client) -> None:
-    """Ctrl-C while the client's loop is busy, so that distributed's ``sync`` cancels a future it never made."""
+    """Ctrl-C while the client's loop is busy, so that distributed's ``sync`` cancels a future it never made.
+
+    Python's own Ctrl-C handler is used meanwhile: a module imported earlier
+    in this process (dask-jobqueue's) may have replaced it.
+    """
     client.loop.add_callback(time.sleep, 1.0)
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
-        client.sync(asyncio.sleep, 5)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        with pytest.raises(KeyboardInterrupt):
+            client.sync(asyncio.sleep, 5)
+    finally:
+        signal.signal(signal.SIGINT, handler)
     time.sleep(1.5)  # the loop runs the cancel callback, which logs
 
 

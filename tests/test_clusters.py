@@ -12,6 +12,8 @@ import json
 import os
 import re
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -281,3 +283,14 @@ def test_cuda_image_takes_torch_from_the_index_of_its_cuda_base():
     assert re.search(r"^FROM nvidia/cuda:\$\{CUDA_VERSION\}", dockerfile, re.MULTILINE)
     assert index.group(1) == cuda.group(1) + cuda.group(2)
     assert 'pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"' in dockerfile
+
+
+@pytest.mark.parametrize("through_screenxai", [False, True], ids=["plain import", "jobqueue()"])
+def test_importing_dask_jobqueue_through_screenxai_keeps_ctrl_c_a_keyboard_interrupt(through_screenxai):
+    """dask-jobqueue's import replaces the SIGINT handler with a silent exit; ``jobqueue()`` puts Python's back."""
+    load = ("from screenxai.pipeline.clusters import jobqueue; jobqueue(); jobqueue('dask_jobqueue.slurm')"
+            if through_screenxai else "import dask_jobqueue")
+    script = f"import signal; {load}; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    kept = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}).stdout.strip()
+    assert kept == str(through_screenxai)

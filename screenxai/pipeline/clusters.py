@@ -17,9 +17,12 @@ and only the environment variables the configuration names go to workers.
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import shutil
+import signal
+import threading
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -181,16 +184,30 @@ def slurm_options(config: ClusterConfig, gpu: bool) -> dict:
     }
 
 
+def jobqueue(module: str = "dask_jobqueue"):
+    """Import a dask-jobqueue module, keeping this process's Ctrl-C handler.
+
+    Importing dask-jobqueue installs a SIGINT handler that exits silently
+    (``sys.exit()``, status 0); ``screenxai`` needs Ctrl-C to stay a
+    ``KeyboardInterrupt``, which it turns into one line saying what was kept.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return importlib.import_module(module)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        return importlib.import_module(module)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 def slurm_cluster(config: ClusterConfig, security: Security | None = None, **scheduler_options):
     """A ``SLURMCluster`` whose scheduler runs here (over TLS with ``security``); no job submitted yet.
 
     ``scale_slurm`` submits the jobs. ``scheduler_options`` go to the
     scheduler (e.g. ``host``).
     """
-    from dask_jobqueue import SLURMCluster
-
     tls = {"security": security, "protocol": "tls://"} if security is not None else {}
-    return SLURMCluster(**slurm_options(config, gpu=False), **tls,
+    return jobqueue().SLURMCluster(**slurm_options(config, gpu=False), **tls,
                         scheduler_options={"dashboard_address": "127.0.0.1:0", **scheduler_options})
 
 
@@ -202,10 +219,9 @@ def slurm_gpu_job_script(cluster, config: ClusterConfig, security: Security | No
 
 def _slurm_gpu_job(config: ClusterConfig, security: Security | None) -> dict:
     """The ``SpecCluster`` worker spec of one GPU job."""
-    from dask_jobqueue.slurm import SLURMJob
-
     tls = {"security": security, "protocol": "tls://"} if security is not None else {"protocol": None}
-    return {"cls": SLURMJob, "options": {**slurm_options(config, gpu=True), **tls, "config_name": "slurm"}}
+    job = jobqueue("dask_jobqueue.slurm").SLURMJob
+    return {"cls": job, "options": {**slurm_options(config, gpu=True), **tls, "config_name": "slurm"}}
 
 
 def scale_slurm(cluster, config: ClusterConfig, security: Security | None = None) -> None:
