@@ -49,8 +49,8 @@ def test_presets_exist_and_grow():
 
 def test_progress_reports_every_epoch_of_every_stage(uninterrupted):
     _, reports = uninterrupted
-    assert [(r.stage, r.epoch) for r in reports] == [("classifier", 0), ("classifier", 1), ("semantic", 0),
-                                                     ("autoencoder", 1), ("autoencoder", 2)]
+    assert [(r.stage, r.epoch, r.epochs) for r in reports] == [
+        ("classifier", 0, 2), ("classifier", 1, 2), ("semantic", 0, 1), ("autoencoder", 0, 2), ("autoencoder", 1, 2)]
     assert all(r.eta_s >= 0 and np.isfinite(r.loss) for r in reports)
     assert reports[-1].eta_s == 0
 
@@ -97,7 +97,7 @@ def test_wrong_crop_size_is_refused(cells):
         train_models(crops, table, "tiny")
 
 
-@pytest.mark.parametrize("stop_at", [("classifier", 0), ("autoencoder", 1)])
+@pytest.mark.parametrize("stop_at", [("classifier", 0), ("autoencoder", 0)])
 def test_interrupted_training_resumes_to_the_same_weights(cells, uninterrupted, tmp_path, stop_at):
     crops, table = cells
     reference, _ = uninterrupted

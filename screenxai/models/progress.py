@@ -89,3 +89,52 @@ def restore_training_state(path: Path | None, model: torch.nn.Module, optimiser:
     gen.set_state(saved["generator"])
     torch.set_rng_state(saved["torch_rng"])
     return saved["state"]
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What one epoch of training measured: its mean loss, its validation loss and its history row."""
+
+    loss: float
+    val_loss: float | None
+    record: dict
+
+
+@dataclass
+class EpochLoop:
+    """The epoch loop both trainings share: run an epoch, check its loss, record it, checkpoint, report.
+
+    ``state`` is the resumable loop state (``restore_training_state``): its
+    ``epoch`` is the next epoch to run, its ``history`` a row per epoch.
+    """
+
+    model: torch.nn.Module
+    optimiser: torch.optim.Optimizer
+    gen: torch.Generator
+    state: dict
+    checkpoint: Path | None = None
+    progress: ProgressCallback | None = None
+
+    def run(self, stage: str, first: int, end: int, train_epoch: Callable[[int], dict[str, float]],
+            validate: Callable[[int, dict[str, float]], EpochResult], offset: int = 0,
+            stop: Callable[[int], bool] | None = None) -> None:
+        """Epochs ``first`` to ``end - 1`` of ``stage``, reported as numbered from ``offset`` within the stage.
+
+        ``train_epoch(epoch)`` returns the epoch's mean losses (``loss`` the
+        total), checked finite before ``validate(epoch, losses)`` scores the
+        epoch. ``stop(epoch)``, checked before each epoch, ends the stage early.
+        """
+        clock = EpochClock(first, end)
+        for epoch in range(first, end):
+            if stop is not None and stop(epoch):
+                break
+            losses = train_epoch(epoch)
+            check_finite(losses["loss"], stage, epoch)
+            result = validate(epoch, losses)
+            self.state["history"].append(result.record)
+            self.state["epoch"] = epoch + 1
+            if self.checkpoint is not None:
+                save_training_state(self.checkpoint, self.model, self.optimiser, self.gen, self.state)
+            if self.progress is not None:
+                self.progress(Progress(stage, epoch - offset, end - offset, result.loss, result.val_loss,
+                                       clock.eta(epoch)))

@@ -25,14 +25,7 @@ from screenxai.models.augment import augment
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier
 from screenxai.models.device import generator, resolve_device
-from screenxai.models.progress import (
-    EpochClock,
-    Progress,
-    ProgressCallback,
-    check_finite,
-    restore_training_state,
-    save_training_state,
-)
+from screenxai.models.progress import EpochLoop, EpochResult, ProgressCallback, restore_training_state
 
 
 @dataclass(frozen=True)
@@ -120,13 +113,10 @@ def train_autoencoder(
     if training.pretrain_epochs and model.aux_decoder is None:
         raise ValueError("pretrain_epochs need an autoencoder with aux_decoder")
     total_epochs = training.pretrain_epochs + training.epochs
-    start = state["epoch"]
-    clock = EpochClock(start, training.pretrain_epochs)
     model.train()
-    for epoch in range(start, total_epochs):
+
+    def train_epoch(epoch: int) -> dict[str, float]:
         pretraining = epoch < training.pretrain_epochs
-        if not pretraining and epoch == max(start, training.pretrain_epochs):
-            clock = EpochClock(epoch, total_epochs)
         sums: dict[str, float] = {}
         for _ in range(steps):
             index = torch.randint(0, len(data), (training.batch_size,), generator=gen)
@@ -140,17 +130,18 @@ def train_autoencoder(
             optimiser.step()
             for name, value in {"loss": loss, **losses}.items():
                 sums[name] = sums.get(name, 0.0) + value.item()
-        stage = "semantic" if pretraining else "autoencoder"
-        check_finite(sums["loss"] / steps, stage, epoch)
+        return {k: v / steps for k, v in sums.items()}
+
+    def validate(epoch: int, losses: dict[str, float]) -> EpochResult:
+        pretraining = epoch < training.pretrain_epochs
         val_loss = None if held_out is None else validation_loss(
             model, held_out, pretraining, training.aux_weight, training.seed, training.batch_size)
-        state["history"].append({"epoch": epoch, "stage": stage, **{k: v / steps for k, v in sums.items()},
-                                 "val_loss": val_loss})
-        state["epoch"] = epoch + 1
-        if checkpoint is not None:
-            save_training_state(checkpoint, model, optimiser, gen, state)
-        if progress is not None:
-            last = training.pretrain_epochs if pretraining else total_epochs
-            progress(Progress(stage, epoch, last, sums["loss"] / steps, val_loss, clock.eta(epoch)))
+        stage = "semantic" if pretraining else "autoencoder"
+        return EpochResult(losses["loss"], val_loss, {"epoch": epoch, "stage": stage, **losses, "val_loss": val_loss})
+
+    loop = EpochLoop(model, optimiser, gen, state, checkpoint, progress)
+    loop.run("semantic", state["epoch"], training.pretrain_epochs, train_epoch, validate)
+    loop.run("autoencoder", max(state["epoch"], training.pretrain_epochs), total_epochs, train_epoch, validate,
+             offset=training.pretrain_epochs)
     model.eval()
     return TrainedAutoencoder(model, state["history"])

@@ -21,14 +21,7 @@ from screenxai.models.augment import augment
 from screenxai.models.classifier import CellClassifier, ClassifierConfig, predict_proba
 from screenxai.models.device import generator, resolve_device
 from screenxai.models.metrics import roc_auc
-from screenxai.models.progress import (
-    EpochClock,
-    Progress,
-    ProgressCallback,
-    check_finite,
-    restore_training_state,
-    save_training_state,
-)
+from screenxai.models.progress import EpochLoop, EpochResult, ProgressCallback, restore_training_state
 from screenxai.models.splits import DEFAULT_CLASS_COLUMN, WellSplit, class_labels, split_by_well
 
 
@@ -162,10 +155,8 @@ def train_classifier(
     steps = training.steps_per_epoch or max(1, len(train_x) // training.batch_size)
     initial: dict = {"epoch": 0, "best_loss": float("inf"), "best_epoch": -1, "best_model": None, "history": []}
     state = restore_training_state(checkpoint, model, optimiser, gen, initial)
-    clock = EpochClock(state["epoch"], training.epochs)
-    for epoch in range(state["epoch"], training.epochs):
-        if epoch - state["best_epoch"] > training.patience and state["best_epoch"] >= 0:
-            break
+
+    def train_epoch(epoch: int) -> dict[str, float]:
         model.train()
         total = 0.0
         for _ in range(steps):
@@ -177,17 +168,20 @@ def train_classifier(
             loss.backward()
             optimiser.step()
             total += loss.item()
-        check_finite(total / steps, "classifier", epoch)
+        return {"loss": total / steps}
+
+    def validate(epoch: int, losses: dict[str, float]) -> EpochResult:
         val_loss, accuracy, balanced, _, _ = evaluate(model, val_x, val_y, names, training.batch_size * 4)
-        state["history"].append({"epoch": epoch, "loss": total / steps, "val_loss": val_loss,
-                                 "val_accuracy": accuracy, "val_balanced_accuracy": balanced})
         if val_loss < state["best_loss"]:
             state.update(best_loss=val_loss, best_epoch=epoch, best_model=copy.deepcopy(model.state_dict()))
-        state["epoch"] = epoch + 1
-        if checkpoint is not None:
-            save_training_state(checkpoint, model, optimiser, gen, state)
-        if progress is not None:
-            progress(Progress("classifier", epoch, training.epochs, total / steps, val_loss, clock.eta(epoch)))
+        return EpochResult(losses["loss"], val_loss, {"epoch": epoch, "loss": losses["loss"], "val_loss": val_loss,
+                                                      "val_accuracy": accuracy, "val_balanced_accuracy": balanced})
+
+    def patience_spent(epoch: int) -> bool:
+        return state["best_epoch"] >= 0 and epoch - state["best_epoch"] > training.patience
+
+    EpochLoop(model, optimiser, gen, state, checkpoint, progress).run(
+        "classifier", state["epoch"], training.epochs, train_epoch, validate, stop=patience_spent)
     model.load_state_dict(state["best_model"])
     model.eval()
     val_loss, accuracy, balanced, auc, auc_vs_negative = evaluate(model, val_x, val_y, names,
