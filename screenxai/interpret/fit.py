@@ -264,41 +264,25 @@ def fit_interpretable(
         raise InterpretError(f"{len(crops)} crops but {len(table)} rows in the cell table")
     black_box = black_box_module(classifier, class_names)
     torch.manual_seed(config.seed)
-    if heldout is None:
-        split = split_by_well(table, class_column, config.val_fraction, config.seed, class_names)
-        labels_all, _ = class_labels(table, class_column, class_names)
-        val_keys = set(split.val_wells)
-        in_val = np.array([(str(p), str(w)) in val_keys for p, w in zip(table["plate"], table["well"], strict=True)])
-        vae_rows = np.flatnonzero(~in_val)
-        train_rows, train_labels = split.train_index, labels_all[split.train_index]
-        test_crops, test_table, test_labels = crops[split.val_index], table.iloc[split.val_index], labels_all[split.val_index]
-    else:
-        held_crops, held_table = heldout
-        held_crops = as_crops(held_crops, crops.shape[1], crops.shape[2])
-        if len(held_crops) != len(held_table):
-            raise InterpretError(f"held-out set has {len(held_crops)} crops but {len(held_table)} table rows")
-        vae_rows = np.arange(len(crops))
-        train_rows, train_labels = _class_rows(table, class_column, class_names)
-        test_rows, test_labels = _class_rows(held_table, class_column, class_names)
-        test_crops, test_table = held_crops[test_rows], held_table.iloc[test_rows]
+    cells = _split_cells(crops, table, config, class_column, class_names, heldout)
     timings: dict[str, float] = {}
 
     start = time.perf_counter()
     shared_vae = vae is not None
     if not shared_vae:
         vae_config = TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width)
-        vae, vae_log = train_tcvae(crops[vae_rows], vae_config, config.beta, config.vae_steps, config.batch_size,
-                                   config.lr, config.seed, config.recon_weight)
+        vae, vae_log = train_tcvae(crops[cells.vae_rows], vae_config, config.beta, config.vae_steps,
+                                   config.batch_size, config.lr, config.seed, config.recon_weight)
     else:
         vae_log = [None]  # trained elsewhere: its caller reports its loss
     timings["vae_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    train_z = encode_means(vae, crops[train_rows])
+    train_z = encode_means(vae, crops[cells.train_rows])
     if config.target == "classifier":
-        target = predict_proba(black_box, crops[train_rows])[:, 1]
+        target = predict_proba(black_box, crops[cells.train_rows])[:, 1]
     else:
-        target = train_labels.astype(np.float32)
+        target = cells.train_labels.astype(np.float32)
     sparse = train_sparse(train_z, target, config.sparse())
     timings["sparse_s"] = time.perf_counter() - start
 
@@ -309,21 +293,62 @@ def fit_interpretable(
     timings["formula_s"] = time.perf_counter() - start
 
     model = InterpretableModel(vae, sparse, distilled, config, class_names, class_column)
-    model.report = {
-        "formula": distilled.text, "complexity": distilled.complexity, "selected": selected,
-        "formula_variables": distilled.variables, "positive_class": class_names[1],
-        "heldout": evaluate(model, black_box, test_crops, test_labels),
-        "train": evaluate(model, black_box, crops[train_rows], train_labels),
+    model.report = _fit_report(model, black_box, crops, table, cells, shared_vae, vae_log[-1], timings,
+                               "split_by_well" if heldout is None else "given")
+    return model
+
+
+@dataclass
+class _CellSplit:
+    """Which cells train the VAE and the sparse net, and the held-out cells the model is scored on."""
+
+    vae_rows: np.ndarray
+    train_rows: np.ndarray
+    train_labels: np.ndarray
+    test_crops: np.ndarray
+    test_table: pd.DataFrame
+    test_labels: np.ndarray
+
+
+def _split_cells(crops: np.ndarray, table: pd.DataFrame, config: InterpretConfig, class_column: str,
+                 class_names: tuple[str, str], heldout: tuple[np.ndarray, pd.DataFrame] | None) -> _CellSplit:
+    """Training and held-out cells: a split by well of ``table``, or all of it against the ``heldout`` cells."""
+    if heldout is None:
+        split = split_by_well(table, class_column, config.val_fraction, config.seed, class_names)
+        labels, _ = class_labels(table, class_column, class_names)
+        val_keys = set(split.val_wells)
+        in_val = np.array([(str(p), str(w)) in val_keys for p, w in zip(table["plate"], table["well"], strict=True)])
+        return _CellSplit(np.flatnonzero(~in_val), split.train_index, labels[split.train_index],
+                          crops[split.val_index], table.iloc[split.val_index], labels[split.val_index])
+    held_crops, held_table = heldout
+    held_crops = as_crops(held_crops, crops.shape[1], crops.shape[2])
+    if len(held_crops) != len(held_table):
+        raise InterpretError(f"held-out set has {len(held_crops)} crops but {len(held_table)} table rows")
+    train_rows, train_labels = _class_rows(table, class_column, class_names)
+    test_rows, test_labels = _class_rows(held_table, class_column, class_names)
+    return _CellSplit(np.arange(len(crops)), train_rows, train_labels, held_crops[test_rows],
+                      held_table.iloc[test_rows], test_labels)
+
+
+def _fit_report(model: InterpretableModel, black_box: torch.nn.Module, crops: np.ndarray, table: pd.DataFrame,
+                cells: _CellSplit, shared_vae: bool, vae_loss: float | None, timings: dict[str, float],
+                heldout_source: str) -> dict:
+    """What a fitted model reports: its formula, held-out and training figures, sizes, cells and timings."""
+    distilled, sparse, vae = model.distilled, model.sparse, model.vae
+    return {
+        "formula": distilled.text, "complexity": distilled.complexity, "selected": sparse.selected,
+        "formula_variables": distilled.variables, "positive_class": model.class_names[1],
+        "heldout": evaluate(model, black_box, cells.test_crops, cells.test_labels),
+        "train": evaluate(model, black_box, crops[cells.train_rows], cells.train_labels),
         "parameters": {"blackbox": sum(p.numel() for p in black_box.parameters()),
                        "vae_encoder": sum(p.numel() for p in vae.encoder.parameters()),
                        "sparse_nonzero": sparse.n_nonzero(),
                        "formula_constants": len(distilled.expression.atoms(sympy.Number))},
-        "cells": {"vae_train": None if shared_vae else len(vae_rows), "train": len(train_rows),
-                  "heldout": len(test_labels)},
-        "wells": {"train": _n_wells(table.iloc[train_rows]), "heldout": _n_wells(test_table)},
-        "heldout_source": "split_by_well" if heldout is None else "given",
-        "vae": {"final_loss": vae_log[-1], "heldout_reconstruction_mse": reconstruction_mse(vae, test_crops[:512])},
+        "cells": {"vae_train": None if shared_vae else len(cells.vae_rows), "train": len(cells.train_rows),
+                  "heldout": len(cells.test_labels)},
+        "wells": {"train": _n_wells(table.iloc[cells.train_rows]), "heldout": _n_wells(cells.test_table)},
+        "heldout_source": heldout_source,
+        "vae": {"final_loss": vae_loss, "heldout_reconstruction_mse": reconstruction_mse(vae, cells.test_crops[:512])},
         "timings": timings,
     }
-    return model
 

@@ -103,62 +103,26 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     """
     config = config or CellConfig()
     out = Path(out)
-    loaded = None
-    if bundle is not None:
-        loaded = load_bundle(bundle)
-        for plate in plates:
-            check_channels(loaded, plate.channel_names)
+    loaded = load_bundle(bundle) if bundle is not None else None
+    for plate in plates if loaded is not None else ():
+        check_channels(loaded, plate.channel_names)
     tasks = field_tasks(plates, out, wells)
-    by_name = {p.name: p for p in plates}
     record = run_record(plates, wells, config, loaded)
     claimed = claim_output(out, record, resume)
+    check = _strict_check(plates) if strict else None
     with _unclaimed_on_failure(out, tasks, claimed):
         start = time.perf_counter()
-        rows, todo = [], []
-        for task in tasks:
-            finished = read_marker(task.cells_path) if resume else None
-            if finished:
-                if strict:
-                    raise_for_strict(finished, by_name)
-                rows.append(finished)
-                if on_field is not None:
-                    on_field(finished)
-            else:
-                todo.append(task)
+        rows, todo = _finished_fields(tasks, resume, check, on_field)
         configs = model_configs(plates, config, loaded) if loaded is not None else {}
-        if not todo:
-            completed = bounded_completion(client, iter([]), 1)
-        elif loaded is None:
-            token = uuid.uuid4().hex[:8]
-            futures = client.map(run_field, todo, config=config, pure=False,
-                                 key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
-            completed = bounded_completion(client, iter(futures), len(futures))
-        else:
-            completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
-        try:
-            for future in completed:
-                result = future.result()
-                for row in result if isinstance(result, list) else [result]:
-                    if strict:
-                        raise_for_strict(row, by_name)
-                    rows.append(row)
-                    if on_field is not None:
-                        on_field(row)
-        finally:  # an error or an interrupt (Ctrl-C, a failing callback) cancels the fields still in flight
-            completed.close()
-        fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
-        failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
-        fields = field_qc_flags(fields.drop(columns=[c for c in ("traceback",) if c in fields]))
-        done = fields[fields["status"] == "done"]
-        if done.empty:
-            raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
+        rows += _computed_fields(client, todo, config, configs, loaded, fields_per_batch, check, on_field)
+        fields, failures = field_tables(rows)
         cells = dd.read_parquet(out / "cells")
         aggregates = aggregate_wells(cells, client)
         layouts = {p.name: p.layout for p in plates}
         wells_table = well_table(aggregates, fields, layouts)
-        explain = None if loaded is None else loaded.path / EXPLAIN_FOLDER
-        if explain is not None and explain.is_dir():
-            wells_table = _write_attribute_tables(out, aggregates, layouts, explain, wells_table, loaded)
+        if loaded is not None and (loaded.path / EXPLAIN_FOLDER).is_dir():
+            wells_table = _write_attribute_tables(out, aggregates, layouts, loaded.path / EXPLAIN_FOLDER,
+                                                  wells_table, loaded)
             if exemplars_per_condition > 0 or exemplars_per_well > 0:
                 if not todo:  # a resumed run with nothing left: the models still have to reach the workers
                     client.register_plugin(BundlePlugin.from_path(loaded.path))
@@ -167,19 +131,88 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
                 if len(exemplars):  # none when the selected wells hold none of the bundle's classes
                     counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr",
                                          on_progress=on_counterfactual)
-        write_parquet_atomic(fields, out / "fields.parquet")
-        write_parquet_atomic(wells_table, out / "wells.parquet")
-        write_parquet_atomic(well_profiles(wells_table), out / "profiles.parquet")
-        if not failures.empty:
-            write_parquet_atomic(failures, out / "failures.parquet")
         seconds = time.perf_counter() - start
-        if loaded is not None and loaded.path.resolve() != (out / "bundle").resolve():
-            copy_bundle(loaded.path, out / "bundle")
-        interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
-        if loaded is not None and interpretable.exists():
-            write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
+        _write_run_tables(out, fields, wells_table, failures, loaded)
         write_manifest(out, plates, config, fields, seconds, record, loaded)
         return RunResult(out, wells_table, fields, seconds, failures)
+
+
+def _strict_check(plates: Sequence[Plate]) -> Callable[[dict], None]:
+    """``raise_for_strict`` on a status row, with the run's plates looked up by name."""
+    by_name = {p.name: p for p in plates}
+    return lambda row: raise_for_strict(row, by_name)
+
+
+def _finished_fields(tasks: Sequence[FieldTask], resume: bool, check: Callable[[dict], None] | None,
+                     on_field: Callable[[dict], None] | None) -> tuple[list[dict], list[FieldTask]]:
+    """The status rows of fields a resumed run already finished, and the tasks still to run."""
+    rows, todo = [], []
+    for task in tasks:
+        finished = read_marker(task.cells_path) if resume else None
+        if not finished:
+            todo.append(task)
+            continue
+        if check is not None:
+            check(finished)
+        rows.append(finished)
+        if on_field is not None:
+            on_field(finished)
+    return rows, todo
+
+
+def _computed_fields(client: Client, todo: Sequence[FieldTask], config: CellConfig, configs: dict[str, CellConfig],
+                     loaded: Bundle | None, fields_per_batch: int, check: Callable[[dict], None] | None,
+                     on_field: Callable[[dict], None] | None) -> list[dict]:
+    """Run the cell (and model) stage of ``todo`` on the cluster; their status rows as they complete."""
+    if not todo:
+        return []
+    if loaded is None:
+        token = uuid.uuid4().hex[:8]
+        futures = client.map(run_field, todo, config=config, pure=False,
+                             key=[f"cells-{t.plate_name}-{t.well}-{t.field}-{token}" for t in todo])
+        completed = bounded_completion(client, iter(futures), len(futures))
+    else:
+        completed = _model_graph(todo, client, configs, loaded, fields_per_batch)
+    rows = []
+    try:
+        for future in completed:
+            result = future.result()
+            for row in result if isinstance(result, list) else [result]:
+                if check is not None:
+                    check(row)
+                rows.append(row)
+                if on_field is not None:
+                    on_field(row)
+    finally:  # an error or an interrupt (Ctrl-C, a failing callback) cancels the fields still in flight
+        completed.close()
+    return rows
+
+
+def field_tables(rows: list[dict]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fields table with its QC flags, and the failed fields' errors; refused when every field failed."""
+    fields = pd.DataFrame(rows).sort_values(["plate", "well", "field"]).reset_index(drop=True)
+    failures = fields[fields["status"] == "failed"][["plate", "well", "field", "error"]]
+    fields = field_qc_flags(fields.drop(columns=[c for c in ("traceback",) if c in fields]))
+    if (fields["status"] != "done").all():
+        raise ScreenxaiError(f"every field failed; first error: {failures['error'].iloc[0]}")
+    return fields, failures
+
+
+def _write_run_tables(out: Path, fields: pd.DataFrame, wells: pd.DataFrame, failures: pd.DataFrame,
+                      loaded: Bundle | None) -> None:
+    """Write the field, well, profile and failure tables, and the bundle and its formula table beside them."""
+    write_parquet_atomic(fields, out / "fields.parquet")
+    write_parquet_atomic(wells, out / "wells.parquet")
+    write_parquet_atomic(well_profiles(wells), out / "profiles.parquet")
+    if not failures.empty:
+        write_parquet_atomic(failures, out / "failures.parquet")
+    if loaded is None:
+        return
+    if loaded.path.resolve() != (out / "bundle").resolve():
+        copy_bundle(loaded.path, out / "bundle")
+    interpretable = out / "bundle" / "interpretable" / "interpretable.parquet"
+    if interpretable.exists():
+        write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
 
 
 def raise_for_strict(row: dict, plates: dict[str, Plate]) -> None:

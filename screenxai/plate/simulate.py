@@ -267,35 +267,47 @@ def simulate_screen(
     treatments design the well's ``compound``, and the well's ``dose`` (µM),
     ``dose_index`` and ``control``.
     """
-    for argument, value in (("rows", rows), ("columns", columns), ("fields", fields), ("size", size)):
-        if value is not None or argument != "rows":
-            _check_range(argument, value)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_arguments(rows, columns, fields, size, seed)
     out = Path(out)
     name = name or out.stem
     layout = design_layout(design, columns, rows, replicates)
-    well_scales = _well_scales(layout, seed)
-    vignette = _vignetting(size)
-    textures = _texture_banks(seed)
-    tables = []
     # a pyramid level would double the write time and helps no viewer at <= 1024 px
     levels = 1 if size <= 1024 else 2
     with PlateWriter(out, name=name, channel_names=CHANNEL_NAMES, ngff_version=ngff_version,
                      pyramid_levels=levels, overwrite=overwrite) as writer:
-        for well, scale in zip(layout.itertuples(index=False), well_scales):
-            phenotype = _phenotype(design, well.compound, well.dose)
-            for f in range(fields):
-                rng = np.random.default_rng([seed, 1, well.column, _row_number(well.row), f])
-                image, labels, cells = _simulate_field(rng, phenotype, size, scale * vignette, textures)
-                writer.add_field(FieldImage(well.well, f, image, {LABEL_NAME: labels}))
-                tables.append(cells.assign(plate=name, well=well.well, field=f, compound=well.compound,
-                                           dose=well.dose, dose_index=well.dose_index, control=well.control))
+        tables = _write_wells(writer, layout, design, fields, size, seed)
         writer.set_layout(layout)
     truth = _truth_table(tables, with_compound=design == "treatments")
     path = truth_path(out)
     write_parquet_atomic(truth, path)
     return SimulatedScreen(out, path, truth, layout)
+
+
+def _write_wells(writer: PlateWriter, layout: pd.DataFrame, design: str, fields: int, size: int,
+                 seed: int) -> list[pd.DataFrame]:
+    """Simulate and write every field of every well of ``layout``; the per-cell truth of each field."""
+    well_scales = _well_scales(layout, seed)
+    vignette = _vignetting(size)
+    textures = _texture_banks(seed)
+    tables = []
+    for well, scale in zip(layout.itertuples(index=False), well_scales):
+        phenotype = _phenotype(design, well.compound, well.dose)
+        for f in range(fields):
+            rng = np.random.default_rng([seed, 1, well.column, _row_number(well.row), f])
+            image, labels, cells = _simulate_field(rng, phenotype, size, scale * vignette, textures)
+            writer.add_field(FieldImage(well.well, f, image, {LABEL_NAME: labels}))
+            tables.append(cells.assign(plate=writer.name, well=well.well, field=f, compound=well.compound,
+                                       dose=well.dose, dose_index=well.dose_index, control=well.control))
+    return tables
+
+
+def _check_arguments(rows: int | None, columns: int, fields: int, size: int, seed: int) -> None:
+    """Raise ``ValueError`` for a plate size, field count, image size or seed out of range."""
+    for argument, value in (("rows", rows), ("columns", columns), ("fields", fields), ("size", size)):
+        if value is not None or argument != "rows":
+            _check_range(argument, value)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 def _check_range(argument: str, value: int) -> None:

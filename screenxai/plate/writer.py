@@ -145,6 +145,26 @@ class PlateWriter:
     def add_field(self, item: FieldImage) -> None:
         """Write one field's image pyramid and label images."""
         where = f"well {item.well} field {item.field}"
+        image = self._checked_image(item, where)
+        row, column = parse_well(item.well)
+        well = f"{row}{column:02d}"
+        fields = self._fields.setdefault(well, [])
+        if item.field in fields:
+            raise PlateError(f"{where}: this field was already written")
+        fields.append(item.field)
+        group = self._root.require_group(row).require_group(f"{column:02d}").require_group(str(item.field))
+        size = self.pixel_size_um or 1.0
+        units = {"y": "micrometer", "x": "micrometer"} if self.pixel_size_um else None
+        chunks = (1, 1) + tuple(min(s, 1024) for s in image.shape[2:])
+        write_image(da.from_array(image, chunks=chunks), group, axes="czyx", fmt=self.fmt,
+                    scale_factors=self.scale_factors, scale={"c": 1.0, "z": 1.0, "y": size, "x": size},
+                    axes_units=units, name=f"{well}-{item.field}",
+                    omero=_omero_channels(self.channel_names, image.dtype, image))
+        for label_name, label_image in item.labels.items():
+            self._write_labels(group, label_name, label_image, image.shape[1:], where)
+
+    def _checked_image(self, item: FieldImage, where: str) -> np.ndarray:
+        """The field's image as (c, z, y, x), refused unless it has the plate's channels, shape and dtype."""
         image = _as_czyx(np.asarray(item.image), where)
         if image.shape[0] != len(self.channel_names):
             raise PlateError(
@@ -158,48 +178,21 @@ class PlateWriter:
                 f"{where}: image shape {image.shape} dtype {image.dtype} differs from the plate's "
                 f"{self._shape} {self._dtype}"
             )
-        row, column = parse_well(item.well)
-        well = f"{row}{column:02d}"
-        fields = self._fields.setdefault(well, [])
-        if item.field in fields:
-            raise PlateError(f"{where}: this field was already written")
-        fields.append(item.field)
-        group = self._root.require_group(row).require_group(f"{column:02d}").require_group(str(item.field))
+        return image
+
+    def _write_labels(self, group: zarr.Group, name: str, labels: np.ndarray, shape: tuple[int, ...],
+                      where: str) -> None:
+        """Write one label image of a field, refused unless it has the field's (z, y, x) shape."""
+        labels = np.asarray(labels)
+        if labels.ndim == 2:
+            labels = labels[None]
+        if labels.shape != shape:
+            raise PlateError(f"{where}: label image {name!r} has shape {labels.shape}, the field's (z, y, x) is {shape}")
         size = self.pixel_size_um or 1.0
-        scale = {"c": 1.0, "z": 1.0, "y": size, "x": size}
-        units = {"y": "micrometer", "x": "micrometer"} if self.pixel_size_um else None
-        chunks = (1, 1) + tuple(min(s, 1024) for s in image.shape[2:])
-        write_image(
-            da.from_array(image, chunks=chunks),
-            group,
-            axes="czyx",
-            fmt=self.fmt,
-            scale_factors=self.scale_factors,
-            scale=scale,
-            axes_units=units,
-            name=f"{well}-{item.field}",
-            omero=_omero_channels(self.channel_names, image.dtype, image),
-        )
-        for label_name, label_image in item.labels.items():
-            label_image = np.asarray(label_image)
-            if label_image.ndim == 2:
-                label_image = label_image[None]
-            if label_image.shape != image.shape[1:]:
-                raise PlateError(
-                    f"{where}: label image {label_name!r} has shape {label_image.shape}, "
-                    f"the field's (z, y, x) is {image.shape[1:]}"
-                )
-            write_labels(
-                label_image,
-                group,
-                name=label_name,
-                axes="zyx",
-                fmt=self.fmt,
-                scaler=None,  # the deprecated default Scaler would override scale_factors
-                scale_factors=self.scale_factors,
-                scale={"z": 1.0, "y": size, "x": size},
-            )
-            _patch_labels_version(group, self.fmt)
+        write_labels(labels, group, name=name, axes="zyx", fmt=self.fmt,
+                     scaler=None,  # the deprecated default Scaler would override scale_factors
+                     scale_factors=self.scale_factors, scale={"z": 1.0, "y": size, "x": size})
+        _patch_labels_version(group, self.fmt)
 
     def set_layout(self, layout: pd.DataFrame) -> None:
         """Store the plate layout (validated) in the plate's attributes."""
