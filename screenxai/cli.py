@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -224,7 +225,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     selected = [w.strip() for w in wells.split(",")] if wells else None
     n_fields = len(field_tasks(opened, out, selected))
     check_nuclear_channel(opened, nuclear_channel)
-    if renders_counterfactuals(bundle, cells_only):
+    renders = renders_counterfactuals(bundle, cells_only)
+    if renders:
         check_layout_wells(opened, selected, layout)
     training = TrainSettings(preset=preset, nuclear_channel=nuclear_channel, class_column=class_column,
                              top_dose_levels=top_doses)
@@ -235,16 +237,19 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
     elif bundle is None and not cells_only:
         check_bundle_preset(out / "bundle", preset, out)
     config = CellConfig(crop_size=crop_size, nuclear_channel=nuclear_channel)
+    trains = bundle is None and not cells_only
+    place = StagePlace([*(training_stages(training) if trains else []), "fields",
+                        *(["counterfactuals"] if renders else [])])
     try:
         with connect(scheduler, workers, **cluster) as client:
             console.print(f"Dask dashboard: {client.dashboard_link}")
-            if bundle is None and not cells_only:
-                bundle = _train_for_run(opened, out / "bundle", client, console, training)
-            with _field_progress(console, n_fields) as on_field:
+            if trains:
+                bundle = _train_for_run(opened, out / "bundle", client, console, training, place)
+            with _field_progress(console, n_fields, place) as on_field:
                 result = run_cells(opened, out, client, config, selected, on_field=on_field,
                                    bundle=None if cells_only else bundle, resume=resume, strict=strict,
                                    exemplars_per_well=exemplars_per_well,
-                                   on_counterfactual=StepProgress(console.print, "counterfactuals"))
+                                   on_counterfactual=StepProgress(place.echo(console.print), "counterfactuals"))
     except KeyboardInterrupt:
         raise Interrupted(_kept_by_run(out, opened, selected), "--resume") from None
     _print_summary(result)
@@ -368,6 +373,37 @@ class StepProgress:
             self.echo(f"{self.stage}: step {done}/{total}, {_clock_time(left)} left")
 
 
+class StagePlace:
+    """A command's stages in order, so that each progress line says where its stage stands in the whole.
+
+    ``place("autoencoder epoch 2/4 ...")`` of stages ``classifier, semantic,
+    autoencoder, fields`` is ``"stage 3/4, "``; a stage not listed, or the
+    only stage of a command, gets "".
+    """
+
+    def __init__(self, stages: Sequence[str]) -> None:
+        self.stages = list(stages)
+
+    def __call__(self, line: str) -> str:
+        family = re.split(r"[:\s]", line, maxsplit=1)[0]
+        if family not in self.stages or len(self.stages) < 2:
+            return ""
+        return f"stage {self.stages.index(family) + 1}/{len(self.stages)}, "
+
+    def echo(self, echo: Callable[[str], None]) -> Callable[[str], None]:
+        """``echo`` with each line led by its stage's place."""
+        return lambda line: echo(self(line) + line)
+
+
+def training_stages(settings) -> list[str]:
+    """The progress stages of a training job: its ``stages``, with the autoencoder's pretraining before it."""
+    from screenxai.models.presets import get_preset
+
+    pretrains = get_preset(settings.preset).autoencoder_training.pretrain_epochs > 0
+    return [name for stage in settings.stages
+            for name in (("semantic", "autoencoder") if stage == "autoencoder" and pretrains else (stage,))]
+
+
 def _clock_time(seconds: float) -> str:
     """Seconds as H:MM:SS."""
     minutes, secs = divmod(int(round(seconds)), 60)
@@ -375,39 +411,41 @@ def _clock_time(seconds: float) -> str:
 
 
 @contextmanager
-def _field_progress(console, total: int) -> Iterator[Callable[[dict], None]]:
+def _field_progress(console, total: int, place: StagePlace) -> Iterator[Callable[[dict], None]]:
     """A callback for ``run_cells``' ``on_field``: a rich bar with ETA on a terminal, ``LogProgress`` otherwise."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     if not console.is_terminal:
-        progress = LogProgress(console.print, total)
+        progress = LogProgress(place.echo(console.print), total)
         yield progress
         progress.finish()
         return
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task("fields", total=total)
+        task = bar.add_task(place("fields") + "fields", total=total)
         yield lambda _: bar.advance(task)
 
 
-def _epoch_printer(console):
-    """A progress callback printing one line per finished training epoch."""
+def _epoch_printer(echo: Callable[[str], None], place: StagePlace):
+    """A progress callback echoing one line per finished training epoch (or step), led by its stage's place."""
+    print_line = place.echo(echo)
+
     def epoch_line(p) -> None:
         if p.stage.startswith("interpretable"):
             left = "" if p.eta_s != p.eta_s else f", {p.eta_s:.0f} s left in this stage"  # NaN: not yet known
-            console.print(f"{p.stage}{left}")
+            print_line(f"{p.stage}{left}")
             return
         if p.stage.startswith("explain"):
             left = "" if p.eta_s != p.eta_s else f", {p.eta_s:.0f} s left in this step"  # NaN: not yet known
-            console.print(f"{p.stage} {p.epoch + 1}/{p.epochs}{left}")
+            print_line(f"{p.stage} {p.epoch + 1}/{p.epochs}{left}")
             return
         val = "" if p.val_loss is None else f", validation {p.val_loss:.4f}"
-        console.print(f"{p.stage} epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}{val}, "
-                      f"{p.eta_s:.0f} s left in this stage")
+        print_line(f"{p.stage} epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}{val}, "
+                   f"{p.eta_s:.0f} s left in this stage")
     return epoch_line
 
 
-def _train_for_run(plates, out: Path, client, console, settings) -> Path:
+def _train_for_run(plates, out: Path, client, console, settings, place: StagePlace) -> Path:
     """Train a bundle with ``settings`` (``screenxai train``'s defaults otherwise); reused when complete."""
     from screenxai.models.bundle import load_bundle
     from screenxai.pipeline.train_job import train as train_job
@@ -417,7 +455,7 @@ def _train_for_run(plates, out: Path, client, console, settings) -> Path:
         console.print(f"using the bundle trained earlier at {out}")
         return out
     console.print(f"no bundle given: training one ({settings.preset} preset) on the plates' conditions into {out}")
-    result = train_job(plates, out, client, settings, on_progress=_epoch_printer(console))
+    result = train_job(plates, out, client, settings, on_progress=_epoch_printer(console.print, place))
     _print_training_summary(result)
     return result.bundle
 
@@ -481,7 +519,8 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
             with Progress(*columns, console=console) as progress:
                 bar = progress.add_task("cutting cells", total=None)
                 result = train_job(opened, out, client, settings, on_field=lambda _: progress.advance(bar),
-                                   on_progress=_epoch_printer(console), keep_work=keep_work)
+                                   on_progress=_epoch_printer(console.print, StagePlace(training_stages(settings))),
+                                   keep_work=keep_work)
     except KeyboardInterrupt:
         raise Interrupted(_kept_by_training(out)) from None
     _print_training_summary(result)
@@ -575,13 +614,18 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
     if exemplars > 0:
         check_layout_wells(opened, selected, layout)
     settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided, contrast)
+    place = StagePlace(["explain", "fields", *(["counterfactuals"] if exemplars > 0 else [])])
+
+    def to_stderr(line: str) -> None:
+        click.echo(line, err=True)
+
     with connect(scheduler, workers) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
-        result = train_job(opened, bundle, client, settings)
+        result = train_job(opened, bundle, client, settings, on_progress=_epoch_printer(to_stderr, place))
         _print_attributes(result.summary["explain"])
         run = run_cells(opened, out, client, CellConfig(), selected, bundle=bundle,
                         exemplars_per_condition=exemplars,
-                        on_counterfactual=StepProgress(lambda line: click.echo(line, err=True), "counterfactuals"))
+                        on_counterfactual=StepProgress(place.echo(to_stderr), "counterfactuals"))
     _print_summary(run)
     click.echo(f"attributes: {run.out / 'attributes.parquet'}; counterfactuals: {run.out / 'counterfactuals.zarr'}")
     if len(run.failures):

@@ -7,7 +7,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from screenxai.cli import LogProgress, StepProgress, main
+from screenxai.cli import LogProgress, StagePlace, StepProgress, main, training_stages
 from screenxai.plate import open_plate
 
 
@@ -96,3 +96,26 @@ def test_stage_steps_are_printed_at_most_every_interval_with_the_time_left_and_o
         progress(step, 8)
     assert lines == ["counterfactuals: step 3/8, 0:00:20 left", "counterfactuals: step 6/8, 0:00:08 left",
                      "counterfactuals: 8 steps in 0:00:32"]
+
+
+def test_progress_lines_are_led_by_their_stage_s_place_in_the_command():
+    lines: list[str] = []
+    place = StagePlace(["classifier", "semantic", "autoencoder", "explain", "fields", "counterfactuals"])
+    echo = place.echo(lines.append)
+    for line in ("classifier epoch 1/8: loss 0.6", "semantic epoch 2/2: loss 0.1", "explain: ranking 3/10",
+                 "fields 3/24 (0 failed), 0:01:00 left", "counterfactuals: step 2/8, 0:00:10 left", "report: r.html"):
+        echo(line)
+    assert lines == ["stage 1/6, classifier epoch 1/8: loss 0.6", "stage 2/6, semantic epoch 2/2: loss 0.1",
+                     "stage 4/6, explain: ranking 3/10", "stage 5/6, fields 3/24 (0 failed), 0:01:00 left",
+                     "stage 6/6, counterfactuals: step 2/8, 0:00:10 left", "report: r.html"]
+    assert StagePlace(["fields"])("fields 3/24 (0 failed)") == ""
+
+
+def test_training_stages_put_the_autoencoder_s_pretraining_before_it_when_the_preset_has_one():
+    from screenxai.models.presets import get_preset
+    from screenxai.pipeline.train_job import TrainSettings
+
+    assert get_preset("tiny").autoencoder_training.pretrain_epochs > 0
+    assert training_stages(TrainSettings(preset="tiny")) == ["classifier", "semantic", "autoencoder", "explain",
+                                                             "interpretable"]
+    assert training_stages(TrainSettings(preset="tiny", stages=("explain",))) == ["explain"]
