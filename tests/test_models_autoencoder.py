@@ -225,7 +225,7 @@ def test_training_is_deterministic_and_resumes_exactly(classifier, crops, tmp_pa
     checkpoint = tmp_path / "autoencoder.pt"
 
     def stop(progress):
-        if progress.epoch == 1:
+        if (progress.stage, progress.epoch) == ("autoencoder", 0):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -233,7 +233,7 @@ def test_training_is_deterministic_and_resumes_exactly(classifier, crops, tmp_pa
     seen = []
     resumed = train_autoencoder(data, classifier, tiny_config(), TRAINING, checkpoint=checkpoint,
                                 progress=lambda p: seen.append((p.stage, p.epoch)))
-    assert seen == [("autoencoder", 2)]
+    assert seen == [("autoencoder", 1)]
     reference = first.model.state_dict()
     for name, value in reference.items():
         assert torch.equal(value, second.model.state_dict()[name]), name
@@ -258,3 +258,34 @@ def test_sample_prediction_inversion_is_well_conditioned(classifier, crops):
     x = crops[:4]
     z = model.encode(x)
     assert torch.allclose(model.decode(model.invert(x, z, steps=1), z, steps=1), x.clamp(-1, 1), atol=1e-4)
+
+
+def test_counterfactuals_decode_the_unedited_cells_once_for_every_attribute(classifier, crops):
+    """alpha 0 is the same image for every attribute: decoded once per batch, and equal to a decode of its own."""
+    import numpy as np
+    import pandas as pd
+
+    from screenxai.explain import DirectionConfig, learn_directions, make_counterfactuals
+
+    torch.manual_seed(3)
+    model = DiffusionAutoencoder(tiny_config(), classifier).eval()
+    with torch.no_grad():
+        for name, p in model.unet.named_parameters():
+            if "to_scale_shift" in name:
+                p.normal_(0, 0.5)  # make z_sem matter to the UNet, so edits change the image
+    x = crops[:6]
+    z = model.encode(x)
+    directions = learn_directions(z.detach(), DirectionConfig(n_directions=3, epochs=1, steps_per_epoch=2))
+    attributes = pd.DataFrame({"attribute": ["d0p", "d1n", "d2p"], "rank": [1, 2, 3], "direction": [0, 1, 2],
+                               "sign": [1, -1, 1], "target_class": 1})
+    table = pd.DataFrame({"plate": "p", "well": "A01", "field": 0, "label": np.arange(len(x))})
+    before = model.unet_evaluations
+    rendered = make_counterfactuals(model, directions, attributes, x.numpy(), table, ["DNA", "reporter"],
+                                    alphas=(-1.5, 0.0, 1.5), steps_inv=2, steps_dec=2)
+    assert model.unet_evaluations - before == len(x) * 2 + len(x) * (3 * 2 + 1) * 2  # inversion, 6 edits, 1 unedited
+    with torch.no_grad():
+        unedited = model.decode(model.invert(x, z, 2), z, 2).numpy()
+    images = rendered["image"]
+    for attribute in rendered["attribute"].to_numpy():
+        assert np.array_equal(images.sel(attribute=attribute, alpha=0.0).to_numpy(), unedited)
+        assert not np.allclose(images.sel(attribute=attribute, alpha=1.5).to_numpy(), unedited)

@@ -73,9 +73,12 @@ def attribute_keys(attributes: pd.DataFrame) -> np.ndarray:
     return attributes["attribute"].astype(str).to_numpy(dtype=object)
 
 
+ALPHAS = (-3.0, -1.5, 0.0, 1.5, 3.0)  # edit strengths (SD units along an attribute) an exemplar strip shows
+
+
 def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
                          crops: np.ndarray, table: pd.DataFrame, channel_names: Sequence[str],
-                         alphas: Sequence[float] = (-3.0, -1.5, 0.0, 1.5, 3.0), steps_inv: int = 10,
+                         alphas: Sequence[float] = ALPHAS, steps_inv: int = 10,
                          steps_dec: int = 10, batch_size: int = 256,
                          on_step: Callable[[int, int], None] | None = None) -> xr.Dataset:
     """Decode each cell along each attribute row of ``attributes`` at each alpha (SD units) and score the images.
@@ -83,7 +86,8 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
     ``probability`` is each image's probability of its attribute's
     ``target_class``; ``original_probability`` the real crop's, per attribute.
     ``on_step(done, total)`` is called once before the first step (``done``
-    0) and after each (batch of cells, attribute).
+    0) and after each (batch of cells, attribute). The unedited decode
+    (alpha 0) is made once per batch of cells, whatever the attributes.
     """
     _check(autoencoder, crops, table, attributes, alphas, channel_names)
     device = model_device(autoencoder)
@@ -102,12 +106,18 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
             xb = x[i:i + batch_size]
             z = autoencoder.encode(xb)
             x_t = autoencoder.invert(xb, z, steps_inv)
+            unedited = None  # alpha 0 leaves z_sem as it is: one decode serves every attribute
             for a, row in enumerate(attributes.itertuples()):
                 for j, alpha in enumerate(alphas):
-                    decoded = autoencoder.decode(x_t, directions.edit(z, int(row.direction), row.sign * alpha),
-                                                 steps_dec)
+                    if alpha == 0 and unedited is not None:
+                        decoded, proba = unedited
+                    else:
+                        decoded = autoencoder.decode(x_t, directions.edit(z, int(row.direction), row.sign * alpha),
+                                                     steps_dec)
+                        proba = predict_proba(autoencoder.classifier, decoded)
+                        unedited = (decoded, proba) if alpha == 0 else unedited
                     images[i:i + len(xb), a, j] = decoded.cpu().numpy()
-                    probability[i:i + len(xb), a, j] = predict_proba(autoencoder.classifier, decoded)[:, targets[a]]
+                    probability[i:i + len(xb), a, j] = proba[:, targets[a]]
                 if on_step is not None:
                     on_step((i // batch_size) * n_attr + a + 1, -(-n // batch_size) * n_attr)
     autoencoder.train(was_training)

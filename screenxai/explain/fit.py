@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from screenxai.explain.counterfactuals import make_counterfactuals
+from screenxai.explain.counterfactuals import ALPHAS, make_counterfactuals
 from screenxai.explain.contrast import with_contrast_directions
 from screenxai.explain.directions import DirectionConfig, Directions, classifier_guide, learn_directions
 from screenxai.explain.naming import name_attributes
@@ -156,10 +156,15 @@ def _treatment_candidates(cache, directions: Directions, class_names: Sequence[s
 def _name_candidates(autoencoder: DiffusionAutoencoder, directions: Directions, candidates: pd.DataFrame,
                      crops: np.ndarray, channel_names: Sequence[str], nuclear_channel: int,
                      step: StepCallback) -> pd.DataFrame:
-    """Render every candidate attribute id once on the shown cells and name it; the names joined to ``candidates``."""
+    """Render every candidate attribute id once on the shown cells and name it; the names joined to ``candidates``.
+
+    A name compares the cells at alpha 0 and at the exemplar strips' largest
+    alpha (``attribute_effects``), so only those two are rendered.
+    """
     unique = unique_attributes(candidates).assign(target_class=1)
     table = pd.DataFrame({"plate": "", "well": "", "field": 0, "label": np.arange(len(crops))})
-    rendered = make_counterfactuals(autoencoder, directions, unique, crops, table, channel_names)
+    rendered = make_counterfactuals(autoencoder, directions, unique, crops, table, channel_names,
+                                    alphas=(0.0, max(ALPHAS)))
     names = name_attributes(unique, rendered, channel_names, nuclear_channel=nuclear_channel)
     step("naming", 1, 1)
     return candidates.merge(names.drop(columns=["direction", "sign", "target_class"]), on="attribute", how="left")

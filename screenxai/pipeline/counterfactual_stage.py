@@ -26,12 +26,12 @@ from distributed import Client, get_worker
 
 from screenxai.cells import CellConfig
 from screenxai.errors import ScreenxaiError
+from screenxai.explain.counterfactuals import ALPHAS
 from screenxai.pipeline.bundle_plugin import worker_models
 from screenxai.pipeline.cell_stage import FieldTask
 from screenxai.pipeline.cluster import gpu_resources
 from screenxai.pipeline.model_stage import class_column_name, cut_field
 
-ALPHAS = (-3.0, -1.5, 0.0, 1.5, 3.0)
 PROGRESS_TOPIC = "screenxai-counterfactuals"  # worker events: {"done": steps rendered, "total": steps}
 
 
