@@ -277,7 +277,7 @@ def test_the_stage_reports_treatment_k_of_t_to_the_client():
     from rich.console import Console
 
     from conftest import in_process_cluster
-    from screenxai.cli import _epoch_printer
+    from screenxai.cli import StagePlace, _epoch_printer
     from screenxai.pipeline.train_job import TRAIN_TOPIC, _as_progress
 
     with in_process_cluster() as client:
@@ -291,9 +291,9 @@ def test_the_stage_reports_treatment_k_of_t_to_the_client():
         ("interpretable: treatment 2 of 2 (bright_reporter)", 1, 2)]
     assert np.isnan(events[0].eta_s) and events[1].eta_s >= 0
     printed = StringIO()
-    printer = _epoch_printer(Console(file=printed, width=200))
+    printer = _epoch_printer(Console(file=printed, width=200).print, StagePlace(["classifier", "interpretable"]))
     for progress in events:
         printer(progress)
     lines = printed.getvalue().splitlines()
-    assert lines[0] == "interpretable: treatment 1 of 2 (bright_dna)"
-    assert lines[1].startswith("interpretable: treatment 2 of 2 (bright_reporter), ") and "s left" in lines[1]
+    assert lines[0] == "stage 2/2, interpretable: treatment 1 of 2 (bright_dna)"
+    assert lines[1].startswith("stage 2/2, interpretable: treatment 2 of 2 (bright_reporter), ") and "s left" in lines[1]
