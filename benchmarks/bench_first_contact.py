@@ -8,7 +8,7 @@ Point ``--checkout`` at a fresh clone (no ``.venv``) to measure what a new
 user waits for: the virtual environment is part of the time. ``demo`` runs
 ``make run`` under ``/usr/bin/time -v`` and stamps every line it prints on
 arrival; a stage's time is from the previous stage's last line to its own
-last line. ``suite`` runs ``.ci/run`` (the CI entry point, which calls
+last line (the stamped lines are kept in ``DIR/make-run.log``). ``suite`` runs ``.ci/run`` (the CI entry point, which calls
 ``make test``) with a JUnit report added to the pytest arguments, and records
 the wall time, each test's time (setup, call and teardown) and each
 pytest-xdist group's total (the groups of ``tests/conftest.py``: a heavy
@@ -37,7 +37,7 @@ STAGES = [("simulate", r"no plate given"), ("train: crop cache", r"no bundle giv
           ("classifier", r"classifier epoch"), ("semantic encoder", r"semantic epoch"),
           ("autoencoder", r"autoencoder epoch"), ("explain", r"explain"),
           ("interpretable", r"interpretable"), ("bundle summary", r"bundle |classifier, validation"),
-          ("cell and model stage", r"fields|Dask dashboard"), ("counterfactuals", r"counterfactuals"),
+          ("cell and model stage", r"fields"), ("counterfactuals", r"counterfactuals"),
           ("tables and report", r"\d+ wells, |report: |treatments|QC flags")]
 TIME_FIELDS = {"User time (seconds)": "user_s", "System time (seconds)": "system_s",
                "Maximum resident set size (kbytes)": "max_rss_kb", "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall"}
@@ -60,8 +60,9 @@ def stamped_lines(command: list[str], cwd: Path, env: dict | None = None) -> tup
 
 
 def stage_of(line: str) -> str | None:
-    """The stage a line of ``screenxai run`` belongs to, by its first words (None: not a progress line)."""
-    return next((name for name, pattern in STAGES if re.match(pattern, line)), None)
+    """The stage a line of ``screenxai run`` belongs to, by its first words after any ``stage k/n, `` (None: other)."""
+    words = re.sub(r"^stage \d+/\d+, ", "", line)
+    return next((name for name, pattern in STAGES if re.match(pattern, words)), None)
 
 
 def stage_seconds(lines: list[tuple[float, str]], setup_s: float) -> dict[str, float]:
@@ -92,6 +93,7 @@ def time_figures(lines: list[tuple[float, str]]) -> dict:
 def measure_demo(checkout: Path) -> dict:
     """``make run`` in ``checkout``: wall and CPU time, peak memory and time per stage."""
     status, lines = stamped_lines(["/usr/bin/time", "-v", "make", "run"], checkout)
+    (checkout / "make-run.log").write_text("".join(f"{s:8.1f} {line}\n" for s, line in lines))
     setup_end = next((s for s, line in lines if "screenxai run" in line and "bin/screenxai" in line), 0.0)
     return {"command": "make run", "status": status, "wall_s": round(lines[-1][0], 1) if lines else None,
             "time": time_figures(lines), "stages_s": stage_seconds(lines, setup_end),

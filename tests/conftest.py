@@ -42,6 +42,13 @@ def in_process_cluster(gpu_worker: bool = False) -> Iterator:
         yield client
 
 
+@pytest.fixture(scope="module")
+def client():
+    """A real scheduler with one single-threaded in-process worker, per test module (commands reach it by address)."""
+    with in_process_cluster() as client:
+        yield client
+
+
 def documented_columns(doc: str, section: str) -> dict[str, str]:
     """Column names and dtypes of the ``## section`` table of docs/<doc>, in order."""
     text = (REPO_ROOT / "docs" / doc).read_text()

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from distributed import Client
 
-from conftest import REPO_ROOT, in_process_cluster
+from conftest import REPO_ROOT
 from screenxai.cells import CellConfig
 from screenxai.cli import EXIT_FAILED_FIELDS, EXIT_INTERRUPTED, LogProgress, main
 from screenxai.errors import ScreenxaiError
@@ -30,13 +30,6 @@ from screenxai.pipeline.cluster import quiet_interrupted_sync
 from screenxai.pipeline.run import RUN_RECORD, open_plates, run_cells
 from screenxai.plate.simulate import simulate_screen, truth_path
 from test_models_training import MINI
-
-
-@pytest.fixture(scope="module")
-def client():
-    """A real scheduler with one in-process worker, shared by the commands through --scheduler."""
-    with in_process_cluster() as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

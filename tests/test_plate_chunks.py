@@ -13,7 +13,6 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
-from conftest import in_process_cluster
 from screenxai.cells import CellConfig, fit_normalisation, process_field
 from screenxai.cli import EXIT_FAILED_FIELDS, main
 from screenxai.errors import PlateError
@@ -25,13 +24,6 @@ from screenxai.report.builder import build_report
 LOST = ("A02", 1)  # the field whose reporter chunk is deleted
 CORRUPT = ("B03", 0)  # the field whose reporter chunk is overwritten with garbage
 REPORTER_CHUNK = (1, 0, 0, 0)  # (c, z, y, x) chunk coordinates: the whole reporter plane of a 128-pixel field
-
-
-@pytest.fixture(scope="module")
-def client():
-    """A real scheduler with one in-process worker."""
-    with in_process_cluster() as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
