@@ -212,7 +212,7 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
     if overwrite and resume:
         raise click.UsageError("--overwrite replaces the run in OUT and --resume continues it: pass one of them")
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # a log keeps each line whole, paths too
     if not plates:
         demo = out / "plate.zarr"
         if not demo.exists():
@@ -500,7 +500,7 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
     from screenxai.pipeline.train_job import TrainSettings
     from screenxai.pipeline.train_job import train as train_job
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # a log keeps each line whole, paths too
     opened = open_plates(plates, layout=layout)
     selected = [w.strip() for w in wells.split(",")] if wells else None
     settings = TrainSettings(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -161,7 +162,9 @@ def test_train_command_trains_on_a_scheduler_and_prints_the_summary(plate, clien
     assert result.exit_code == 0, result.output
     assert "classifier, validation wells" in result.output and "accuracy" in result.output
     assert "held-out cells, own z_sem decodes" in result.output
-    assert "semantic epoch 1/1" in result.output and "autoencoder epoch 2/2" in result.output
+    assert re.search(r"^stage 3/5, autoencoder epoch 2/2: loss [\d.]+, validation [\d.]+, \d+ s left in this stage$",
+                     result.output, re.MULTILINE), result.output  # whole lines: a log is not wrapped at 80 columns
+    assert "stage 2/5, semantic epoch 1/1" in result.output
     assert set(load_bundle(out).models) == {"classifier", "autoencoder"}
 
 
