@@ -431,13 +431,10 @@ def _epoch_printer(echo: Callable[[str], None], place: StagePlace):
     print_line = place.echo(echo)
 
     def epoch_line(p) -> None:
-        if p.stage.startswith("interpretable"):
-            left = "" if p.eta_s != p.eta_s else f", {p.eta_s:.0f} s left in this stage"  # NaN: not yet known
-            print_line(f"{p.stage}{left}")
-            return
-        if p.stage.startswith("explain"):
+        if p.stage.startswith(("explain", "interpretable")):  # a step: "<stage>: <step> k/n (<detail>)"
             left = "" if p.eta_s != p.eta_s else f", {p.eta_s:.0f} s left in this step"  # NaN: not yet known
-            print_line(f"{p.stage} {p.epoch + 1}/{p.epochs}{left}")
+            step, opens, detail = p.stage.partition(" (")
+            print_line(f"{step} {p.epoch + 1}/{p.epochs}{opens}{detail}{left}")
             return
         val = "" if p.val_loss is None else f", validation {p.val_loss:.4f}"
         print_line(f"{p.stage} epoch {p.epoch + 1}/{p.epochs}: loss {p.loss:.4f}{val}, "
@@ -551,7 +548,9 @@ def interpret(bundle: Path, plates: tuple[Path, ...], layout: Path | None, max_c
     settings = _bundle_stage_settings(bundle, opened, "interpretable", max_cells_per_well, seed)
     with connect(scheduler, workers) as client:
         click.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
-        result = train_job(opened, bundle, client, settings)
+        result = train_job(opened, bundle, client, settings,
+                           on_progress=_epoch_printer(lambda line: click.echo(line, err=True),
+                                                      StagePlace(["interpretable"])))
     _print_interpretable(result.summary["interpretable"])
 
 

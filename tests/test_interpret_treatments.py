@@ -11,6 +11,7 @@ treatment's formula has a known feature to find.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import replace
 
@@ -25,7 +26,7 @@ from screenxai.interpret import (InterpretConfig, InterpretError, InterpretStore
                                  load_interpretable, save_interpretable)
 from screenxai.interpret.treatments import name_latents, view_of
 from screenxai.models.classifier import predict_proba
-from screenxai.pipeline.train_job import TreatmentReporter, interpretable_table
+from screenxai.pipeline.train_job import StepReporter, interpretable_table
 from conftest import documented_columns
 
 torch.set_num_threads(1)
@@ -87,7 +88,7 @@ def fitted(screen):
     (crops, table), heldout = screen
     calls = []
     models = fit_treatments(crops, table, ChannelReader(), CONFIG, "compound", CLASSES, heldout=heldout,
-                            on_treatment=lambda *args: calls.append(args))
+                            on_step=lambda *args: calls.append(args))
     name_latents(models, crops, table, FEATURES, CHANNELS)
     return models, calls
 
@@ -109,7 +110,8 @@ def test_the_view_is_the_black_box_odds_of_the_treatment_against_the_control():
 def test_each_treatment_gets_its_own_formula_in_class_order(fitted):
     models, calls = fitted
     assert models.treatments == list(CLASSES[1:])
-    assert calls == [("bright_dna", 1, 2), ("bright_reporter", 2, 2)]
+    assert calls == [*(("VAE", k * 80, 800) for k in range(1, 11)),
+                     ("formula (bright_dna)", 1, 2), ("formula (bright_reporter)", 2, 2)]
     for treatment, model in models.models.items():
         assert model.class_names == (CLASSES[0], treatment) and model.report["positive_class"] == treatment
         assert model.vae is models.vae  # one VAE, shared
@@ -191,6 +193,14 @@ def test_a_two_class_model_keeps_layout_one(screen, tmp_path):
     assert load_interpretable(folder).formula == model.formula
 
 
+def test_a_two_class_fit_reports_its_vae_sparse_and_formula_steps(screen):
+    (crops, table), heldout = screen
+    steps = []
+    fit_interpretable(crops, table, ChannelReader(2), replace(CONFIG, vae_steps=30), "compound", CLASSES[:2],
+                      heldout=heldout, on_step=lambda *args: steps.append(args))
+    assert steps == [*(("VAE", k * 3, 30) for k in range(1, 11)), ("sparse network", 1, 1), ("formula", 1, 1)]
+
+
 def _attacked_report(models: TreatmentModels, heldout: tuple[np.ndarray, pd.DataFrame]) -> dict:
     """The report ``train`` builds: every treatment's report with its adversarial sweep's flip budgets."""
     crops, table = heldout
@@ -265,13 +275,13 @@ def test_a_trained_treatment_screen_has_a_formula_per_treatment_in_bundle_run_an
 
 
 def _report_two_treatments() -> None:
-    reporter = TreatmentReporter()
-    reporter("bright_dna", 1, 2)
-    reporter("bright_reporter", 2, 2)
+    reporter = StepReporter("interpretable")
+    reporter("formula (bright_dna)", 1, 2)
+    reporter("formula (bright_reporter)", 2, 2)
 
 
-def test_the_stage_reports_treatment_k_of_t_to_the_client():
-    """Run on a real worker, the stage's reporter sends one progress event per treatment, printed as such."""
+def test_the_stage_reports_each_treatments_formula_to_the_client():
+    """Run on a real worker, the stage's reporter sends one progress event per formula, printed with its treatment."""
     from io import StringIO
 
     from rich.console import Console
@@ -287,13 +297,13 @@ def test_the_stage_reports_treatment_k_of_t_to_the_client():
             time.sleep(0.05)
         events = [_as_progress(message) for _, message in client.get_events(TRAIN_TOPIC)]
     assert [(p.stage, p.epoch, p.epochs) for p in events] == [
-        ("interpretable: treatment 1 of 2 (bright_dna)", 0, 2),
-        ("interpretable: treatment 2 of 2 (bright_reporter)", 1, 2)]
+        ("interpretable: formula (bright_dna)", 0, 2),
+        ("interpretable: formula (bright_reporter)", 1, 2)]
     assert np.isnan(events[0].eta_s) and events[1].eta_s >= 0
     printed = StringIO()
     printer = _epoch_printer(Console(file=printed, width=200).print, StagePlace(["classifier", "interpretable"]))
     for progress in events:
         printer(progress)
     lines = printed.getvalue().splitlines()
-    assert lines[0] == "stage 2/2, interpretable: treatment 1 of 2 (bright_dna)"
-    assert lines[1].startswith("stage 2/2, interpretable: treatment 2 of 2 (bright_reporter), ") and "s left" in lines[1]
+    assert lines[0] == "stage 2/2, interpretable: formula 1/2 (bright_dna)"
+    assert re.fullmatch(r"stage 2/2, interpretable: formula 2/2 \(bright_reporter\), \d+ s left in this step", lines[1])

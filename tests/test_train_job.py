@@ -190,6 +190,9 @@ def test_interpret_command_fits_a_formula_into_the_bundle(plate, client, tmp_pat
                                        "--max-cells-per-well", "40", "--seed", "3"])
     assert result.exit_code == 0, result.output
     assert "formula (" in result.output and "fidelity" in result.output
+    for step in (r"VAE 400/400, \d+ s left in this step", r"sparse network 1/1", r"formula 1/1",
+                 r"adversarial sweep 1/1 \(positive\)"):
+        assert re.search(rf"^interpretable: {step}$", result.output, re.MULTILINE), result.output
     model = load_interpretable(out / "interpretable")
     table = pd.read_parquet(out / "interpretable" / "interpretable.parquet")
     assert table["formula"].iloc[0] == model.formula and table["complexity"].iloc[0] <= 15

@@ -26,8 +26,8 @@ from screenxai.explain.ranking import axis_cosines, build_cache, nearest_better_
 from screenxai.explain.scores import unique_attributes
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.latent_checks import encode
+from screenxai.models.progress import StepCallback
 
-StepCallback = Callable[[str, int, int], None]
 CANDIDATE_SPARE = 2  # candidates ranked beyond the kept attributes, to replace ones whose name repeats
 
 

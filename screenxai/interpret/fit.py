@@ -30,6 +30,7 @@ from screenxai.interpret.formula import Formula, FormulaConfig, evaluate_torch, 
 from screenxai.interpret.sparse import SparseClassifier, SparseConfig, sparse_logit, train_sparse
 from screenxai.interpret.tcvae import BetaTCVAE, TCVAEConfig, encode_means, reconstruction_mse, train_tcvae
 from screenxai.models.classifier import predict_proba
+from screenxai.models.progress import StepCallback
 from screenxai.models.splits import class_labels, split_by_well
 
 
@@ -245,6 +246,7 @@ def fit_interpretable(
     class_names: Sequence[str] = ("negative", "positive"),
     heldout: tuple[np.ndarray, pd.DataFrame] | None = None,
     vae: BetaTCVAE | None = None,
+    on_step: StepCallback | None = None,
 ) -> InterpretableModel:
     """Fit the interpretable model to ``crops`` (N, C, S, S) and its cell ``table``; score it on held-out wells.
 
@@ -255,7 +257,10 @@ def fit_interpretable(
     (crops and table of other wells or plates) all of ``crops`` is for
     training and the held-out class cells are scored. A ``vae`` given is
     used as it is (one VAE shared by several formulas) instead of training one.
+    ``on_step(step, done, total)`` reports the ``VAE``, ``sparse network``
+    and ``formula`` steps.
     """
+    step = on_step or (lambda *_: None)
     class_names = tuple(class_names)
     if len(set(class_names)) != 2 or len(class_names) != 2:
         raise InterpretError(f"the interpretable model tells 2 classes apart (a formula's sign); got {list(class_names)}")
@@ -272,7 +277,8 @@ def fit_interpretable(
     if not shared_vae:
         vae_config = TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width)
         vae, vae_log = train_tcvae(crops[cells.vae_rows], vae_config, config.beta, config.vae_steps,
-                                   config.batch_size, config.lr, config.seed, config.recon_weight)
+                                   config.batch_size, config.lr, config.seed, config.recon_weight,
+                                   on_step=lambda done, total: step("VAE", done, total))
     else:
         vae_log = [None]  # trained elsewhere: its caller reports its loss
     timings["vae_s"] = time.perf_counter() - start
@@ -285,12 +291,14 @@ def fit_interpretable(
         target = cells.train_labels.astype(np.float32)
     sparse = train_sparse(train_z, target, config.sparse())
     timings["sparse_s"] = time.perf_counter() - start
+    step("sparse network", 1, 1)
 
     start = time.perf_counter()
     selected = sparse.selected
     distilled = fit_formula(train_z[:, selected], sparse_logit(sparse, train_z), [latent_name(i) for i in selected],
                             config.formula())
     timings["formula_s"] = time.perf_counter() - start
+    step("formula", 1, 1)
 
     model = InterpretableModel(vae, sparse, distilled, config, class_names, class_column)
     model.report = _fit_report(model, black_box, crops, table, cells, shared_vae, vae_log[-1], timings,

@@ -12,6 +12,7 @@ sampling. With ``beta = 1`` the loss is the plain VAE's.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -112,10 +113,12 @@ def tcvae_loss(model: BetaTCVAE, x: torch.Tensor, dataset_size: int, beta: float
 
 
 def train_tcvae(crops: np.ndarray, config: TCVAEConfig, beta: float, steps: int, batch_size: int = 64,
-                lr: float = 1e-3, seed: int = 0, recon_weight: float = 1.0) -> tuple[BetaTCVAE, list[dict]]:
+                lr: float = 1e-3, seed: int = 0, recon_weight: float = 1.0,
+                on_step: Callable[[int, int], None] | None = None) -> tuple[BetaTCVAE, list[dict]]:
     """Train a ``BetaTCVAE`` on ``crops`` for ``steps`` seeded random batches; the model and a loss log.
 
-    The log holds the mean of each loss part over every tenth of the steps.
+    The log holds the mean of each loss part over every tenth of the steps;
+    ``on_step(done, steps)`` is called as each tenth is logged.
     """
     if len(crops) < 2:
         raise ValueError(f"a beta-TCVAE needs at least 2 crops to train on, got {len(crops)}")
@@ -139,6 +142,8 @@ def train_tcvae(crops: np.ndarray, config: TCVAEConfig, beta: float, steps: int,
         if (step + 1) % max(1, steps // 10) == 0 or step + 1 == steps:
             log.append({"step": step + 1, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}})
             window = []
+            if on_step is not None:
+                on_step(step + 1, steps)
     model.eval()
     return model, log
 

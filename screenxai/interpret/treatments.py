@@ -11,7 +11,7 @@ with the shared VAE), so every formula reads in the same latents.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,9 +23,9 @@ from torch import nn
 from screenxai.interpret.fit import InterpretableModel, InterpretConfig, InterpretError, as_crops, fit_interpretable
 from screenxai.interpret.latent_names import latent_features
 from screenxai.interpret.tcvae import BetaTCVAE, TCVAEConfig, encode_means, reconstruction_mse, train_tcvae
+from screenxai.models.progress import StepCallback
 from screenxai.models.splits import split_by_well
 
-TreatmentCallback = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,7 @@ def fit_treatments(
     class_column: str = "compound",
     class_names: Sequence[str] = (),
     heldout: tuple[np.ndarray, pd.DataFrame] | None = None,
-    on_treatment: TreatmentCallback | None = None,
+    on_step: StepCallback | None = None,
 ) -> TreatmentModels:
     """Train one beta-TCVAE on every training crop, then fit each treatment's formula against the control.
 
@@ -122,9 +122,10 @@ def fit_treatments(
     The VAE sees all of ``crops`` (or, without ``heldout``, the training
     wells of a split by well); treatment ``t``'s sparse network and formula
     are fitted on the cells of the control and ``t`` and scored on the
-    held-out cells of the two. ``on_treatment(name, k, total)`` is called
-    before the ``k``-th (1-based) treatment is fitted.
+    held-out cells of the two. ``on_step(step, done, total)`` reports the
+    ``VAE`` steps and, as each treatment's formula is fitted, ``formula (<treatment>)``.
     """
+    step = on_step or (lambda *_: None)
     class_names = tuple(class_names)
     if len(class_names) < 3 or len(set(class_names)) != len(class_names):
         raise InterpretError(f"one formula per treatment needs a negative control and at least 2 distinct "
@@ -139,17 +140,16 @@ def fit_treatments(
     start = time.perf_counter()
     vae, log = train_tcvae(crops, TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width),
                            config.beta, config.vae_steps, config.batch_size, config.lr, config.seed,
-                           config.recon_weight)
+                           config.recon_weight, on_step=lambda done, total: step("VAE", done, total))
     timings = {"vae_s": time.perf_counter() - start}
     models = {}
     for k, (treatment, view) in enumerate(views.items(), start=1):
-        if on_treatment is not None:
-            on_treatment(treatment, k, len(views))
         start = time.perf_counter()
         models[treatment] = fit_interpretable(crops, table, view, config, class_column, view.class_names,
                                               heldout=heldout, vae=vae)
         models[treatment].report["heldout_source"] = source
         timings[f"{treatment}_s"] = time.perf_counter() - start
+        step(f"formula ({treatment})", k, len(views))
     report = {"vae": {"final_loss": log[-1], "heldout_reconstruction_mse": reconstruction_mse(vae, heldout[0][:512])},
               "cells": {"vae_train": len(crops), "heldout": len(heldout[1])}, "heldout_source": source,
               "timings": timings}

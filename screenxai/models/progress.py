@@ -31,6 +31,7 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+StepCallback = Callable[[str, int, int], None]  # (step, done, total) of a stage made of named steps
 
 
 class EpochClock:

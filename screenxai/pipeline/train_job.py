@@ -299,22 +299,27 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
                               contrast=settings.explain_contrast, seed=settings.seed)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
-                              conditions.class_names, channel_names, nuclear, explain, on_step=StepReporter())
+                              conditions.class_names, channel_names, nuclear, explain, on_step=StepReporter("explain"))
     save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided,
                     unet_evaluations=fitted.unet_evaluations)
     return as_records(fitted)
 
 
 class StepReporter:
-    """Sends explain-stage steps to the client as progress events, with the time left in each step."""
+    """Sends a stage's steps to the client as progress events, ``<stage>: <step>``, with the time left in each step.
 
-    def __init__(self) -> None:
+    A step's name may end in a detail in parentheses (``formula (dual)``);
+    the time left is estimated over all calls of the name before it.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
         self.first: dict[str, tuple[float, int]] = {}
 
     def __call__(self, step: str, done: int, total: int) -> None:
-        start, first = self.first.setdefault(step, (time.perf_counter(), done))
+        start, first = self.first.setdefault(step.partition(" (")[0], (time.perf_counter(), done))
         left = (time.perf_counter() - start) / (done - first) * (total - done) if done > first else float("nan")
-        _report(Progress(f"explain: {step}", done - 1, total, float("nan"), None, left))
+        _report(Progress(f"{self.stage}: {step}", done - 1, total, float("nan"), None, left))
 
 
 def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings: TrainSettings,
@@ -335,16 +340,20 @@ def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings
     heldout = (crops[held_out], table[held_out].reset_index(drop=True))
     config, names = InterpretConfig(seed=settings.seed), conditions.class_names
     features = feature_columns(channel_names)
+    step = StepReporter("interpretable")
     if len(names) > 2:
         fitted = fit_treatments(train_crops, train_table, classifier.model, config, conditions.class_column, names,
-                                heldout=heldout, on_treatment=TreatmentReporter())
+                                heldout=heldout, on_step=step)
         models, black_boxes = fitted.models, {t: view_of(classifier.model, names, t) for t in fitted.models}
     else:
         fitted = fit_interpretable(train_crops, train_table, classifier.model, config, conditions.class_column,
-                                   names, heldout=heldout)
+                                   names, heldout=heldout, on_step=step)
         models, black_boxes = {names[1]: fitted}, {names[1]: classifier.model}
-    sweeps = [_adversarial(model, black_boxes[t], heldout, settings, channel_names).assign(treatment=t)
-              for t, model in models.items()]
+    sweeps = []
+    for k, (treatment, model) in enumerate(models.items(), start=1):
+        sweeps.append(_adversarial(model, black_boxes[treatment], heldout, settings, channel_names)
+                      .assign(treatment=treatment))
+        step(f"adversarial sweep ({treatment})", k, len(models))
     if len(names) > 2:
         name_latents(fitted, train_crops, train_table, features, channel_names)
     else:
@@ -375,20 +384,6 @@ def _adversarial(model, black_box, heldout: tuple[np.ndarray, pd.DataFrame], set
     model.report["adversarial"] = {"cells": len(attacked), "reporter_channel": channel_names[reporter],
                                    "half_flip_budget": flip_budgets(sweep)}
     return sweep
-
-
-class TreatmentReporter:
-    """Sends ``interpretable: treatment k of T`` progress events, with the time left from the treatments done."""
-
-    def __init__(self) -> None:
-        self.start = float("nan")
-
-    def __call__(self, treatment: str, k: int, total: int) -> None:
-        if k == 1:
-            self.start = time.perf_counter()
-        left = (time.perf_counter() - self.start) / (k - 1) * (total - k + 1) if k > 1 else float("nan")
-        _report(Progress(f"interpretable: treatment {k} of {total} ({treatment})", k - 1, total, float("nan"),
-                         None, left))
 
 
 def interpretable_table(report: dict) -> pd.DataFrame:
