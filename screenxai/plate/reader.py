@@ -260,10 +260,11 @@ class Plate:
         label_group = group["labels"][name]
         where = f"{self.url}/{path}/labels/{name}"
         ms = _read_multiscale(label_group, where)
-        data = _to_czyx(da.from_zarr(label_group[ms.paths[level]]), ms.axes, where)[0]
+        array, array_path = _level_array(label_group, f"{path}/labels/{name}", ms, level, self.url)
+        data = _to_czyx(da.from_zarr(array), ms.axes, where)[0]
         return xr.DataArray(data, dims=("z", "y", "x"), name=name,
                             attrs={"plate": self.name, "well": self.well(well).id, "field": field,
-                                   "array": f"{path}/labels/{name}/{ms.paths[level]}"})
+                                   "array": array_path})
 
 
 def _stored_grid(array: zarr.Array) -> tuple[tuple[int, ...], int]:
