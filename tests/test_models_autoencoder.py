@@ -289,3 +289,38 @@ def test_counterfactuals_decode_the_unedited_cells_once_for_every_attribute(clas
     for attribute in rendered["attribute"].to_numpy():
         assert np.array_equal(images.sel(attribute=attribute, alpha=0.0).to_numpy(), unedited)
         assert not np.allclose(images.sel(attribute=attribute, alpha=1.5).to_numpy(), unedited)
+
+
+def test_counterfactuals_render_only_the_pairs_asked_for_and_the_rest_is_nan(classifier, crops):
+    """A treatment's exemplars are decoded along its own attributes only; the others' pairs are NaN, not decoded."""
+    import numpy as np
+    import pandas as pd
+
+    from screenxai.explain import DirectionConfig, learn_directions, make_counterfactuals
+    from screenxai.explain.counterfactuals import strip_pairs
+
+    torch.manual_seed(3)
+    model = DiffusionAutoencoder(tiny_config(), classifier).eval()
+    x = crops[:6]
+    z = model.encode(x)
+    directions = learn_directions(z.detach(), DirectionConfig(n_directions=3, epochs=1, steps_per_epoch=2))
+    attributes = pd.DataFrame({"treatment": ["drug_a", "drug_a", "drug_b"], "attribute": ["d0p", "d1n", "d2p"],
+                               "rank": [1, 2, 1], "direction": [0, 1, 2], "sign": [1, -1, 1],
+                               "target_class": 1})
+    conditions = ["DMSO", "DMSO", "drug_a", "drug_a", "drug_b", ""]
+    pairs = strip_pairs(conditions, attributes, ["drug_a", "drug_b"])
+    assert pairs.tolist() == [[True, True, True], [True, True, True], [True, True, False], [True, True, False],
+                              [False, False, True], [True, True, True]]
+    table = pd.DataFrame({"plate": "p", "well": "A01", "field": 0, "label": np.arange(len(x))})
+    args = (model, directions, attributes, x.numpy(), table, ["DNA", "reporter"])
+    full = make_counterfactuals(*args, alphas=(-1.5, 0.0, 1.5), steps_inv=2, steps_dec=2)
+    before = model.unet_evaluations
+    masked = make_counterfactuals(*args, alphas=(-1.5, 0.0, 1.5), steps_inv=2, steps_dec=2, rendered=pairs)
+    edits = int(pairs.sum()) * 2  # two non-zero alphas per rendered pair
+    assert model.unet_evaluations - before == len(x) * 2 + (edits + len(x)) * 2  # inversion, edits, one unedited
+    assert masked["rendered"].to_numpy().tolist() == pairs.tolist()
+    probability = masked["probability"].to_numpy()
+    assert np.isnan(probability[~pairs]).all() and not np.isnan(probability[pairs]).any()
+    assert np.isnan(masked["image"].to_numpy()[~pairs]).all()
+    np.testing.assert_allclose(masked["image"].to_numpy()[pairs], full["image"].to_numpy()[pairs], atol=1e-5)
+    assert strip_pairs(conditions, attributes.drop(columns="treatment"), ["drug_a", "drug_b"]).all()

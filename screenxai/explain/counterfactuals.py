@@ -10,6 +10,11 @@ The result is an ``xarray.Dataset``, dims (cell, attribute, alpha, c, y, x):
 
 - ``image`` (cell, attribute, alpha, c, y, x) float32 in [-1, 1]
 - ``probability`` (cell, attribute, alpha): classifier probability of the attribute's target class
+- ``rendered`` (cell, attribute) bool: whether the cell was decoded along the
+  attribute; ``image`` and ``probability`` are NaN where it was not
+  (``strip_pairs``: a treatment's attributes are not rendered on the
+  exemplars of other treatments, so the cost grows with the number of
+  treatments, not with its square)
 - ``original`` (cell, c, y, x) and ``original_probability`` (cell, attribute): the real crop
 - ``alpha_latent`` (attribute, alpha): the edit's length in ``z_sem`` units
 - indexes ``cell`` (the cell id), ``attribute`` (``treatment/rank``, or the
@@ -76,27 +81,50 @@ def attribute_keys(attributes: pd.DataFrame) -> np.ndarray:
 ALPHAS = (-3.0, -1.5, 0.0, 1.5, 3.0)  # edit strengths (SD units along an attribute) an exemplar strip shows
 
 
+def strip_pairs(conditions: Sequence[str], attributes: pd.DataFrame, treatments: Sequence[str]) -> np.ndarray:
+    """Which (cell, attribute) pairs a strip needs (n_cells, n_attributes) bool.
+
+    A cell whose condition is one of ``treatments`` is rendered along that
+    treatment's attributes only (and along attributes without a treatment);
+    cells of any other condition (the negative control, dose wells,
+    unlabelled wells) along every attribute.
+    """
+    conditions = np.asarray([str(c) for c in conditions], dtype=object)
+    if "treatment" not in attributes.columns:
+        return np.ones((len(conditions), len(attributes)), bool)
+    owner = attributes["treatment"].astype(str).to_numpy(dtype=object)
+    of_treatment = np.isin(conditions, np.asarray(list(treatments), dtype=object))
+    return ~of_treatment[:, None] | (conditions[:, None] == owner[None, :])
+
+
 def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
                          crops: np.ndarray, table: pd.DataFrame, channel_names: Sequence[str],
                          alphas: Sequence[float] = ALPHAS, steps_inv: int = 10,
                          steps_dec: int = 10, batch_size: int = 256,
-                         on_step: Callable[[int, int], None] | None = None) -> xr.Dataset:
+                         on_step: Callable[[int, int], None] | None = None,
+                         rendered: np.ndarray | None = None) -> xr.Dataset:
     """Decode each cell along each attribute row of ``attributes`` at each alpha (SD units) and score the images.
 
     ``probability`` is each image's probability of its attribute's
     ``target_class``; ``original_probability`` the real crop's, per attribute.
-    ``on_step(done, total)`` is called once before the first step (``done``
-    0) and after each (batch of cells, attribute). The unedited decode
-    (alpha 0) is made once per batch of cells, whatever the attributes.
+    ``rendered`` (n_cells, n_attributes) bool, default all, says which pairs
+    to decode (``strip_pairs``). ``on_step(done, total)`` is called once
+    before the first step (``done`` 0) and after each (batch of cells,
+    attribute). The unedited decode (alpha 0) is made once per batch of
+    cells, whatever the attributes.
     """
     _check(autoencoder, crops, table, attributes, alphas, channel_names)
+    rendered = np.ones((len(crops), len(attributes)), bool) if rendered is None else np.asarray(rendered, bool)
+    if rendered.shape != (len(crops), len(attributes)):
+        raise ValueError(f"rendered pairs of shape {rendered.shape} for {len(crops)} cells and "
+                         f"{len(attributes)} attributes")
     device = model_device(autoencoder)
     directions = directions.to(device)
     targets = attributes["target_class"].to_numpy(np.int64)
     x = torch.from_numpy(np.ascontiguousarray(crops, np.float32)).to(device)
     n, n_attr, n_alpha = len(x), len(attributes), len(alphas)
-    images = np.empty((n, n_attr, n_alpha, *crops.shape[1:]), np.float32)
-    probability = np.empty((n, n_attr, n_alpha), np.float32)
+    images = np.full((n, n_attr, n_alpha, *crops.shape[1:]), np.nan, np.float32)
+    probability = np.full((n, n_attr, n_alpha), np.nan, np.float32)
     was_training = autoencoder.training
     autoencoder.eval()
     if on_step is not None:
@@ -108,16 +136,21 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
             x_t = autoencoder.invert(xb, z, steps_inv)
             unedited = None  # alpha 0 leaves z_sem as it is: one decode serves every attribute
             for a, row in enumerate(attributes.itertuples()):
+                wanted = np.flatnonzero(rendered[i:i + len(xb), a])
                 for j, alpha in enumerate(alphas):
-                    if alpha == 0 and unedited is not None:
-                        decoded, proba = unedited
+                    if len(wanted) == 0:
+                        break
+                    if alpha == 0:
+                        if unedited is None:
+                            decoded = autoencoder.decode(x_t, z, steps_dec)
+                            unedited = (decoded, predict_proba(autoencoder.classifier, decoded))
+                        decoded, proba = unedited[0][wanted], unedited[1][wanted]
                     else:
-                        decoded = autoencoder.decode(x_t, directions.edit(z, int(row.direction), row.sign * alpha),
-                                                     steps_dec)
+                        edited = directions.edit(z[wanted], int(row.direction), row.sign * alpha)
+                        decoded = autoencoder.decode(x_t[wanted], edited, steps_dec)
                         proba = predict_proba(autoencoder.classifier, decoded)
-                        unedited = (decoded, proba) if alpha == 0 else unedited
-                    images[i:i + len(xb), a, j] = decoded.cpu().numpy()
-                    probability[i:i + len(xb), a, j] = proba[:, targets[a]]
+                    images[i + wanted, a, j] = decoded.cpu().numpy()
+                    probability[i + wanted, a, j] = proba[:, targets[a]]
                 if on_step is not None:
                     on_step((i // batch_size) * n_attr + a + 1, -(-n // batch_size) * n_attr)
     autoencoder.train(was_training)
@@ -134,6 +167,7 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
     return xr.Dataset(
         {"image": (("cell", "attribute", "alpha", "c", "y", "x"), images),
          "probability": (("cell", "attribute", "alpha"), probability),
+         "rendered": (("cell", "attribute"), rendered),
          "original": (("cell", "c", "y", "x"), np.asarray(crops, np.float32)),
          "original_probability": (("cell", "attribute"), predict_proba(autoencoder.classifier, x)[:, targets]),
          "alpha_latent": (("attribute", "alpha"), np.outer(scales, np.asarray(alphas, np.float64)))},

@@ -5,7 +5,9 @@ scored cell table: the cells the classifier is most sure belong to their
 own condition's class; and, when asked, per well: the well's typical cells,
 whose class probabilities are nearest the well's means. One task on a
 (GPU) worker re-cuts their fields, inverts the exemplars once and decodes
-them along every attribute at several alphas with ``x_T`` fixed
+them along the attributes their strips need (a treatment's exemplars along
+that treatment's attributes, the others along every attribute) at several
+alphas with ``x_T`` fixed
 (``screenxai.explain.make_counterfactuals``); the client writes the
 result to ``counterfactuals.zarr``, which ``xarray.open_zarr`` opens with
 dims (cell, attribute, alpha, c, y, x).
@@ -121,8 +123,14 @@ def _nearest_per_well(frame: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def render_exemplars(tasks: Sequence[FieldTask], configs: dict[str, CellConfig], cell_ids: Sequence[str],
                      conditions: Sequence[str], alphas: Sequence[float] = ALPHAS) -> xr.Dataset:
-    """Re-cut the exemplars' fields, then decode each exemplar along every attribute (runs on a worker)."""
+    """Re-cut the exemplars' fields, then decode each exemplar along the attributes its strips need (on a worker).
+
+    An exemplar of a treatment is decoded along that treatment's attributes;
+    one of the negative control or of any other well along every attribute
+    (``strip_pairs``).
+    """
     from screenxai.explain import make_counterfactuals
+    from screenxai.explain.counterfactuals import strip_pairs
 
     models = worker_models()
     if models.explanations is None:
@@ -140,8 +148,9 @@ def render_exemplars(tasks: Sequence[FieldTask], configs: dict[str, CellConfig],
     directions, attributes = models.explanations
     bundle = models.bundle
     chosen = table.iloc[rows]
+    pairs = strip_pairs(conditions, attributes, bundle.class_names[1:])
     dataset = make_counterfactuals(bundle["autoencoder"], directions, attributes, np.concatenate(crops)[rows],
-                                   chosen, bundle.channel_names, alphas, on_step=_report_step)
+                                   chosen, bundle.channel_names, alphas, on_step=_report_step, rendered=pairs)
     dataset = with_raw_intensities(dataset, chosen["plate"].astype(str).tolist(), configs)
     return dataset.assign_coords(condition=("cell", np.asarray(conditions, dtype=object)))
 

@@ -225,13 +225,17 @@ def _attribute_index(dataset, treatment: str, attribute: str) -> int | None:
     return None
 
 
-def _strip_cells(dataset, treatment: str) -> list[int]:
-    """Up to ``STRIP_CELLS`` exemplars: the first of the treatment's own condition and the first of another."""
-    conditions = [str(c) for c in dataset["condition"].values] if "condition" in dataset.coords else []
-    own = [i for i, c in enumerate(conditions) if c == treatment]
-    other = [i for i, c in enumerate(conditions) if c != treatment]
-    chosen = other[:1] + own[:1]
-    return chosen or list(range(min(STRIP_CELLS, dataset.sizes["cell"])))
+def _strip_cells(dataset, treatment: str, attribute: int) -> list[int]:
+    """Up to ``STRIP_CELLS`` exemplars rendered along the attribute: the first of another condition, then the
+    first of the treatment's own."""
+    rendered = dataset["rendered"].isel(attribute=attribute).values if "rendered" in dataset else None
+    cells = [i for i in range(dataset.sizes["cell"]) if rendered is None or rendered[i]]
+    if "condition" not in dataset.coords:
+        return cells[:STRIP_CELLS]
+    conditions = [str(c) for c in dataset["condition"].values]
+    own = [i for i in cells if conditions[i] == treatment]
+    other = [i for i in cells if conditions[i] != treatment]
+    return (other[:1] + own[:1]) or cells[:STRIP_CELLS]
 
 
 def _target_name(run: RunData, dataset, treatment: str) -> str:
@@ -253,7 +257,7 @@ def _strips(run: RunData, shown: _Figures, row: dict, label: str):
         [f"channel {i}" for i in range(dataset.sizes["c"])]
     target = _target_name(run, dataset, row["treatment"])
     made = []
-    cells = _strip_cells(dataset, row["treatment"])
+    cells = _strip_cells(dataset, row["treatment"], index)
     chosen = dataset.isel(cell=cells, attribute=index).load()
     for k, cell in enumerate(cells):
         one = chosen.isel(cell=k)
