@@ -12,7 +12,7 @@ morphology name repeats a better one's is dropped for the next candidate.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np

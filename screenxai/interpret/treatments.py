@@ -27,7 +27,6 @@ from screenxai.models.progress import StepCallback
 from screenxai.models.splits import split_by_well
 
 
-
 @dataclass(frozen=True)
 class _TwoClasses:
     n_classes: int = 2
