@@ -115,8 +115,9 @@ def field_qc(image: np.ndarray, nuclear: np.ndarray, n_cells: int, missing_chunk
     ``n_cells``; ``saturated_fraction``: fraction of all pixel values at the
     dtype's maximum (NaN for float images); ``focus``: variance of the
     Laplacian of the nuclear channel scaled to [0, 1] (low when blurred);
-    ``missing_chunks``: chunks of the image absent from the store (read as
-    the fill value, so the pixels alone cannot tell).
+    ``missing_chunks``: chunks of the image and of the plate labels used
+    absent from the store (read as the fill value, so the pixels alone
+    cannot tell).
     """
     saturated = (float(np.mean(image == np.iinfo(image.dtype).max))
                  if np.issubdtype(image.dtype, np.integer) else float("nan"))
@@ -124,18 +125,41 @@ def field_qc(image: np.ndarray, nuclear: np.ndarray, n_cells: int, missing_chunk
     return {"n_cells": n_cells, "saturated_fraction": saturated, "focus": focus, "missing_chunks": int(missing_chunks)}
 
 
-def read_field(plate: Plate, well: str, field: int, config: CellConfig,
-               nuclear: int) -> tuple[np.ndarray, np.ndarray, str]:
-    """The field's (c, y, x) image, its (y, x) nucleus labels and where the labels came from.
+@dataclass
+class FieldPixels:
+    """A field's pixels as the cell stage reads them.
+
+    ``image`` is (c, y, x), ``labels`` the (y, x) nucleus labels,
+    ``label_source`` ``"plate"`` or ``"segmented"``; ``missing_chunks``
+    counts the chunks absent from the store of the arrays read (see
+    ``OpenField.missing_chunks``).
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    label_source: str
+    missing_chunks: int
+
+
+def labels_read(config: CellConfig, label_source: str) -> tuple[str, ...]:
+    """The plate label images a field's cells were found with: ``label_name`` when they came from the plate."""
+    return (config.label_name,) if label_source == "plate" else ()
+
+
+def read_field(plate: Plate, well: str, field: int, config: CellConfig, nuclear: int) -> FieldPixels:
+    """The field's image, its nucleus labels (the plate's, else segmented) and the chunks they lack.
 
     Stacks with several planes are max-projected along z, images and labels alike. ``Plate.read_pixels``
-    reads them in this thread and names a chunk it cannot decode.
+    reads them in this thread and names a chunk it cannot decode. The field's metadata is parsed once.
     """
-    image = plate.read_pixels(plate.image(well, field).max(dim="z", keep_attrs=True))
-    if config.use_plate_labels and config.label_name in plate.label_names(well, field):
-        labels = plate.read_pixels(plate.labels(well, field, config.label_name).max(dim="z", keep_attrs=True))
-        return image, labels.astype(np.int32), "plate"
-    return image, segment_nuclei(image[nuclear], config.segmentation), "segmented"
+    opened = plate.open_field(well, field)
+    image = plate.read_pixels(opened.image().max(dim="z", keep_attrs=True))
+    if config.use_plate_labels and config.label_name in opened.label_names:
+        labels = plate.read_pixels(opened.labels(config.label_name).max(dim="z", keep_attrs=True)).astype(np.int32)
+        source = "plate"
+    else:
+        labels, source = segment_nuclei(image[nuclear], config.segmentation), "segmented"
+    return FieldPixels(image, labels, source, opened.missing_chunks(labels_read(config, source)))
 
 
 def _check_channels(stats: NormalisationStats, plate: Plate) -> None:
@@ -150,11 +174,12 @@ def process_field(plate: Plate, well: str, field: int, config: CellConfig) -> Ce
     nuclear = nuclear_channel_index(plate.channel_names, config.nuclear_channel)
     if config.normalisation is not None:
         _check_channels(config.normalisation, plate)
-    image, labels, source = read_field(plate, well, field, config, nuclear)
+    pixels = read_field(plate, well, field, config, nuclear)
     well_id = plate.well(well).id
-    crops, table = measure_cells(image, labels, plate.channel_names, config, plate.name, well_id, field, source)
-    qc = {"plate": plate.name, "well": well_id, "field": field, "label_source": source,
-          **field_qc(image, image[nuclear], len(table), plate.missing_chunks(well, field))}
+    crops, table = measure_cells(pixels.image, pixels.labels, plate.channel_names, config, plate.name, well_id,
+                                 field, pixels.label_source)
+    qc = {"plate": plate.name, "well": well_id, "field": field, "label_source": pixels.label_source,
+          **field_qc(pixels.image, pixels.image[nuclear], len(table), pixels.missing_chunks)}
     return CellBatch(crops, table, qc)
 
 

@@ -32,15 +32,17 @@ from distributed import Client, Future
 
 from screenxai import __version__
 from screenxai.cells import CellConfig, fit_normalisation
+from screenxai.cells.field import labels_read
 from screenxai.errors import PlateError, ScreenxaiError
-from screenxai.plate.reader import Plate, open_plate
+from screenxai.plate.reader import Plate, missing_chunks, open_plate
 from screenxai.io import atomic_folder, write_json_atomic
 from screenxai.models.bundle import Bundle, check_channels, load_bundle, verify_bundle
 from screenxai.pipeline.batching import batch_fields, batches_in_flight, bounded_completion
 from screenxai.pipeline.bundle_plugin import EXPLAIN_FOLDER, BundlePlugin
 from screenxai.pipeline.cell_stage import FieldTask, run_field
 from screenxai.pipeline.cluster import model_capacity
-from screenxai.pipeline.counterfactual_stage import choose_exemplars, choose_well_exemplars, counterfactual_stage
+from screenxai.pipeline.counterfactual_stage import (GALLERY_PER_END, choose_exemplars, choose_gallery,
+                                                     choose_well_exemplars, counterfactual_stage)
 from screenxai.pipeline.model_stage import cut_field, score_fields
 from screenxai.pipeline.sinks import is_done, read_marker, write_parquet_atomic
 from screenxai.pipeline.summary import aggregate_wells, attribute_tables, field_qc_flags, well_table, with_layouts
@@ -99,7 +101,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     the fields without a complete file are computed (failed fields are
     tried again), provided the plates, wells, cell configuration and bundle
     are those of the run found. ``strict`` stops at the first failed field or
-    field whose image has chunks missing (``raise_for_strict``).
+    field whose image or plate labels have chunks missing (``raise_for_strict``).
     """
     config = config or CellConfig()
     out = Path(out)
@@ -109,10 +111,12 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
     tasks = field_tasks(plates, out, wells)
     record = run_record(plates, wells, config, loaded)
     claimed = claim_output(out, record, resume)
-    check = _strict_check(plates) if strict else None
+    by_name = {p.name: p for p in plates}
+    check = (lambda row: raise_for_strict(row, by_name, config)) if strict else None
     with _unclaimed_on_failure(out, tasks, claimed):
         start = time.perf_counter()
-        rows, todo = _finished_fields(tasks, resume, check, on_field)
+        rows, todo = _finished_fields(tasks, resume, lambda row: with_missing_chunks(row, by_name, config), check,
+                                      on_field)
         configs = model_configs(plates, config, loaded) if loaded is not None else {}
         rows += _computed_fields(client, todo, config, configs, loaded, fields_per_batch, check, on_field)
         fields, failures = field_tables(rows)
@@ -129,29 +133,26 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
                 exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
                                        client)
                 if len(exemplars):  # none when the selected wells hold none of the bundle's classes
+                    gallery = choose_gallery(cells, fields, GALLERY_PER_END, client)
                     counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr",
-                                         on_progress=on_counterfactual)
+                                         on_progress=on_counterfactual, gallery=gallery)
         seconds = time.perf_counter() - start
         _write_run_tables(out, fields, wells_table, failures, loaded)
         write_manifest(out, plates, config, fields, seconds, record, loaded)
         return RunResult(out, wells_table, fields, seconds, failures)
 
 
-def _strict_check(plates: Sequence[Plate]) -> Callable[[dict], None]:
-    """``raise_for_strict`` on a status row, with the run's plates looked up by name."""
-    by_name = {p.name: p for p in plates}
-    return lambda row: raise_for_strict(row, by_name)
-
-
-def _finished_fields(tasks: Sequence[FieldTask], resume: bool, check: Callable[[dict], None] | None,
+def _finished_fields(tasks: Sequence[FieldTask], resume: bool, complete: Callable[[dict], dict],
+                     check: Callable[[dict], None] | None,
                      on_field: Callable[[dict], None] | None) -> tuple[list[dict], list[FieldTask]]:
-    """The status rows of fields a resumed run already finished, and the tasks still to run."""
+    """The status rows of fields a resumed run already finished, passed through ``complete``, and the tasks still to run."""
     rows, todo = [], []
     for task in tasks:
         finished = read_marker(task.cells_path) if resume else None
         if not finished:
             todo.append(task)
             continue
+        finished = complete(finished)
         if check is not None:
             check(finished)
         rows.append(finished)
@@ -215,21 +216,40 @@ def _write_run_tables(out: Path, fields: pd.DataFrame, wells: pd.DataFrame, fail
         write_parquet_atomic(pd.read_parquet(interpretable), out / "interpretable.parquet")
 
 
-def raise_for_strict(row: dict, plates: dict[str, Plate]) -> None:
-    """Raise what stops a ``--strict`` run at a field's status row: the field failed, or its image lacks chunks.
+def with_missing_chunks(row: dict, plates: dict[str, Plate], config: CellConfig) -> dict:
+    """A finished field's status row, with ``missing_chunks`` and its flag counted now when the row lacks them.
 
-    Without ``--strict`` such a field is recorded (failed, or done and
-    flagged ``qc_missing_chunks``) and the run goes on.
+    Rows written before the count existed lack it; the field's arrays are
+    still in the plate, so a resumed run counts them rather than guess.
+    """
+    if "missing_chunks" in row or row["status"] != "done":
+        return row
+    opened = plates[row["plate"]].open_field(row["well"], row["field"])
+    count = opened.missing_chunks(labels_read(config, row.get("label_source", "")))
+    return {**row, "missing_chunks": count, "qc_missing_chunks": count > 0}
+
+
+def raise_for_strict(row: dict, plates: dict[str, Plate], config: CellConfig) -> None:
+    """Raise what stops a ``--strict`` run at a field's status row: the field failed, or its arrays lack chunks.
+
+    The arrays are the field's image and the plate labels its cells were
+    found with; the error names each that lacks chunks. Without
+    ``--strict`` such a field is recorded (failed, or done and flagged
+    ``qc_missing_chunks``) and the run goes on.
     """
     where = f"field {row['plate']}/{row['well']}/{row['field']}"
     if row["status"] == "failed":
         raise ScreenxaiError(f"{where} failed (--strict): {row['error']}")
     if row.get("missing_chunks", 0) > 0:
         plate = plates[row["plate"]]
-        array, path = plate.image_array(row["well"], row["field"])
-        raise PlateError(f"{where}: {row['missing_chunks']} chunk(s) of array {path} are missing from {plate.url} "
-                         f"(--strict stops here; without it the absent chunks read as "
-                         f"{array.fill_value} and the field is flagged qc_missing_chunks)")
+        arrays = plate.open_field(row["well"], row["field"]).arrays(labels_read(config, row["label_source"]))
+        counts = {path: missing_chunks(array) for path, array in arrays.items()}
+        lacking = [path for path, count in counts.items() if count]
+        named = (" and ".join(f"{counts[path]} chunk(s) of array {path}" for path in lacking)
+                 or f"{row['missing_chunks']} chunk(s) of its arrays {', '.join(arrays)}")  # restored since counted
+        fills = " or ".join(sorted({str(arrays[path].fill_value) for path in lacking or arrays}))
+        raise PlateError(f"{where}: {named} are missing from {plate.url} (--strict stops here; without it the "
+                         f"absent chunks read as {fills} and the field is flagged qc_missing_chunks)")
 
 
 RUN_RECORD = ".screenxai-run.json"

@@ -4,8 +4,9 @@
 dask-backed ``xarray.DataArray`` with dims (c, z, y, x) and channel names as
 the ``c`` coordinate; pixels are read when the caller computes
 (``Plate.read_pixels`` names the chunk it cannot decode). ``missing_chunks``
-counts the chunks of an image absent from the store, which zarr would read
-as its fill value.
+counts the chunks of an array absent from the store, which zarr would read
+as its fill value; ``OpenField`` reads a field's image, labels and that
+count from one parse of its metadata.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -149,14 +151,15 @@ class Plate:
         selected = [self.well(w).id for w in wells] if wells is not None else list(self.wells)
         return [FieldKey(self.name, w, i) for w in selected for i in range(len(self.wells[w].field_paths))]
 
-    def _field_group(self, well: str, field: int) -> tuple[zarr.Group, str]:
+    def open_field(self, well: str, field: int = 0) -> OpenField:
+        """One field's image group, opened (see ``OpenField``)."""
         info = self.well(well)
         if not 0 <= field < len(info.field_paths):
             raise PlateError(f"plate {self.name} well {info.id}: no field {field} "
                              f"(the well has {len(info.field_paths)} fields)")
         path = f"{info.path}/{info.field_paths[field]}"
         try:
-            return self.root[path], path
+            return OpenField(self, info.id, field, self.root[path], path)
         except KeyError as err:
             raise PlateError(f"plate {self.name} well {info.id} field {field}: group {path} is missing "
                              f"from {self.url}") from err
@@ -167,8 +170,7 @@ class Plate:
     @cached_property
     def _first_multiscale(self) -> Multiscale:
         first = self.field_keys()[0]
-        group, path = self._field_group(first.well, first.field)
-        return _read_multiscale(group, f"{self.url}/{path}")
+        return self.open_field(first.well, first.field).multiscale()
 
     @property
     def channel_names(self) -> list[str]:
@@ -193,35 +195,12 @@ class Plate:
 
     def image_array(self, well: str, field: int = 0, level: int = 0) -> tuple[zarr.Array, str]:
         """The Zarr array of one field's image at ``level`` and its path within the plate."""
-        group, path = self._field_group(well, field)
-        return _level_array(group, path, _read_multiscale(group, f"{self.url}/{path}"), level, self.url)
-
-    def missing_chunks(self, well: str, field: int = 0, level: int = 0) -> int:
-        """How many chunks of one field's image at ``level`` are absent from the store (see ``missing_chunks``)."""
-        return missing_chunks(self.image_array(well, field, level)[0])
+        opened = self.open_field(well, field).level(None, level)
+        return opened.array, opened.path
 
     def image(self, well: str, field: int = 0, level: int = 0) -> xr.DataArray:
-        """Lazy image of one field, dims (c, z, y, x), channel names on ``c``.
-
-        The ``array`` attribute is the image's path within the plate (``read_pixels`` names it).
-        """
-        group, path = self._field_group(well, field)
-        where = f"{self.url}/{path}"
-        ms = _read_multiscale(group, where)
-        array, array_path = _level_array(group, path, ms, level, self.url)
-        data = _to_czyx(da.from_zarr(array), ms.axes, where)
-        names = ms.channel_names or [f"c{i}" for i in range(data.shape[0])]
-        if len(names) != data.shape[0]:
-            raise PlateError(f"{where}: {len(names)} channel names for {data.shape[0]} channels")
-        return xr.DataArray(
-            data,
-            dims=SPATIAL,
-            coords={"c": names},
-            name=f"{self.name}/{self.well(well).id}/{field}",
-            attrs={"plate": self.name, "well": self.well(well).id, "field": field, "level": level,
-                   "array": array_path,
-                   "pixel_size": {a: ms.scales[level].get(a, 1.0) for a in ("z", "y", "x")}},
-        )
+        """Lazy image of one field, dims (c, z, y, x), channel names on ``c`` (see ``OpenField.image``)."""
+        return self.open_field(well, field).image(level)
 
     def read_pixels(self, data: xr.DataArray) -> np.ndarray:
         """The values of a lazy image or label image of this plate (or of a reduction keeping its attrs).
@@ -245,26 +224,122 @@ class Plate:
 
     def label_names(self, well: str, field: int = 0) -> list[str]:
         """Names of the label images stored with a field (empty when none)."""
-        group, _ = self._field_group(well, field)
-        if "labels" not in group:
-            return []
-        attrs, _ = _ome_attrs(group["labels"])
-        return list(attrs.get("labels", []))
+        return self.open_field(well, field).label_names
 
     def labels(self, well: str, field: int = 0, name: str = "nuclei", level: int = 0) -> xr.DataArray:
         """Lazy label image of one field, dims (z, y, x)."""
-        group, path = self._field_group(well, field)
-        if name not in self.label_names(well, field):
-            raise PlateError(f"{self.url}/{path}: no label image {name!r} "
-                             f"(has {self.label_names(well, field) or 'none'})")
-        label_group = group["labels"][name]
-        where = f"{self.url}/{path}/labels/{name}"
-        ms = _read_multiscale(label_group, where)
-        array, array_path = _level_array(label_group, f"{path}/labels/{name}", ms, level, self.url)
-        data = _to_czyx(da.from_zarr(array), ms.axes, where)[0]
+        return self.open_field(well, field).labels(name, level)
+
+
+@dataclass(frozen=True)
+class LevelArray:
+    """One multiscale level of a field's image or label image: its array, path within the plate and metadata."""
+
+    array: zarr.Array
+    path: str
+    multiscale: Multiscale
+    where: str  # the image group's URL, for messages
+
+
+class OpenField:
+    """One field's image group, opened once; its image, label images and their absent chunks are read from it.
+
+    Each group and array of the field is parsed once per ``OpenField``, so a
+    caller that reads a field's pixels and then counts the chunks they lack
+    reads no metadata twice. Construct with ``Plate.open_field``.
+    """
+
+    def __init__(self, plate: Plate, well: str, field: int, group: zarr.Group, path: str) -> None:
+        self.plate = plate
+        self.well = well
+        self.field = field
+        self.group = group
+        self.path = path
+        self._levels: dict[tuple[str | None, int], LevelArray] = {}
+
+    @cached_property
+    def _labels_group(self) -> zarr.Group | None:
+        """The field's ``labels`` group, or None when it has none."""
+        try:
+            return self.group["labels"]
+        except KeyError:
+            return None
+
+    @cached_property
+    def label_names(self) -> list[str]:
+        """Names of the label images stored with the field (empty when none)."""
+        if self._labels_group is None:
+            return []
+        attrs, _ = _ome_attrs(self._labels_group)
+        return list(attrs.get("labels", []))
+
+    def multiscale(self, label: str | None = None) -> Multiscale:
+        """The multiscale metadata of the field's image, or of its label image ``label``."""
+        group, path = self._image_group(label)
+        return _read_multiscale(group, f"{self.plate.url}/{path}")
+
+    def _image_group(self, label: str | None) -> tuple[zarr.Group, str]:
+        """The group of the field's image (``label`` None) or of its label image ``label``, and its path."""
+        if label is None:
+            return self.group, self.path
+        if label not in self.label_names:
+            raise PlateError(f"{self.plate.url}/{self.path}: no label image {label!r} "
+                             f"(has {self.label_names or 'none'})")
+        return self._labels_group[label], f"{self.path}/labels/{label}"
+
+    def level(self, label: str | None, level: int = 0) -> LevelArray:
+        """One level of the field's image (``label`` None) or of its label image ``label``, opened once."""
+        key = (label, level)
+        if key not in self._levels:
+            group, path = self._image_group(label)
+            where = f"{self.plate.url}/{path}"
+            ms = _read_multiscale(group, where)
+            array, array_path = _level_array(group, path, ms, level, self.plate.url)
+            self._levels[key] = LevelArray(array, array_path, ms, where)
+        return self._levels[key]
+
+    def image(self, level: int = 0) -> xr.DataArray:
+        """Lazy image of the field, dims (c, z, y, x), channel names on ``c``.
+
+        The ``array`` attribute is the image's path within the plate (``Plate.read_pixels`` names it).
+        """
+        opened = self.level(None, level)
+        ms = opened.multiscale
+        data = _to_czyx(da.from_zarr(opened.array), ms.axes, opened.where)
+        names = ms.channel_names or [f"c{i}" for i in range(data.shape[0])]
+        if len(names) != data.shape[0]:
+            raise PlateError(f"{opened.where}: {len(names)} channel names for {data.shape[0]} channels")
+        return xr.DataArray(
+            data,
+            dims=SPATIAL,
+            coords={"c": names},
+            name=f"{self.plate.name}/{self.well}/{self.field}",
+            attrs={"plate": self.plate.name, "well": self.well, "field": self.field, "level": level,
+                   "array": opened.path,
+                   "pixel_size": {a: ms.scales[level].get(a, 1.0) for a in ("z", "y", "x")}},
+        )
+
+    def labels(self, name: str = "nuclei", level: int = 0) -> xr.DataArray:
+        """Lazy label image ``name`` of the field, dims (z, y, x)."""
+        opened = self.level(name, level)
+        data = _to_czyx(da.from_zarr(opened.array), opened.multiscale.axes, opened.where)[0]
         return xr.DataArray(data, dims=("z", "y", "x"), name=name,
-                            attrs={"plate": self.name, "well": self.well(well).id, "field": field,
-                                   "array": array_path})
+                            attrs={"plate": self.plate.name, "well": self.well, "field": self.field,
+                                   "array": opened.path})
+
+    def arrays(self, labels: Sequence[str] = (), level: int = 0) -> dict[str, zarr.Array]:
+        """The field's image array and those of its label images ``labels`` at ``level``, by path within the plate."""
+        opened = [self.level(None, level), *(self.level(name, level) for name in labels)]
+        return {o.path: o.array for o in opened}
+
+    def missing_chunks(self, labels: Sequence[str] = (), level: int = 0) -> int:
+        """How many chunks of the field's image and of its label images ``labels`` are absent from the store.
+
+        See the module function ``missing_chunks``; the label images a
+        field's cells were found with count, because an absent label chunk
+        reads as background and loses its cells as silently.
+        """
+        return sum(missing_chunks(array) for array in self.arrays(labels, level).values())
 
 
 def _stored_grid(array: zarr.Array) -> tuple[tuple[int, ...], int]:
