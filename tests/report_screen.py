@@ -4,7 +4,9 @@ Everything the report reads is written with the real writers (pandas
 Parquet, xarray Zarr), laid out as a screen of ``n_treatments`` compounds:
 columns 1-2 negative controls (DMSO), 3 .. 2 + n_treatments one compound
 each (rows A, B: top dose; every two rows a half-log dilution), the rest
-positive controls. Attribute scores follow a Hill curve of dose.
+positive controls. Attribute scores follow a Hill curve of dose. The cell
+table holds a few cells per well; each attribute's gallery is chosen from
+it by the run's own ``choose_gallery`` and stored by ``with_gallery``.
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ import json
 import string
 from pathlib import Path
 
+import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from screenxai.cells import CellConfig
+from screenxai.cells.normalise import NormalisationStats
+from screenxai.explain.counterfactuals import write_counterfactuals
+from screenxai.pipeline.counterfactual_stage import GALLERY_PER_END, choose_gallery, with_gallery
+
 CHANNELS = ("DNA", "reporter")
 ALPHAS = (-3.0, -1.5, 0.0, 1.5, 3.0)
 NEGATIVE = "DMSO"
+CELLS_PER_WELL = 3
 
 
 def _well(row: int, column: int) -> str:
@@ -110,6 +119,7 @@ def write_run(out: Path, rows: int = 16, columns: int = 24, n_treatments: int = 
     pd.DataFrame([{"treatment": a, "other": b, "similarity": float(similarity[i, j])}
                   for i, a in enumerate(treatments) for j, b in enumerate(treatments)]).to_parquet(
         out / "similarity.parquet")
+    _write_cells(out, rng, wells, attributes)
     _write_counterfactuals(out, rng, treatments, attributes, crop)
     _write_manifest(out, wells, n_treatments)
     return out
@@ -134,12 +144,24 @@ def _write_counterfactuals(out: Path, rng, treatments: list[str], attributes: pd
                 "alpha": list(ALPHAS), "cell": cell_ids, "cell_id": ("cell", cell_ids),
                 "condition": ("cell", conditions), "c": list(CHANNELS), "channel": ("c", list(CHANNELS))},
         attrs={"alpha_units": "SD of the cells' z_sem projected on the direction"})
-    dataset.chunk({"cell": 1}).to_zarr(out / "counterfactuals.zarr", mode="w")
-    scores = pd.DataFrame({"cell_id": cell_ids, **{f"attribute_{a}": rng.normal(0, 1, n_cells)
-                                                   for a in attributes["attribute"]}})
-    folder = out / "cells" / "plate=screen" / "well=C03"
-    folder.mkdir(parents=True, exist_ok=True)
-    scores.to_parquet(folder / "field-0.parquet")
+    chosen = choose_gallery(dd.read_parquet(out / "cells"), None, GALLERY_PER_END)
+    crops = np.stack([_blob(rng, crop, float(np.clip(0.5 + score / 4, 0, 1))) for score in chosen["score"]])
+    stats = NormalisationStats(CHANNELS, (100.0, 100.0), (4000.0, 4000.0))
+    write_counterfactuals(with_gallery(dataset, chosen, crops, {"screen": CellConfig(normalisation=stats)}),
+                          out / "counterfactuals.zarr")
+
+
+def _write_cells(out: Path, rng, wells: pd.DataFrame, attributes: pd.DataFrame) -> None:
+    """``CELLS_PER_WELL`` cells per well, one file per well, scores about their well's mean; one on the border."""
+    for _, well in wells.iterrows():
+        ids = [f"screen/{well['well']}/0/{k}" for k in range(1, CELLS_PER_WELL + 1)]
+        table = pd.DataFrame({"field": 0, "label": range(1, CELLS_PER_WELL + 1), "cell_id": ids,
+                              "border": [False] * (CELLS_PER_WELL - 1) + [True],
+                              **{f"attribute_{a}": well[f"mean_attribute_{a}"] + rng.normal(0, 0.3, CELLS_PER_WELL)
+                                 for a in attributes["attribute"]}})
+        folder = out / "cells" / "plate=screen" / f"well={well['well']}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(folder / "field-0.parquet")
 
 
 def _write_manifest(out: Path, wells: pd.DataFrame, n_treatments: int) -> None:

@@ -15,6 +15,7 @@ import xarray as xr
 from click.testing import CliRunner
 from PIL import Image
 
+from screenxai.cells import CellConfig
 from screenxai.cli import main
 from screenxai.models.presets import registered_preset
 from screenxai.pipeline.run import open_plates, run_cells
@@ -166,15 +167,118 @@ def test_dose_response_draws_the_treatment_wells_means_and_sds(bundle_run, bundl
         np.testing.assert_allclose(data["dose"], wells.loc[data["wells"], "dose"])
 
 
-def test_the_gallery_orders_exemplar_cells_by_their_score(bundle_run, bundle_page):
+def _gallery_of(dataset, attribute_index: int, end: str) -> pd.DataFrame:
+    """The stored gallery of one attribute's end, place by place (most extreme first), empty places dropped."""
+    one = dataset.isel(attribute=attribute_index).sel(end=end)
+    table = pd.DataFrame({"cell_id": [str(c) for c in one["gallery_cell"].values],
+                          "well": [str(w) for w in one["gallery_well"].values], "score": one["gallery_score"].values})
+    return table[table["cell_id"] != ""]
+
+
+def _scorable_cells(out) -> pd.DataFrame:
+    """The run's cells a gallery may show: not on the border, not of a field flagged for saturation, focus, chunks."""
+    cells = pd.read_parquet(out / "cells").astype({"plate": str, "well": str})
+    fields = pd.read_parquet(out / "fields.parquet")
+    flagged = fields[fields[["qc_saturated", "qc_out_of_focus", "qc_missing_chunks"]].any(axis=1)]
+    keys = set(zip(flagged["plate"], flagged["well"], flagged["field"]))
+    bad = [k in keys for k in zip(cells["plate"], cells["well"], cells["field"])]
+    return cells[~cells["border"] & ~np.asarray(bad, bool)]
+
+
+def test_each_gallery_holds_the_extreme_cells_of_the_cells_table_one_per_well(bundle_run):
     out, _ = bundle_run
-    top = pd.read_parquet(out / "attributes.parquet").sort_values("rank")["attribute"].iloc[0]
-    cells = pd.read_parquet(out / "cells", columns=["cell_id", f"attribute_{top}"]).set_index("cell_id")
-    gallery = next(f["data"] for f in _figures(bundle_page, "gallery") if f["data"]["attribute"] == top)
-    np.testing.assert_allclose(gallery["score"], cells.loc[gallery["cell_id"], f"attribute_{top}"], rtol=1e-6)
-    assert gallery["score"] == sorted(gallery["score"])
-    stored = {str(c) for c in xr.open_zarr(out / "counterfactuals.zarr")["cell"].values}
-    assert set(gallery["cell_id"]) <= stored
+    dataset = xr.open_zarr(out / "counterfactuals.zarr")
+    cells = _scorable_cells(out)
+    for i, attribute in enumerate(str(a) for a in dataset["attribute_id"].values):
+        scores = cells.set_index("cell_id")[f"attribute_{attribute}"].astype(float).dropna()
+        wells = cells.set_index("cell_id").loc[scores.index, "well"]
+        for end, sign in (("low", 1.0), ("high", -1.0)):
+            chosen = _gallery_of(dataset, i, end)
+            assert len(chosen) == min(dataset.sizes["place"], len(scores)) and chosen["cell_id"].is_unique
+            np.testing.assert_allclose(chosen["score"], scores.loc[chosen["cell_id"]], rtol=1e-6)
+            assert list(chosen["well"]) == list(wells.loc[chosen["cell_id"]])
+            keys = sign * chosen["score"].to_numpy()
+            assert list(keys) == sorted(keys)  # most extreme first
+            assert keys[0] == pytest.approx((sign * scores).min(), rel=1e-6)  # the run's extreme cell
+            assert wells.nunique() >= len(chosen) and chosen["well"].is_unique  # this run has enough wells
+            best_per_well = (sign * scores).groupby(wells).min()
+            assert np.allclose(best_per_well.loc[chosen["well"]], keys, rtol=1e-6)  # each its well's extreme
+            others = best_per_well.drop(chosen["well"])
+            assert (others >= keys.max() - 1e-6).all()  # no well left out has a more extreme cell
+
+
+def test_gallery_crops_are_fresh_crops_of_their_cells_in_both_units(bundle_run, plate):
+    from screenxai.cells import denormalise, process_field
+    from screenxai.models.bundle import load_bundle
+    from screenxai.pipeline.run import model_configs
+
+    out, _ = bundle_run
+    dataset = xr.open_zarr(out / "counterfactuals.zarr")
+    opened = open_plate(plate)
+    config = model_configs([opened], CellConfig(), load_bundle(out / "bundle"))[opened.name]
+    for end in ("low", "high"):
+        for place, cell_id in enumerate(str(c) for c in dataset["gallery_cell"].isel(attribute=0).sel(end=end).values):
+            _, well, field, label = cell_id.split("/")
+            fresh = process_field(opened, well, int(field), config)
+            crop = fresh.crops[list(fresh.table["cell_id"]).index(cell_id)]
+            stored = dataset.isel(attribute=0, place=place).sel(end=end)
+            np.testing.assert_array_equal(stored["gallery"].values, crop)
+            np.testing.assert_allclose(stored["gallery_raw"].values, denormalise(crop, config.normalisation),
+                                       rtol=1e-5)
+            assert str(stored["gallery_plate"].values) == opened.name and str(stored["gallery_well"].values) == well
+
+
+def test_the_gallery_figure_shows_the_stored_cells_in_score_order_with_wells(bundle_run, bundle_page):
+    out, _ = bundle_run
+    dataset = xr.open_zarr(out / "counterfactuals.zarr")
+    cells = pd.read_parquet(out / "cells").set_index("cell_id")
+    galleries = _figures(bundle_page, "gallery")
+    assert sorted(f["data"]["attribute"] for f in galleries) == sorted(str(a) for a in dataset["attribute_id"].values)
+    for figure in galleries:
+        data = figure["data"]
+        index = [str(a) for a in dataset["attribute_id"].values].index(data["attribute"])
+        low, high = _gallery_of(dataset, index, "low"), _gallery_of(dataset, index, "high").iloc[::-1]
+        assert data["cell_id"] == [*low["cell_id"], *high["cell_id"]]
+        assert data["end"] == ["low"] * len(low) + ["high"] * len(high)
+        np.testing.assert_allclose(data["score"], cells.loc[data["cell_id"], f"attribute_{data['attribute']}"],
+                                   rtol=1e-6)
+        assert data["score"] == sorted(data["score"])
+        assert data["well"] == [c.split("/")[1] for c in data["cell_id"]]
+    assert "Which cells is this attribute about? Real cells of the whole run" in bundle_page.text
+
+
+def test_a_run_whose_counterfactuals_hold_no_gallery_says_so(bundle_run, tmp_path):
+    out, _ = bundle_run
+    older = tmp_path / "older"
+    shutil.copytree(out, older, ignore=shutil.ignore_patterns("report*"))
+    dataset = xr.open_zarr(older / "counterfactuals.zarr").load()
+    gallery = [n for n in [*dataset.data_vars, *dataset.coords] if n.startswith("gallery") or n in ("end", "place")]
+    shutil.rmtree(older / "counterfactuals.zarr")
+    dataset.drop_vars(gallery).to_zarr(older / "counterfactuals.zarr")
+    text = build_report(older).read_text()
+    assert "counterfactuals.zarr holds no gallery (a run made before galleries were stored): no gallery of cells" \
+        in text and '"kind": "gallery"' not in text
+
+
+def test_choose_gallery_fills_an_end_from_few_wells_and_leaves_out_border_and_flagged_cells(cluster_client):
+    import dask.dataframe as dd
+
+    from screenxai.pipeline.counterfactual_stage import choose_gallery
+
+    scores = [5.0, 4.0, np.nan, -1.0, 9.0, 8.0, 7.0, -9.0]
+    cells = pd.DataFrame({"plate": "p", "well": ["A01"] * 4 + ["A02"] * 4, "field": [0, 0, 1, 1, 0, 0, 0, 1],
+                          "label": range(1, 9), "cell_id": [f"c{k}" for k in range(1, 9)],
+                          "border": [False, False, False, True, False, False, False, False],
+                          "attribute_x": np.asarray(scores, np.float32)})
+    fields = pd.DataFrame({"plate": "p", "well": ["A02", "A02"], "field": [0, 1], "qc_saturated": [False, True],
+                           "qc_out_of_focus": False, "qc_missing_chunks": False})
+    chosen = choose_gallery(dd.from_pandas(cells, npartitions=3), fields, 3, cluster_client)
+    high, low = chosen[chosen["end"] == "high"], chosen[chosen["end"] == "low"]
+    # c3 has no score, c4 is on the border, c8's field is flagged: A01 keeps c1, c2 and A02 c5, c6, c7.
+    # The three highest are all of A02; the gallery takes both wells' best first, then A02's second.
+    assert list(high["cell_id"]) == ["c5", "c6", "c1"] and list(high["place"]) == [0, 1, 2]
+    np.testing.assert_allclose(high["score"], [9.0, 8.0, 5.0])
+    assert list(low["cell_id"]) == ["c2", "c1", "c7"] and set(chosen["attribute"]) == {"x"}
 
 
 def test_the_screen_section_shows_the_formula_with_accuracy_and_fidelity(bundle_run, bundle_page):
@@ -239,6 +343,12 @@ def test_multi_treatment_tables_give_one_section_per_treatment_and_the_screen(tm
         one = dataset.isel(cell=data["cell_index"]).sel(attribute=data["attribute"])
         assert str(one["treatment"].values) == data["treatment"]
         np.testing.assert_allclose(data["probability"], one["probability"].values, rtol=1e-6)
+    galleries = [f["data"] for f in _figures(page, "gallery")]
+    assert len(galleries) == 6
+    for data in galleries:
+        index = [str(a) for a in dataset["attribute"].values].index(data["attribute"])
+        low, high = _gallery_of(dataset, index, "low"), _gallery_of(dataset, index, "high").iloc[::-1]
+        assert data["cell_id"] == [*low["cell_id"], *high["cell_id"]] and len(data["cell_id"]) == 8
 
 
 def test_attribute_columns_are_found_under_both_namings():

@@ -186,11 +186,12 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
 
 
 def write_counterfactuals(dataset: xr.Dataset, path: str | Path) -> Path:
-    """Write counterfactuals to a Zarr group (one cell per chunk), replacing what is there as a whole; returns
-    the path."""
+    """Write counterfactuals to a Zarr group (one cell per chunk, images of attributes one attribute per chunk),
+    replacing what is there as a whole; returns the path."""
     path = Path(path)
     encoding = {name: {"chunks": (1, *variable.shape[1:])}
-                for name, variable in dataset.data_vars.items() if variable.dims[:1] == ("cell",)}
+                for name, variable in dataset.data_vars.items()
+                if variable.dims[:1] == ("cell",) or variable.dims[:1] == ("attribute",) and variable.ndim > 3}
     with atomic_folder(path) as built:
         dataset.to_zarr(built, mode="w", encoding=encoding, consolidated=True)
     return path

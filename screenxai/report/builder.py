@@ -25,7 +25,6 @@ QC_MAPS = (("n_cells", "cell count", "cells", ("qc_low_count", "qc_failed_fields
            ("focus", "focus", "variance of the Laplacian", ("qc_out_of_focus",), "viridis"),
            ("saturated_fraction", "saturation", "fraction of saturated pixels", ("qc_saturated",), "magma"))
 STRIP_CELLS = 2  # exemplar cells shown per attribute: one of the treatment's condition, one of another
-GALLERY_END = 3  # cells from each end of the score in the gallery
 EFFECT_COLUMNS = ("activity_z", "max_effect", "robust_z_top_dose")
 FORMULA_FIELDS = ("treatment", "formula", "complexity", "positive_class", "inputs", "latent_features",
                   "accuracy_blackbox", "accuracy_sparse", "accuracy_formula", "fidelity", "agreement",
@@ -319,28 +318,52 @@ def _dose_response(run: RunData, shown: _Figures, row: dict, label: str):
     return [shown.show(figure, f"dose-{label}", caption, data)], []
 
 
+GALLERY_VARIABLES = ("gallery", "gallery_score", "gallery_cell", "gallery_plate", "gallery_well")
+
+
 def _gallery(run: RunData, shown: _Figures, row: dict, label: str):
     dataset = run.counterfactuals
-    if dataset is None or "cell_id" not in dataset.coords:
+    if dataset is None:
         return [], ["no counterfactuals.zarr: no gallery of cells"]
-    cell_ids = [str(c) for c in dataset["cell_id"].values]
-    table = run.exemplar_scores
-    column = None if table is None else attribute_column(table.columns, row["attribute"], "score")
-    if column is None:
-        return [], [f"the cell tables have no score of attribute {row['attribute']}: no gallery"]
-    order = table[column].astype(float).reindex(cell_ids).dropna().sort_values()
-    ends = order if len(order) <= 2 * GALLERY_END else pd.concat([order.iloc[:GALLERY_END], order.iloc[-GALLERY_END:]])
-    positions = [cell_ids.index(c) for c in ends.index]
-    crops = dataset["original"].isel(cell=positions).values
-    channels = [str(c) for c in dataset["channel"].values] if "channel" in dataset.coords else []
-    titles = [c.split("/", 1)[-1] for c in ends.index]
-    figure = figures.gallery(crops, ends.to_numpy(), titles, channels or [str(i) for i in range(crops.shape[1])])
-    caption = (f"Real cells (the {len(order)} exemplar cells stored in counterfactuals.zarr, ordered by their "
-               f"score on this attribute): the {min(GALLERY_END, len(ends))} lowest on the left, the highest on "
-               f"the right, as false-colour composites on one intensity scale; the score is under each.")
-    data = {"kind": "gallery", "attribute": row["attribute"], "cell_id": ends.index.tolist(),
-            "score": ends.tolist()}
+    if "gallery" not in dataset:
+        return [], ["counterfactuals.zarr holds no gallery (a run made before galleries were stored): "
+                    "no gallery of cells"]
+    index = _attribute_index(dataset, row["treatment"], row["attribute"])
+    if index is None:
+        return [], [f"counterfactuals.zarr has no attribute {row['attribute']} of {row['treatment']}: no gallery"]
+    cells = gallery_cells(dataset[list(GALLERY_VARIABLES)].isel(attribute=index).load())
+    if not len(cells):
+        return [], [f"no cell has a score on attribute {row['attribute']}: no gallery"]
+    several_plates = cells["plate"].nunique() > 1
+    titles = [f"{p} {w}" if several_plates else w for p, w in zip(cells["plate"], cells["well"])]
+    channels = [str(c) for c in dataset["channel"].values] if "channel" in dataset.coords else \
+        [f"channel {i}" for i in range(dataset.sizes["c"])]
+    figure = figures.gallery(np.stack(cells["crop"]), cells["score"].to_numpy(), titles, channels)
+    n_low, n_high = int((cells["end"] == "low").sum()), int((cells["end"] == "high").sum())
+    caption = (f"Which cells is this attribute about? Real cells of the whole run with the {n_low} lowest "
+               f"(left) and {n_high} highest (right) scores on it, one cell per well where the run has enough "
+               f"wells; cells touching the field's edge and fields flagged for saturation, focus or missing "
+               f"chunks left out. Above each its well, under it its score (SDs along the attribute; higher moves "
+               f"the classifier towards {row['treatment']}); false-colour composites on one intensity scale.")
+    data = {"kind": "gallery", "treatment": row["treatment"], "attribute": row["attribute"],
+            **{k: cells[k].tolist() for k in ("cell_id", "score", "plate", "well", "end")}}
     return [shown.show(figure, f"gallery-{label}", caption, data, svg=False)], []
+
+
+def gallery_cells(one) -> pd.DataFrame:
+    """One attribute's gallery as rows in score order: ``end``, ``cell_id``, ``plate``, ``well``, ``score``, ``crop``.
+
+    Each end is stored from its most extreme cell, so the low end reads as
+    stored and the high end reversed; empty places ("" ids) are skipped.
+    """
+    values = {name: one[name].transpose("end", "place", ...).values for name in GALLERY_VARIABLES}
+    rows = []
+    for e, end in enumerate(str(x) for x in one["end"].values):
+        places = range(one.sizes["place"]) if end == "low" else reversed(range(one.sizes["place"]))
+        rows += [{"end": end, "cell_id": str(values["gallery_cell"][e, k]), "plate": str(values["gallery_plate"][e, k]),
+                  "well": str(values["gallery_well"][e, k]), "score": float(values["gallery_score"][e, k]),
+                  "crop": values["gallery"][e, k]} for k in places if str(values["gallery_cell"][e, k])]
+    return pd.DataFrame(rows, columns=["end", "cell_id", "plate", "well", "score", "crop"])
 
 
 def _robust_z_maps(run: RunData, shown: _Figures, row: dict, label: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -39,22 +38,6 @@ class RunData:
 
     def table(self, name: str) -> pd.DataFrame | None:
         return self.tables.get(name)
-
-    @cached_property
-    def exemplar_scores(self) -> pd.DataFrame | None:
-        """Per-cell attribute scores (``attribute_X`` columns of ``cells/``) of the counterfactuals' exemplars."""
-        if self.counterfactuals is None or "cell_id" not in self.counterfactuals.coords \
-                or not (self.out / "cells").exists():
-            return None
-        import pyarrow.dataset as ds
-
-        cells = ds.dataset(self.out / "cells", format="parquet", partitioning="hive")
-        columns = [n for n in cells.schema.names if n.startswith("attribute_")]
-        if not columns:
-            return None
-        ids = [str(c) for c in self.counterfactuals["cell_id"].values]
-        table = cells.to_table(columns=["cell_id", *columns], filter=ds.field("cell_id").isin(ids)).to_pandas()
-        return table.set_index(table["cell_id"].astype(str)).drop(columns="cell_id")
 
 
 def load_run(out: Path) -> RunData:
