@@ -170,3 +170,37 @@ def test_counterfactuals_render_the_typical_cells_of_every_well_when_asked(plate
     nearest = cells.assign(distance=np.sqrt((offsets ** 2).sum(axis=1))) \
         .sort_values(["in_training", "distance", "cell_id"]).groupby("well").head(PER_WELL)
     assert sorted(dataset["cell"].values) == sorted(nearest["cell_id"])
+
+
+def _drop_missing_chunk_counts(out: Path) -> None:
+    """Make ``out`` look written before ``missing_chunks`` existed: no count or flag in its status rows and tables."""
+    old = ("missing_chunks", "qc_missing_chunks")
+    for marker in (out / "cells").glob("plate=*/well=*/.field-*.parquet.done"):
+        row = json.loads(marker.read_text())
+        marker.write_text(json.dumps({k: v for k, v in row.items() if k not in old}))
+    for name in ("fields.parquet", "wells.parquet"):
+        table = pd.read_parquet(out / name)
+        table.drop(columns=[c for c in old if c in table]).to_parquet(out / name)
+
+
+def test_a_resume_of_a_run_written_before_missing_chunks_counts_them_again(plate, client, tmp_path):
+    copy = tmp_path / "plate.zarr"
+    shutil.copytree(plate.url, copy)
+    lost = ("A02", 1)
+    array, path = open_plate(copy).image_array(*lost)
+    (copy / path / array.metadata.encode_chunk_key((1, 0, 0, 0))).unlink()  # the field's reporter plane
+    first = run_cells([open_plate(copy)], tmp_path / "out", client)
+    _drop_missing_chunk_counts(tmp_path / "out")
+    assert "missing_chunks" not in pd.read_parquet(tmp_path / "out" / "fields.parquet")
+
+    resumed = run_cells([open_plate(copy)], tmp_path / "out", client, resume=True)
+    markers = list((tmp_path / "out" / "cells").glob("plate=*/well=*/.field-*.parquet.done"))
+    assert len(markers) == len(plate.field_keys())
+    assert not any("missing_chunks" in json.loads(m.read_text()) for m in markers)  # counted, not recomputed
+    fields = pd.read_parquet(tmp_path / "out" / "fields.parquet").set_index(["well", "field"])
+    assert fields["missing_chunks"].dtype == "int64" and fields["qc_missing_chunks"].dtype == bool
+    assert fields.index[fields["missing_chunks"] > 0].tolist() == [lost] and fields.loc[lost, "missing_chunks"] == 1
+    assert fields.index[fields["qc_missing_chunks"]].tolist() == [lost]
+    assert resumed.wells.set_index("well")["qc_missing_chunks"].to_dict() == \
+        first.wells.set_index("well")["qc_missing_chunks"].to_dict()
+    assert resumed.wells["qc_missing_chunks"].sum() == 1
