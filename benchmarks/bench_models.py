@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from screenxai.cells.central import measure_cell_factors
 from screenxai.models import latent_checks, load_bundle
-from screenxai.models.latent_checks import measure_cell_factors
 from screenxai.models.presets import get_preset
 from screenxai.models.training import save_trained, train_models
 

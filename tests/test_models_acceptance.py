@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from screenxai.cells.central import measure_cell_factors
 from screenxai.models import latent_checks
 
 DOSE_FACTORS = ["translocation", "nuclear_area"]
@@ -44,5 +45,5 @@ def test_linear_probe_explains_half_of_each_dose_factor(trained_and_held_out):
 def test_factors_measured_on_fresh_decodes_track_the_truth(trained_and_held_out):
     model, crops, table = trained_and_held_out
     decodes = latent_checks.decode_fresh(model, latent_checks.encode(model, crops), steps=10, seed=0).cpu().numpy()
-    rho = latent_checks.factor_agreement(decodes, table[DOSE_FACTORS], latent_checks.measure_cell_factors)
+    rho = latent_checks.factor_agreement(decodes, table[DOSE_FACTORS], measure_cell_factors)
     assert min(rho.values()) >= 0.7, rho

@@ -48,13 +48,16 @@ def perinuclear_rings(labels: np.ndarray, ring_width: int) -> np.ndarray:
     return np.where(labels == 0, grown, 0)
 
 
-def region_means(labels: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` over each label 1..max of a sequentially labelled image (NaN when empty).
+def region_means(labels: np.ndarray, values: np.ndarray, n_labels: int | None = None) -> np.ndarray:
+    """Mean of ``values`` over each label 1..``n_labels`` (default: the largest present) (NaN when empty).
 
-    One vectorised pass over all labels, much faster than one region at a time.
+    ``n_labels`` lets a ring image, whose last nuclei may have no ring
+    pixels, give one value per nucleus. One vectorised pass over all labels,
+    much faster than one region at a time.
     """
-    counts = np.bincount(labels.ravel(), minlength=int(labels.max()) + 1)[1:]
-    return np.where(counts > 0, label_means(labels, values)[1:], np.nan)
+    n = int(labels.max()) if n_labels is None else n_labels
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    return np.where(counts > 0, label_means(labels, values, n + 1)[1:], np.nan)
 
 
 def fine_detail(channel: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -108,7 +111,7 @@ def channel_features(image: np.ndarray, labels: np.ndarray, prefixes: Sequence[s
     columns = {}
     for channel, prefix, level in zip(image.astype(np.float32), prefixes, background):
         nucleus_mean = region_means(labels, channel)
-        ring_mean = region_means(rings, channel)
+        ring_mean = region_means(rings, channel, int(labels.max()))
         detail = fine_detail(channel, labels > 0)
         detail_var = region_means(labels, detail**2) - region_means(labels, detail) ** 2
         above_ring = np.where(ring_mean > level, ring_mean - level, np.nan)

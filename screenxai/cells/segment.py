@@ -123,9 +123,12 @@ def h_maxima_per_clump(relief: np.ndarray, clumps: np.ndarray, h: float) -> np.n
     return maxima
 
 
-def label_means(labels: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Mean of ``image`` over each label, indexed by label value 0..max (0 where a label is empty)."""
-    n = int(labels.max()) + 1
+def label_means(labels: np.ndarray, image: np.ndarray, minlength: int = 0) -> np.ndarray:
+    """Mean of ``image`` over each label, indexed by label value 0..max (0 where a label is empty).
+
+    At least ``minlength`` values, so that labels absent from ``labels`` still have a place.
+    """
+    n = max(int(labels.max()) + 1, minlength)
     sums = np.bincount(labels.ravel(), weights=image.ravel().astype(np.float64), minlength=n)
     return sums / np.maximum(np.bincount(labels.ravel(), minlength=n), 1)
 

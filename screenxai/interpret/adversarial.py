@@ -21,8 +21,8 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
+from screenxai.cells.central import measure_cell_factors
 from screenxai.interpret.fit import InterpretableModel, as_crops, black_box_module, latent_name
-from screenxai.models.latent_checks import measure_cell_factors
 
 DEFAULT_BUDGETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
 MORPHOLOGY = ("translocation", "nuclear_area", "texture")
