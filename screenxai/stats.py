@@ -250,14 +250,26 @@ def negative_profiles(wells: pd.DataFrame, treatment_column: str, attribute_colu
     return pd.DataFrame(scores, index=wells.index[is_negative], columns=list(attribute_columns))
 
 
-def profile_similarity(profiles: pd.DataFrame) -> pd.DataFrame:
-    """Cosine similarity of every pair of treatment profiles, diagonal included, as a long table.
+def profile_similarity(profiles: pd.DataFrame, weighed_over: Sequence[str] | None = None,
+                       floor: float = 0.0) -> pd.DataFrame:
+    """Cosine similarity of every pair of treatment profiles, each attribute weighing alike, as a long table.
 
-    Columns ``treatment``, ``other`` and ``similarity``. NaN scores (an
-    attribute without spread in the negative wells) count as 0; an all-zero
-    profile has similarity 0 to everything, itself included.
+    Before the cosine, each attribute (column) is divided by its L2 norm over
+    the treatments ``weighed_over`` (default: all rows), or by ``floor`` when
+    that norm is smaller. Robust z-scores of different attributes differ in
+    scale by orders of magnitude (a sharp discriminant of one change reaches
+    100, another change's attribute 5), and unscaled, the sharpest attribute
+    alone decides every similarity; the floor keeps an attribute that no
+    such treatment moves beyond it from having its noise inflated to full
+    weight. Columns ``treatment``, ``other`` and ``similarity``. NaN scores
+    (an attribute without spread in the negative wells) count as 0; an
+    all-zero profile has similarity 0 to everything, itself included.
     """
-    matrix = cosine_similarity(profiles.fillna(0).to_numpy(np.float64))
+    values = profiles.fillna(0)
+    rows = values if weighed_over is None else values.loc[list(weighed_over)]
+    scale = np.maximum(np.linalg.norm(rows.to_numpy(np.float64), axis=0), floor)
+    scaled = values.to_numpy(np.float64) / np.where(scale > 0, scale, 1.0)
+    matrix = cosine_similarity(scaled)
     square = pd.DataFrame(matrix, index=profiles.index.rename("treatment"), columns=profiles.index.rename("other"))
     return square.stack().rename("similarity").reset_index()
 

@@ -161,14 +161,34 @@ def test_profiles_are_means_of_per_well_robust_z(wells, profiles):
     assert profiles.loc["C", "attr2"] == pytest.approx(robust_z(c_top, negative).mean())
 
 
-def test_profile_similarity_is_cosine_similarity_in_a_long_table():
-    profiles = pd.DataFrame({"a1": [1.0, 1.0, 0.0], "a2": [0.0, 1.0, 0.0]}, index=["X", "Y", "Z"])
+def test_profile_similarity_is_cosine_similarity_of_norm_scaled_attributes_in_a_long_table():
+    profiles = pd.DataFrame({"a1": [1.0, 1.0, 0.0], "a2": [0.0, 2.0, 0.0]}, index=["X", "Y", "Z"])
     table = profile_similarity(profiles)
     assert list(table.columns) == ["treatment", "other", "similarity"] and len(table) == 9
     pairs = table.set_index(["treatment", "other"])["similarity"]
-    assert pairs[("X", "Y")] == pytest.approx(1 / np.sqrt(2)) and pairs[("Y", "X")] == pytest.approx(1 / np.sqrt(2))
+    # a1 / sqrt(2), a2 / 2: X = (0.71, 0), Y = (0.71, 1)
+    assert pairs[("X", "Y")] == pytest.approx(np.sqrt(0.5) / np.sqrt(1.5))
+    assert pairs[("Y", "X")] == pytest.approx(pairs[("X", "Y")])
     assert pairs[("X", "X")] == pytest.approx(1.0) and pairs[("Y", "Y")] == pytest.approx(1.0)
     assert pairs[("X", "Z")] == 0.0 and pairs[("Z", "Z")] == 0.0
+
+
+def test_a_sharp_attribute_does_not_decide_the_similarity_of_a_two_mechanism_treatment():
+    """D moves both changes fully; a1's robust z is 20x a2's, so unscaled D would look like A alone."""
+    profiles = pd.DataFrame({"a1": [100.0, 0.0, 100.0], "a2": [0.0, 5.0, 5.0]}, index=["A", "B", "D"])
+    pairs = profile_similarity(profiles).set_index(["treatment", "other"])["similarity"]
+    assert pairs[("D", "A")] == pytest.approx(np.sqrt(0.5)) and pairs[("D", "B")] == pytest.approx(np.sqrt(0.5))
+
+
+def test_attributes_are_scaled_over_the_weighed_treatments_and_never_below_the_floor():
+    profiles = pd.DataFrame({"a1": [6.0, 8.0, 0.0], "noise": [0.5, -0.5, 9.0]}, index=["A", "B", "inactive"])
+    pairs = profile_similarity(profiles, weighed_over=["A", "B"], floor=3.0).set_index(["treatment", "other"])
+    # a1 / 10 (its norm over A and B), noise / 3 (its norm 0.71 is below the floor)
+    a, b = np.array([0.6, 0.5 / 3]), np.array([0.8, -0.5 / 3])
+    assert pairs.loc[("A", "B"), "similarity"] == pytest.approx(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+    inactive = np.array([0.0, 3.0])
+    assert pairs.loc[("A", "inactive"), "similarity"] == pytest.approx(
+        a @ inactive / np.linalg.norm(a) / np.linalg.norm(inactive))
 
 
 def test_similarity_separates_the_planted_mechanisms(profiles):

@@ -5,8 +5,8 @@ get per-well robust z-scores against the negative wells, each treatment's
 kept attributes a dose-response fit over its wells and the negative wells
 (at dose 0), and each treatment a profile (mean robust z of every attribute
 over its top-dose wells). Profiles give the activity call, the treatment x
-treatment cosine similarity and the mechanism groups cut from it
-(``screenxai.stats``).
+treatment cosine similarity (every attribute weighing alike over the active
+treatments) and the mechanism groups cut from it (``screenxai.stats``).
 """
 
 from __future__ import annotations
@@ -69,8 +69,12 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     well_scores = wells[["plate", "well"]].join(scores.rename(columns=lambda c: "robust_z_" + c.removeprefix("mean_")))
     named = _attribute_statistics(labelled, scores, attributes, conditions, dose, top_doses)
     profiles = treatment_profiles(labelled, TREATMENT, values, conditions.negative, top_doses, dose_level(labelled))
-    similarity = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")))
-    treatments = _treatment_table(labelled, profiles, similarity, named, conditions, auc_vs_negative, top_doses)
+    top = top_dose_wells(labelled, TREATMENT, conditions.negative, top_doses, dose_level(labelled))
+    activity = _activity(labelled, profiles, top.groupby(TREATMENT).size(), conditions)
+    active = activity.index[activity["active"].astype(bool)]
+    similarity = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")),
+                                    weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
+    treatments = _treatment_table(labelled, activity, similarity, named, conditions, auc_vs_negative)
     return TreatmentTables(well_scores, named, treatments, similarity)
 
 
@@ -97,12 +101,9 @@ def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes:
     return pd.concat([kept.reset_index(drop=True), statistics], axis=1)
 
 
-def _treatment_table(wells: pd.DataFrame, profiles: pd.DataFrame, similarity: pd.DataFrame, named: pd.DataFrame,
-                     conditions: Conditions, auc_vs_negative: dict[str, float], top_doses: int) -> pd.DataFrame:
+def _treatment_table(wells: pd.DataFrame, activity: pd.DataFrame, similarity: pd.DataFrame, named: pd.DataFrame,
+                     conditions: Conditions, auc_vs_negative: dict[str, float]) -> pd.DataFrame:
     """One row per treatment: activity, group, top attribute and its fit, AUC against the negative control."""
-    top = top_dose_wells(wells, TREATMENT, conditions.negative, top_doses, dose_level(wells))
-    sizes = top.groupby(TREATMENT).size()
-    activity = _activity(wells, profiles, sizes, conditions)
     groups = mechanism_groups(similarity, activity.rename(index=str), GROUP_SIMILARITY)
     best = named[named["rank"] == 1].set_index("treatment")
     table = pd.DataFrame({"treatment": list(conditions.treatments)}).set_index("treatment")
