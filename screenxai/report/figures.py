@@ -1,7 +1,9 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot state, safe in any thread).
 
 Each function returns a ``Figure``; ``save_figure`` writes it as PNG (and
-SVG for plots) and gives the PNG back for embedding. Images of cells are
+SVG for plots) and gives the PNG back for embedding. A ``Drawing`` is a
+figure still to draw (the function and its arguments, picklable), so that
+``render`` can draw and save it in another process. Images of cells are
 shown in the models' normalised intensities ([-1, 1]) mapped to [0, 1]
 with one scale per strip or gallery, so brightness compares within it.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import base64
 import io
 import string
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,28 @@ THUMB_IN = 0.9  # side of one cell thumbnail, inches
 CHANNEL_COLOURS = ("#00ff00", "#ff00ff", "#00ffff", "#ffff00", "#ff8000", "#ffffff")
 NUCLEAR_NAMES = ("dna", "dapi", "hoechst", "nuclei", "nucleus")
 FLAG_MARK = dict(marker="x", color="black", s=18, linewidths=1.0)
+
+
+@dataclass(frozen=True)
+class Drawing:
+    """A figure still to draw: ``draw(*args, **kwargs)``."""
+
+    draw: Callable[..., Figure]
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+    def figure(self) -> Figure:
+        return self.draw(*self.args, **self.kwargs)
+
+
+def later(draw: Callable[..., Figure], *args, **kwargs) -> Drawing:
+    """``draw(*args, **kwargs)``, to be drawn by ``render`` (in whichever process runs it)."""
+    return Drawing(draw, args, kwargs)
+
+
+def render(drawing: Drawing, folder: Path, name: str, svg: bool = True) -> str:
+    """Draw ``drawing`` and save it as ``save_figure`` does; return the PNG as a ``data:`` URI."""
+    return save_figure(drawing.figure(), folder, name, svg)
 
 
 def save_figure(figure: Figure, folder: Path, name: str, svg: bool = True) -> str:

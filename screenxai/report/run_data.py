@@ -81,9 +81,21 @@ def _open_counterfactuals(out: Path):
     import xarray as xr
 
     try:
-        return _by_attribute_id(xr.open_zarr(path))
+        return _by_attribute_id(_small_parts_loaded(xr.open_zarr(path)))
     except Exception as err:  # zarr and xarray raise several types for a damaged store
         raise ReportError(f"{path}: unreadable counterfactuals ({type(err).__name__}: {err})") from None
+
+
+def _small_parts_loaded(dataset):
+    """The counterfactuals with every coordinate and every variable but the images read into memory, once.
+
+    The report looks these up for every attribute; left lazy, each look-up
+    would read the Zarr again. Images stay lazy, read a few cells at a time.
+    """
+    for variable in dataset.variables.values():
+        if not {"y", "x"} & set(variable.dims):
+            variable.load()
+    return dataset
 
 
 def _by_attribute_id(dataset):
