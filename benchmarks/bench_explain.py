@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import platform
+import sys
 import time
 import types
 from pathlib import Path
@@ -34,18 +35,21 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from benchmarks.bench_models import simulated_cells
-from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide, direction_agreement,
-                               factor_tracking, flip_rates, learn_directions, localisation, make_counterfactuals,
-                               name_attributes, random_directions, rank_attributes)
-from screenxai.explain.quality import classifier_reliance, partial_spearman
-from screenxai.models import load_bundle, predict_proba
-from screenxai.models.classifier import ClassifierConfig
-from screenxai.models.latent_checks import encode
-from screenxai.models.metrics import ridge_cv_predictions
-from screenxai.models.presets import get_preset
-from screenxai.models.train_classifier import train_classifier
-from screenxai.stats import well_statistics
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the explanation-quality measures
+
+from benchmarks.bench_models import simulated_cells  # noqa: E402
+from explanation_quality import (classifier_reliance, factor_tracking, flip_rates, localisation,  # noqa: E402
+                                 partial_spearman)
+from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide, direction_agreement,  # noqa: E402
+                               learn_directions, make_counterfactuals, name_attributes, random_directions,
+                               rank_attributes)
+from screenxai.models import load_bundle, predict_proba  # noqa: E402
+from screenxai.models.classifier import ClassifierConfig  # noqa: E402
+from screenxai.models.latent_checks import encode  # noqa: E402
+from screenxai.models.metrics import ridge_cv_predictions  # noqa: E402
+from screenxai.models.presets import get_preset  # noqa: E402
+from screenxai.models.train_classifier import train_classifier  # noqa: E402
+from screenxai.stats import well_statistics  # noqa: E402
 
 FACTORS = ["translocation", "nuclear_area"]
 

@@ -228,7 +228,7 @@ def test_ctrl_c_before_a_sync_call_starts_logs_no_traceback_under_connect(quiet,
 @pytest.fixture(scope="module")
 def mini_bundle(tmp_path_factory) -> Path:
     """A bundle of the 16 px ``mini`` preset trained in seconds on toy cells; its provenance records the preset."""
-    from screenxai.models.synthetic import toy_cells
+    from toy_cells import toy_cells
     from screenxai.models.training import save_trained, train_models
 
     crops, table = toy_cells(wells_per_class=2, cells_per_well=20, size=16, doses=1, seed=0)

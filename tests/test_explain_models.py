@@ -17,9 +17,10 @@ import torch
 import xarray as xr
 from scipy.stats import spearmanr
 
-from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide,
-                               direction_agreement, flip_rates, learn_directions, localisation, make_counterfactuals,
-                               name_attributes, random_directions, rank_attributes, write_counterfactuals)
+from explanation_quality import flip_rates, localisation
+from screenxai.explain import (DirectionConfig, attribute_scores, classifier_guide, direction_agreement,
+                               learn_directions, make_counterfactuals, name_attributes, random_directions,
+                               rank_attributes, write_counterfactuals)
 from screenxai.models.classifier import ClassifierConfig
 from screenxai.models.latent_checks import encode
 from screenxai.models.presets import get_preset

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+from explanation_quality import classifier_reliance, partial_spearman
 from screenxai.explain import (DirectionConfig, Directions, EditEffect, cell_region, classifier_guide,
-                               classifier_reliance, learn_directions, load_directions, save_directions)
+                               learn_directions, load_directions, save_directions)
 from screenxai.explain.directions import nt_xent, subspace_rank
 from screenxai.explain.naming import cohens_d, describe
-from screenxai.explain.quality import partial_spearman
 from screenxai.explain.ranking import RankingCache, nearest_better_attribute, select_attributes
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier, ClassifierConfig

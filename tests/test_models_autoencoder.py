@@ -14,8 +14,8 @@ from screenxai.models.autoencoder import (CONDITIONINGS, PREDICTION_TYPES, Autoe
                                           DiffusionAutoencoder)
 from screenxai.models.classifier import CellClassifier, ClassifierConfig
 from screenxai.models.latent_checks import latent_use
-from screenxai.models.synthetic import toy_cells
 from screenxai.models.train_autoencoder import AutoencoderTraining, train_autoencoder
+from toy_cells import toy_cells
 
 torch.set_num_threads(1)
 SIZE = 16

@@ -13,8 +13,8 @@ from screenxai.models.classifier import CellClassifier, ClassifierConfig, predic
 from screenxai.models.device import generator
 from screenxai.models.metrics import roc_auc
 from screenxai.models.splits import SplitError, class_labels, split_by_well
-from screenxai.models.synthetic import toy_cells
 from screenxai.models.train_classifier import (ClassifierTraining, balanced_batch, train_classifier)
+from toy_cells import toy_cells
 
 torch.set_num_threads(1)
 FAST = ClassifierTraining(epochs=3, batch_size=32, steps_per_epoch=6, patience=5, seed=3)

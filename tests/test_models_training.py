@@ -11,11 +11,11 @@ import torch
 from screenxai.models.bundle import load_bundle
 from screenxai.models.classifier import predict_proba
 from screenxai.models.presets import PRESETS, get_preset
-from screenxai.models.synthetic import toy_cells
 from screenxai.models.train_autoencoder import AutoencoderTraining
 from screenxai.models.train_classifier import ClassifierTraining
 from screenxai.models.progress import TrainingDiverged
 from screenxai.models.training import save_trained, train_models, validation_rows
+from toy_cells import toy_cells
 
 torch.set_num_threads(1)
 # The tiny preset's recipe, shrunk to 16 px and a handful of steps so that a test runs in seconds.

@@ -1,4 +1,4 @@
-"""Toy single-cell crops with known, planted factors, for tests and examples.
+"""Toy single-cell crops with known, planted factors, for the models' tests (the library never uses them).
 
 Each cell is a disk (channel 0, "DNA") of radius ``size`` inside a larger
 disk (channel 1, "reporter") whose nuclear/cytoplasmic brightness balance is

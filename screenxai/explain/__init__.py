@@ -8,10 +8,9 @@ statistics live in :mod:`screenxai.stats`; they are re-exported here.
 
 from screenxai.explain.counterfactuals import make_counterfactuals, write_counterfactuals
 from screenxai.explain.directions import (DirectionConfig, Directions, EditEffect, Guide, cell_region,
-                                          classifier_guide, decoder_features, learn_directions, random_directions)
+                                          classifier_guide, decoder_features, direction_agreement, learn_directions,
+                                          random_directions)
 from screenxai.explain.naming import crop_features, name_attributes
-from screenxai.explain.quality import (classifier_reliance, direction_agreement, factor_tracking, flip_rates,
-                                      localisation)
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
 from screenxai.explain.scores import attribute_columns, attribute_scores, scores_from_latents
 from screenxai.explain.store import load_directions, save_directions
@@ -30,16 +29,12 @@ __all__ = [
     "attribute_scores",
     "cell_region",
     "classifier_guide",
-    "classifier_reliance",
     "crop_features",
     "decoder_features",
     "direction_agreement",
-    "factor_tracking",
     "fit_dose_response",
-    "flip_rates",
     "learn_directions",
     "load_directions",
-    "localisation",
     "make_counterfactuals",
     "name_attributes",
     "random_directions",

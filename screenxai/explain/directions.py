@@ -420,3 +420,11 @@ def random_directions(z: torch.Tensor, n_directions: int, hidden: int = 64, seed
     torch.manual_seed(seed)
     directions = _subspace_directions(z.detach().float(), n_directions, hidden, variance)
     return directions.eval().requires_grad_(False).calibrate(z.detach().float())
+
+
+def direction_agreement(first: Directions, second: Directions, first_direction: int, second_direction: int,
+                        first_sign: int = 1, second_sign: int = 1) -> float:
+    """Cosine similarity of two signed mean axes (e.g. the top attribute learned with two seeds)."""
+    a = first.axes[first_direction] * first_sign
+    b = second.axes[second_direction] * second_sign
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=0))

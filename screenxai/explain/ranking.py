@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from screenxai.explain.directions import Directions
-from screenxai.explain.quality import direction_agreement
+from screenxai.explain.directions import Directions, direction_agreement
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.classifier import predict_proba
 
