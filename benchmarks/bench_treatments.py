@@ -11,7 +11,10 @@ inert), trains a bundle with ``screenxai train``'s defaults (class column
   means with the factor's over the treatment's and the negative wells, and
   whether its name is the factor's; for the two-mechanism treatment the
   best of its top three attributes for each factor;
-- activity calls and the adjusted Rand index of the mechanism groups;
+- activity calls, the adjusted Rand index of the mechanism groups and the
+  similarity they were cut from;
+- each treatment's formula against the negative control on held-out wells
+  (accuracy of black box, sparse network and formula; fidelity);
 - negative controls: random directions (untrained MLPs on the same
   subspace) ranked by the same procedure, and a pseudo-treatment made of
   negative wells, which must be called inactive;
@@ -140,12 +143,14 @@ def main() -> None:
                         design="treatments")
     truth = pd.read_parquet(work / "plate.truth.parquet")
     plate = open_plate(plate_path)
-    timings = {}
-    if not args.score_only:
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    key = f"{args.preset}-seed{args.seed}"
+    if args.score_only:  # the run's own timings, recorded when it ran
+        timings = results.get(key, {}).get("timings_s", {})
+    else:
         timings = train_and_run(plate, work, args.preset, args.seed)
     record = judge(work, args, truth, timings)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results[f"{args.preset}-seed{args.seed}"] = record
+    results[key] = record
     RESULTS.write_text(json.dumps(results, indent=2, default=float))
     print(json.dumps({k: record[k] for k in ("factor_tracking", "random_directions_tracking",
                                              "learned_directions_tracking", "reference_tracking", "activity_exact",
@@ -198,6 +203,11 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
             orient="records"),
         "activity_exact": all(bool(calls[t]) == bool(f) for t, f in TREATMENTS.items()),
         "grouping_ari": grouping_agreement(treatments, dict(MECHANISM_GROUPS)),
+        "similarity": pd.read_parquet(out / "similarity.parquet").pivot(
+            index="treatment", columns="other", values="similarity").round(3).to_dict(orient="index"),
+        "formulas": pd.read_parquet(out / "interpretable.parquet")[
+            ["treatment", "complexity", "accuracy_blackbox", "accuracy_sparse", "accuracy_formula", "fidelity",
+             "agreement", "n_heldout_cells"]].to_dict(orient="records"),
         "shuffled_negative_wells": pseudo_treatment_call(with_layouts(wells, {}), attributes, conditions),
         "timings_s": timings,
         "hardware": f"{platform.machine()}, {os.cpu_count()} cores shared with other work, torch "
