@@ -9,10 +9,7 @@ so what a figure shows can be read back and checked.
 
 from __future__ import annotations
 
-import multiprocessing
-import os
 import re
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,38 +43,20 @@ class Shown:
 
 
 class _Figures:
-    """Draws each figure in ``pool`` and saves it under ``folder`` with a unique id; ``finish`` waits for them all."""
+    """Saves each figure under ``folder`` with a unique id and closes it."""
 
-    def __init__(self, folder: Path, pool: Executor):
+    def __init__(self, folder: Path):
         self.folder = folder
-        self.pool = pool
         self.used: set[str] = set()
-        self.pending: list[tuple[Shown, Future]] = []
 
-    def show(self, drawing: figures.Drawing, name: str, caption: str, data: dict | None = None,
-             svg: bool = True) -> Shown:
-        """The page's entry of ``drawing``, its image filled in by ``finish``."""
+    def show(self, figure, name: str, caption: str, data: dict | None = None, svg: bool = True) -> Shown:
         slug = re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")
         base, n = slug, 1
         while slug in self.used:
             n += 1
             slug = f"{base}-{n}"
         self.used.add(slug)
-        shown = Shown(slug, "", caption, data or {})
-        self.pending.append((shown, self.pool.submit(figures.render, drawing, self.folder, slug, svg)))
-        return shown
-
-    def finish(self) -> None:
-        for shown, future in self.pending:
-            shown.src = future.result()
-        self.pending.clear()
-
-
-def drawing_processes() -> ProcessPoolExecutor:
-    """One process per usable core to draw the figures in (matplotlib's drawing holds the GIL); spawned, so a
-    caller's threads (a Dask client) are not forked."""
-    return ProcessPoolExecutor(max_workers=len(os.sched_getaffinity(0)),
-                               mp_context=multiprocessing.get_context("spawn"))
+        return Shown(slug, figures.save_figure(figure, self.folder, slug, svg=svg), caption, data or {})
 
 
 def build_report(out: Path, html: Path | None = None) -> Path:
@@ -85,12 +64,10 @@ def build_report(out: Path, html: Path | None = None) -> Path:
     out = Path(out)
     run = load_run(out)
     html = Path(html) if html is not None else out / "report.html"
-    with drawing_processes() as pool:
-        shown = _Figures(out / "report" / "figures", pool)
-        context = {"title": f"screenxai run {out.name}", "run": run_facts(run), "notes": missing_notes(run),
-                   "qc": qc_section(run, shown), "treatments": treatment_sections(run, shown),
-                   "screen": screen_section(run, shown)}
-        shown.finish()
+    shown = _Figures(out / "report" / "figures")
+    context = {"title": f"screenxai run {out.name}", "run": run_facts(run), "notes": missing_notes(run),
+               "qc": qc_section(run, shown), "treatments": treatment_sections(run, shown),
+               "screen": screen_section(run, shown)}
     environment = jinja2.Environment(loader=jinja2.PackageLoader("screenxai.report", "templates"),
                                      autoescape=True, undefined=jinja2.StrictUndefined)
     html.parent.mkdir(parents=True, exist_ok=True)
@@ -176,12 +153,12 @@ def qc_section(run: RunData, shown: _Figures) -> list[Shown]:
             if column not in rows:
                 continue
             flagged = _flags(rows, flag_columns)
-            drawing = figures.later(figures.plate_map, positions, rows[column].astype(float).to_numpy(), flagged,
-                                    f"{plate}: {title}", unit, n_rows, n_columns, cmap)
+            figure = figures.plate_map(positions, rows[column].astype(float).to_numpy(), flagged,
+                                       f"{plate}: {title}", unit, n_rows, n_columns, cmap)
             caption = (f"{title.capitalize()} of every well of plate {plate}, laid out as on the instrument "
                        f"(row A at the top). Crossed wells are flagged ({', '.join(flag_columns)}): "
                        f"{', '.join(sorted(rows['well'].astype(str)[flagged])) or 'none'}. Grey: no value.")
-            maps.append(shown.show(drawing, f"qc-{plate}-{column}", caption, _map_data(plate, column, rows, flagged)))
+            maps.append(shown.show(figure, f"qc-{plate}-{column}", caption, _map_data(plate, column, rows, flagged)))
     return maps
 
 
@@ -288,8 +265,8 @@ def _strips(run: RunData, shown: _Figures, row: dict, label: str):
         original_p = float(one["original_probability"].values)
         cell_id = str(one["cell_id"].values) if "cell_id" in one.coords else str(cell)
         condition = str(one["condition"].values) if "condition" in one.coords else ""
-        drawing = figures.later(figures.counterfactual_strip, one["original"].values, one["image"].values, alphas,
-                                probabilities, original_p, channels, target)
+        figure = figures.counterfactual_strip(one["original"].values, one["image"].values, alphas, probabilities,
+                                              original_p, channels, target)
         caption = (f"Cell {cell_id} (a {condition} exemplar): the real crop, then the same cell decoded with "
                    f"the attribute's edit at each alpha (SDs along its direction; positive moves towards "
                    f"{target}). Top: false-colour composite; below: each channel in grey; one intensity scale "
@@ -298,7 +275,7 @@ def _strips(run: RunData, shown: _Figures, row: dict, label: str):
         data = {"kind": "counterfactual_strip", "treatment": row["treatment"], "attribute": row["attribute"],
                 "cell_id": cell_id, "cell_index": cell, "alpha": alphas, "probability": probabilities,
                 "original_probability": original_p}
-        made.append(shown.show(drawing, f"strip-{label}-{cell_id}", caption, data, svg=False))
+        made.append(shown.show(figure, f"strip-{label}-{cell_id}", caption, data, svg=False))
     return made, []
 
 
@@ -328,8 +305,8 @@ def _dose_response(run: RunData, shown: _Figures, row: dict, label: str):
         {"dose": own["dose"].astype(float), "value": own[readout].astype(float)})
     if readout_points is not None:
         readout_points = readout_points[readout_points["dose"] > 0]
-    drawing = figures.later(figures.dose_response, points, curve, fit["ec50"],
-                            f"mean score, attribute {row['attribute']}", reference, readout_points, readout or "")
+    figure = figures.dose_response(points, curve, fit["ec50"], f"mean score, attribute {row['attribute']}",
+                                   reference, readout_points, readout or "")
     ec50 = f"EC50 {fit['ec50']:.3g}, Hill {fit['hill']:.2f}, R^2 {fit['r2']:.2f}" if curve is not None \
         else "the four-parameter fit did not converge"
     caption = (f"Mean score of the attribute in each {row['treatment']} well against dose (log axis), error bars "
@@ -339,7 +316,7 @@ def _dose_response(run: RunData, shown: _Figures, row: dict, label: str):
     data = {"kind": "dose_response", "treatment": row["treatment"], "attribute": row["attribute"],
             "wells": points["well"].tolist(), "dose": points["dose"].tolist(), "mean": points["mean"].tolist(),
             "sd": points["sd"].tolist(), "fit": {k: (float(v) if np.isfinite(v) else None) for k, v in fit.items()}}
-    return [shown.show(drawing, f"dose-{label}", caption, data)], []
+    return [shown.show(figure, f"dose-{label}", caption, data)], []
 
 
 GALLERY_VARIABLES = ("gallery", "gallery_score", "gallery_cell", "gallery_plate", "gallery_well")
@@ -362,7 +339,7 @@ def _gallery(run: RunData, shown: _Figures, row: dict, label: str):
     titles = [f"{p} {w}" if several_plates else w for p, w in zip(cells["plate"], cells["well"])]
     channels = [str(c) for c in dataset["channel"].values] if "channel" in dataset.coords else \
         [f"channel {i}" for i in range(dataset.sizes["c"])]
-    drawing = figures.later(figures.gallery, np.stack(cells["crop"]), cells["score"].to_numpy(), titles, channels)
+    figure = figures.gallery(np.stack(cells["crop"]), cells["score"].to_numpy(), titles, channels)
     n_low, n_high = int((cells["end"] == "low").sum()), int((cells["end"] == "high").sum())
     caption = (f"Which cells is this attribute about? Real cells of the whole run with the {n_low} lowest "
                f"(left) and {n_high} highest (right) scores on it, one cell per well where the run has enough "
@@ -371,7 +348,7 @@ def _gallery(run: RunData, shown: _Figures, row: dict, label: str):
                f"the classifier towards {row['treatment']}); false-colour composites on one intensity scale.")
     data = {"kind": "gallery", "treatment": row["treatment"], "attribute": row["attribute"],
             **{k: cells[k].tolist() for k in ("cell_id", "score", "plate", "well", "end")}}
-    return [shown.show(drawing, f"gallery-{label}", caption, data, svg=False)], []
+    return [shown.show(figure, f"gallery-{label}", caption, data, svg=False)], []
 
 
 def gallery_cells(one) -> pd.DataFrame:
@@ -398,13 +375,13 @@ def _robust_z_maps(run: RunData, shown: _Figures, row: dict, label: str):
     made = []
     for plate, rows, positions, n_rows, n_columns in _plates(wells):
         flagged = _flags(rows, [c for c in rows.columns if c.startswith("qc_")])
-        drawing = figures.later(figures.plate_map, positions, rows[column].astype(float).to_numpy(), flagged,
-                                f"{plate}: robust z, attribute {row['attribute']}", "robust z", n_rows, n_columns,
-                                cmap="RdBu_r", centred=True)
+        figure = figures.plate_map(positions, rows[column].astype(float).to_numpy(), flagged,
+                                   f"{plate}: robust z, attribute {row['attribute']}", "robust z", n_rows, n_columns,
+                                   cmap="RdBu_r", centred=True)
         caption = (f"Each well's mean score on the attribute as a robust z-score against the negative controls "
                    f"(median, 1.4826 MAD) on plate {plate}: red wells moved towards {row['treatment']}, blue "
                    f"away; crossed wells carry a QC flag.")
-        made.append(shown.show(drawing, f"robustz-{label}-{plate}", caption, _map_data(plate, column, rows, flagged)))
+        made.append(shown.show(figure, f"robustz-{label}-{plate}", caption, _map_data(plate, column, rows, flagged)))
     return made, []
 
 
@@ -429,13 +406,13 @@ def _replicates(run: RunData, shown: _Figures, row: dict, label: str):
     if len(pairs) < 2:
         return [], ["fewer than two conditions with replicate wells: no replicate agreement"]
     r = float(np.corrcoef(pairs["first"], pairs["second"])[0, 1]) if len(pairs) >= 3 else float("nan")
-    drawing = figures.later(figures.replicate_agreement, pairs["first"].to_numpy(), pairs["second"].to_numpy(),
-                            f"mean score {row['attribute']}")
+    figure = figures.replicate_agreement(pairs["first"].to_numpy(), pairs["second"].to_numpy(),
+                                         f"mean score {row['attribute']}")
     agreement = f"Pearson r = {r:.2f} over {len(pairs)} conditions" if np.isfinite(r) else f"{len(pairs)} conditions"
     caption = (f"Replicate agreement: each point is one condition (same compound, dose and control), its first "
                f"well's mean score against its second's; on the grey line they agree exactly ({agreement}).")
     data = {"kind": "replicates", "first": pairs["first"].tolist(), "second": pairs["second"].tolist()}
-    return [shown.show(drawing, f"replicates-{label}", caption, data)], []
+    return [shown.show(figure, f"replicates-{label}", caption, data)], []
 
 
 def screen_section(run: RunData, shown: _Figures) -> dict:
@@ -450,10 +427,10 @@ def screen_section(run: RunData, shown: _Figures) -> dict:
         section["columns"] = [c for c in ordered.columns if c != "treatment"]
         section["inactive"] = ordered.loc[~active, "treatment"].astype(str).tolist()
         if effect:
-            drawing = figures.later(figures.effect_bars, ordered["treatment"].astype(str).tolist(),
-                                    ordered[effect].astype(float).to_numpy(), active.to_numpy(), effect)
+            figure = figures.effect_bars(ordered["treatment"].astype(str).tolist(),
+                                         ordered[effect].astype(float).to_numpy(), active.to_numpy(), effect)
             section["figures"].append(shown.show(
-                drawing, "screen-effects", f"Treatments ordered by {effect} (largest effect first); orange: "
+                figure, "screen-effects", f"Treatments ordered by {effect} (largest effect first); orange: "
                 f"active, grey: inactive.", {"kind": "effects", "treatment": ordered["treatment"].astype(str).tolist(),
                                             "value": ordered[effect].astype(float).tolist()}))
     similarity = run.table("similarity")
@@ -467,7 +444,7 @@ def screen_section(run: RunData, shown: _Figures) -> dict:
             order = np.argsort(groups, kind="stable")
             matrix, groups = matrix.iloc[order, order], [groups[i] for i in order]
         section["figures"].append(shown.show(
-            figures.later(figures.similarity_heatmap, matrix, groups), "screen-similarity",
+            figures.similarity_heatmap(matrix, groups), "screen-similarity",
             "How alike the treatments' effects are (1: the same change, -1: opposite), treatments sorted by their "
             "mechanism group (the coloured squares on the left and the name in brackets).",
             {"kind": "similarity", "treatment": [str(t) for t in matrix.index]}))
@@ -484,7 +461,7 @@ def _formulas(run: RunData, shown: _Figures, section: dict) -> list[dict]:
     sweep = run.adversarial
     if sweep is not None and {"target", "budget", "flip_rate"} <= set(sweep.columns):
         section["figures"].append(shown.show(
-            figures.later(figures.adversarial_sweep, sweep), "screen-adversarial",
+            figures.adversarial_sweep(sweep), "screen-adversarial",
             "Adversarial check: the fraction of held-out cells a small pixel change (PGD, L-infinity budget) flips, "
             "for the black-box classifier and for the formula; a model that needs a larger budget is harder to fool."))
     return formulas

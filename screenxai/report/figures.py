@@ -1,9 +1,7 @@
 """The report's figures, drawn with matplotlib's object API (no pyplot state, safe in any thread).
 
 Each function returns a ``Figure``; ``save_figure`` writes it as PNG (and
-SVG for plots) and gives the PNG back for embedding. A ``Drawing`` is a
-figure still to draw (the function and its arguments, picklable), so that
-``render`` can draw and save it in another process. Images of cells are
+SVG for plots) and gives the PNG back for embedding. Images of cells are
 shown in the models' normalised intensities ([-1, 1]) mapped to [0, 1]
 with one scale per strip or gallery, so brightness compares within it.
 """
@@ -13,42 +11,19 @@ from __future__ import annotations
 import base64
 import io
 import string
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 DPI = 90
 THUMB_IN = 0.9  # side of one cell thumbnail, inches
 CHANNEL_COLOURS = ("#00ff00", "#ff00ff", "#00ffff", "#ffff00", "#ff8000", "#ffffff")
 NUCLEAR_NAMES = ("dna", "dapi", "hoechst", "nuclei", "nucleus")
 FLAG_MARK = dict(marker="x", color="black", s=18, linewidths=1.0)
-
-
-@dataclass(frozen=True)
-class Drawing:
-    """A figure still to draw: ``draw(*args, **kwargs)``."""
-
-    draw: Callable[..., Figure]
-    args: tuple = ()
-    kwargs: dict = field(default_factory=dict)
-
-    def figure(self) -> Figure:
-        return self.draw(*self.args, **self.kwargs)
-
-
-def later(draw: Callable[..., Figure], *args, **kwargs) -> Drawing:
-    """``draw(*args, **kwargs)``, to be drawn by ``render`` (in whichever process runs it)."""
-    return Drawing(draw, args, kwargs)
-
-
-def render(drawing: Drawing, folder: Path, name: str, svg: bool = True) -> str:
-    """Draw ``drawing`` and save it as ``save_figure`` does; return the PNG as a ``data:`` URI."""
-    return save_figure(drawing.figure(), folder, name, svg)
 
 
 def save_figure(figure: Figure, folder: Path, name: str, svg: bool = True) -> str:
@@ -169,6 +144,12 @@ def counterfactual_strip(original: np.ndarray, edits: np.ndarray, alphas: list[f
     return figure
 
 
+def plain_number(value: float, _position: int | None = None) -> str:
+    """A log axis's tick label as a plain number (0.01, 0.1, 1, 10): as legible for a dose as 10^-2, and drawn
+    without mathtext, which costs as much as the rest of a dose-response figure."""
+    return f"{value:g}"
+
+
 def dose_response(points: pd.DataFrame, curve: tuple[np.ndarray, np.ndarray] | None, ec50: float, label: str,
                   negative: tuple[float, float] | None, readout: pd.DataFrame | None = None,
                   readout_label: str = "") -> Figure:
@@ -185,6 +166,7 @@ def dose_response(points: pd.DataFrame, curve: tuple[np.ndarray, np.ndarray] | N
         centre, spread = negative
         axes.axhspan(centre - spread, centre + spread, color="0.85", zorder=0, label="negative controls (+- SD)")
     axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(plain_number))
     axes.set_xlabel("dose", fontsize=8)
     axes.set_ylabel(label, fontsize=8, color="C0")
     if readout is not None and len(readout):
