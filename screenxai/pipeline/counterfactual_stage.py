@@ -259,7 +259,8 @@ def with_gallery(dataset: xr.Dataset, chosen: pd.DataFrame, crops: np.ndarray,
     rank, looked up by its id), ``end`` and ``place``; NaN and "" where an
     end has fewer cells.
     """
-    ids = np.array([str(a) for a in dataset["attribute_id" if "attribute_id" in dataset.coords else "attribute"].values])
+    by = "attribute_id" if "attribute_id" in dataset.coords else "attribute"
+    ids = np.array([str(a) for a in dataset[by].values])
     shape = (len(ids), len(GALLERY_ENDS), int(chosen["place"].max()) + 1)
     image, raw = np.full((2, *shape, *crops.shape[1:]), np.nan, np.float32)
     score = np.full(shape, np.nan)
