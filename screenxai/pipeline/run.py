@@ -132,14 +132,26 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
                     client.register_plugin(BundlePlugin.from_path(loaded.path))
                 exemplars = _exemplars(cells, aggregates, layouts, loaded, exemplars_per_condition, exemplars_per_well,
                                        client)
-                if len(exemplars):  # none when the selected wells hold none of the bundle's classes
-                    gallery = choose_gallery(cells, fields, GALLERY_PER_END, client)
-                    counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr",
-                                         on_progress=on_counterfactual, gallery=gallery)
+                _render_counterfactuals(client, exemplars, cells, fields, tasks, configs, out, on_counterfactual)
         seconds = time.perf_counter() - start
         _write_run_tables(out, fields, wells_table, failures, loaded)
         write_manifest(out, plates, config, fields, seconds, record, loaded)
         return RunResult(out, wells_table, fields, seconds, failures)
+
+
+def _render_counterfactuals(client: Client, exemplars: pd.DataFrame, cells: dd.DataFrame, fields: pd.DataFrame,
+                            tasks: Sequence[FieldTask], configs: dict[str, CellConfig], out: Path,
+                            on_progress: Callable[[int, int], None] | None) -> None:
+    """Write ``counterfactuals.zarr``: the exemplars along their attributes and each attribute's gallery.
+
+    Nothing is written when there is no exemplar (the selected wells hold
+    none of the bundle's classes).
+    """
+    if len(exemplars) == 0:
+        return
+    gallery = choose_gallery(cells, fields, GALLERY_PER_END, client)
+    counterfactual_stage(client, exemplars, tasks, configs, out / "counterfactuals.zarr", on_progress=on_progress,
+                         gallery=gallery)
 
 
 def _finished_fields(tasks: Sequence[FieldTask], resume: bool, complete: Callable[[dict], dict],
