@@ -157,7 +157,7 @@ def _render_counterfactuals(client: Client, exemplars: pd.DataFrame, cells: dd.D
 def _finished_fields(tasks: Sequence[FieldTask], resume: bool, complete: Callable[[dict], dict],
                      check: Callable[[dict], None] | None,
                      on_field: Callable[[dict], None] | None) -> tuple[list[dict], list[FieldTask]]:
-    """The status rows of fields a resumed run already finished, passed through ``complete``, and the tasks still to run."""
+    """The status rows of fields a resumed run finished, passed through ``complete``, and the tasks still to run."""
     rows, todo = [], []
     for task in tasks:
         finished = read_marker(task.cells_path) if resume else None

@@ -67,9 +67,9 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     labelled = wells[wells[TREATMENT].notna()]
     scores = well_robust_z(labelled, TREATMENT, values, conditions.negative)
     well_scores = wells[["plate", "well"]].join(scores.rename(columns=lambda c: "robust_z_" + c.removeprefix("mean_")))
-    named = _attribute_statistics(labelled, scores, attributes, conditions, dose, top_doses)
-    profiles = treatment_profiles(labelled, TREATMENT, values, conditions.negative, top_doses, dose_level(labelled))
     top = top_dose_wells(labelled, TREATMENT, conditions.negative, top_doses, dose_level(labelled))
+    named = _attribute_statistics(labelled, scores, attributes, top, conditions.negative, dose)
+    profiles = treatment_profiles(labelled, TREATMENT, values, conditions.negative, top_doses, dose_level(labelled))
     activity = _activity(labelled, profiles, top.groupby(TREATMENT).size(), conditions)
     active = activity.index[activity["active"].astype(bool)]
     similarity = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")),
@@ -83,15 +83,14 @@ def dose_level(wells: pd.DataFrame) -> str:
     return "dose_index" if "dose_index" in wells.columns else "dose"
 
 
-def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes: pd.DataFrame,
-                          conditions: Conditions, dose: str, top_doses: int) -> pd.DataFrame:
-    """``attributes`` with each row's dose-response over its treatment's wells and its top-dose robust z."""
-    top = top_dose_wells(wells, TREATMENT, conditions.negative, top_doses, dose_level(wells))
+def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes: pd.DataFrame, top: pd.DataFrame,
+                          negative: str, dose: str) -> pd.DataFrame:
+    """``attributes`` with each row's dose-response over its treatment's wells and its robust z at ``top`` wells."""
     rows = []
     for row in attributes.itertuples(index=False):
         column = value_column(row.attribute)
-        fit = dose_response(wells, column, row.treatment, TREATMENT, conditions.negative, dose)
-        own = wells[TREATMENT].isin([row.treatment, conditions.negative])
+        fit = dose_response(wells, column, row.treatment, TREATMENT, negative, dose)
+        own = wells[TREATMENT].isin([row.treatment, negative])
         rho = spearmanr(wells.loc[own, dose].fillna(0), wells.loc[own, column]).statistic if own.sum() >= 3 else np.nan
         at_top = top.index[top[TREATMENT] == row.treatment]
         rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")}, "dose_spearman": float(rho),
