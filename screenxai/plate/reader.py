@@ -6,7 +6,8 @@ the ``c`` coordinate; pixels are read when the caller computes
 (``Plate.read_pixels`` names the chunk it cannot decode). ``missing_chunks``
 counts the chunks of an array absent from the store, which zarr would read
 as its fill value; ``OpenField`` reads a field's image, labels and that
-count from one parse of its metadata.
+count from one parse of its metadata. NGFF metadata is read through
+``screenxai.plate.ngff``, which validates it with the ome-zarr-models models.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from ome_zarr_models.common.coordinate_transformations import VectorScale
 
 from screenxai.errors import PlateError
 from screenxai.plate.layout import layout_from_records, read_layout, validate_layout
+from screenxai.plate.ngff import read_label_names, read_multiscale, read_plate, read_well
 from screenxai.plate.wells import normalise_well, well_id, well_sort_key
 from screenxai.plate.writer import SCREENXAI_ATTRS
 
@@ -64,29 +67,19 @@ class Multiscale:
     channel_names: list[str] | None
 
 
-def _ome_attrs(group: zarr.Group) -> tuple[dict, str | None]:
-    """The NGFF attributes of a group and their version (0.5 nests them under 'ome')."""
-    attrs = dict(group.attrs)
-    if "ome" in attrs:
-        ome = dict(attrs["ome"])
-        return ome, ome.get("version")
-    return attrs, None
-
-
 def _read_multiscale(group: zarr.Group, where: str) -> Multiscale:
-    attrs, _ = _ome_attrs(group)
-    if not attrs.get("multiscales"):
-        raise PlateError(f"{where}: no 'multiscales' metadata; not an NGFF image")
-    meta = attrs["multiscales"][0]
-    axes = [a["name"] if isinstance(a, dict) else a for a in meta["axes"]]
-    paths, scales = [], []
-    for dataset in meta["datasets"]:
-        paths.append(dataset["path"])
-        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t["type"] == "scale"), None)
-        scales.append(dict(zip(axes, scale)) if scale else {a: 1.0 for a in axes})
-    channels = attrs.get("omero", {}).get("channels")
-    names = [c.get("label") or f"c{i}" for i, c in enumerate(channels)] if channels else None
-    return Multiscale(axes, paths, scales, names)
+    """The first multiscale of an image group, from its metadata as ``ngff.read_multiscale`` validates it."""
+    meta, labels = read_multiscale(group.attrs, where)
+    axes = [axis.name for axis in meta.axes]
+    scales = []
+    for i, dataset in enumerate(meta.datasets):
+        scale = dataset.coordinateTransformations[0]
+        if not isinstance(scale, VectorScale):
+            raise PlateError(f"{where}: the scale of multiscales.0.datasets.{i} is stored at {scale.path}, "
+                             "which is not read; give it in the metadata")
+        scales.append(dict(zip(axes, scale.scale, strict=True)))
+    names = [label or f"c{i}" for i, label in enumerate(labels)] if labels else None
+    return Multiscale(axes, [dataset.path for dataset in meta.datasets], scales, names)
 
 
 def _level_array(group: zarr.Group, path: str, ms: Multiscale, level: int, url: str) -> tuple[zarr.Array, str]:
@@ -270,8 +263,7 @@ class OpenField:
         """Names of the label images stored with the field (empty when none)."""
         if self._labels_group is None:
             return []
-        attrs, _ = _ome_attrs(self._labels_group)
-        return list(attrs.get("labels", []))
+        return read_label_names(self._labels_group.attrs, f"{self.plate.url}/{self.path}/labels")
 
     def multiscale(self, label: str | None = None) -> Multiscale:
         """The multiscale metadata of the field's image, or of its label image ``label``."""
@@ -422,31 +414,29 @@ def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None
         raise PlateError(f"{urlsplit(url).scheme}://{urlsplit(url).hostname}/...: credentials in a plate URL would"
                          " be written to the run's manifest and logs; give them through the environment or a profile")
     root = _open_root(url)
-    attrs, version = _ome_attrs(root)
-    plate_meta = attrs.get("plate")
-    if not plate_meta:
+    read = read_plate(root.attrs, url)
+    if read is None:
         raise PlateError(f"{url}: a Zarr group without HCS 'plate' metadata; not an OME-Zarr plate")
-    version = version or plate_meta.get("version") or "0.4"
-    rows = [r["name"] for r in plate_meta["rows"]]
-    columns = [c["name"] for c in plate_meta["columns"]]
+    plate_meta, version = read
+    rows = [r.name for r in plate_meta.rows]
+    columns = [c.name for c in plate_meta.columns]
     wells: dict[str, Well] = {}
-    for entry in plate_meta["wells"]:
-        row, column = rows[entry["rowIndex"]], columns[entry["columnIndex"]]
+    for entry in plate_meta.wells:
+        row, column = rows[entry.rowIndex], columns[entry.columnIndex]
         key = well_id(row, column)
         try:
-            well_group = root[entry["path"]]
+            well_group = root[entry.path]
         except KeyError as err:
-            raise PlateError(f"{url}: well {key} is listed in the plate but group {entry['path']} is missing") from err
+            raise PlateError(f"{url}: well {key} is listed in the plate but group {entry.path} is missing") from err
         except json.JSONDecodeError as err:
-            raise PlateError(f"well {key}: {_broken_metadata(url, entry['path'], err)}") from None
-        well_attrs, _ = _ome_attrs(well_group)
-        images = well_attrs.get("well", {}).get("images")
-        if not images:
-            raise PlateError(f"{url}: well {key} ({entry['path']}) has no 'well' metadata listing its fields")
-        wells[key] = Well(key, row, column, entry["path"], [img["path"] for img in images])
+            raise PlateError(f"well {key}: {_broken_metadata(url, entry.path, err)}") from None
+        well_meta = read_well(well_group.attrs, f"{url}/{entry.path}")
+        if well_meta is None or not well_meta.images:
+            raise PlateError(f"{url}: well {key} ({entry.path}) has no 'well' metadata listing its fields")
+        wells[key] = Well(key, row, column, entry.path, [image.path for image in well_meta.images])
     wells = dict(sorted(wells.items(), key=lambda kv: well_sort_key(kv[0])))
     extra = dict(root.attrs.get(SCREENXAI_ATTRS, {}))
-    plate_name = name or extra.get("plate_name") or plate_meta.get("name") or Path(url.rstrip("/")).stem
+    plate_name = name or extra.get("plate_name") or plate_meta.name or Path(url.rstrip("/")).stem
     if layout is None and extra.get("layout"):
         table = layout_from_records(extra["layout"], source=f"layout stored in {url}")
     elif isinstance(layout, (str, Path)):
