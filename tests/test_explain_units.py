@@ -11,7 +11,7 @@ from explanation_quality import classifier_reliance, partial_spearman
 from screenxai.explain import (DirectionConfig, Directions, EditEffect, cell_region, classifier_guide,
                                learn_directions, load_directions, save_directions)
 from screenxai.explain.directions import nt_xent, subspace_rank
-from screenxai.explain.naming import cohens_d, describe
+from screenxai.explain.naming import cohens_d, describe, feature_associations, named_feature
 from screenxai.explain.ranking import RankingCache, nearest_better_attribute, select_attributes
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier, ClassifierConfig
@@ -174,6 +174,39 @@ def test_naming_text_from_effects():
     assert name == "reporter nucleus/ring ratio up"
     assert changes == ("reporter nucleus/ring ratio up (d = +2.3); reporter texture down (d = -0.9); "
                        "nuclear area unchanged")
+
+
+def test_a_rendered_side_effect_that_real_cells_do_not_show_gives_way_to_the_change_they_do():
+    # The decoder draws a larger nucleus with its DNA spilling into the ring: DNA ratio has the largest |d|.
+    effects = pd.Series({"area": 2.2, "DNA_ratio": -2.8, "reporter_ratio": 0.3, "reporter_texture": np.nan})
+    rng = np.random.default_rng(0)
+    score = rng.normal(size=500)
+    features = pd.DataFrame({"area": np.exp(score + 0.5 * rng.normal(size=500)),  # follows the score
+                             "DNA_ratio": -score * 0.1 + rng.normal(size=500),  # barely
+                             "reporter_ratio": rng.normal(size=500), "reporter_texture": rng.normal(size=500)})
+    association = feature_associations(pd.DataFrame({"attribute_d3p": score}), features).loc["d3p"]
+    assert association["area"] > 0.8 and abs(association["DNA_ratio"]) < 0.2
+    assert named_feature(effects) == "DNA_ratio"
+    assert named_feature(effects, association) == "area"
+    assert describe(effects, ["DNA", "reporter"], association)[0] == "nuclear area up"
+
+
+def test_a_real_association_of_the_opposite_sign_or_on_a_small_effect_does_not_name_it():
+    effects = pd.Series({"area": 2.0, "reporter_ratio": -1.5, "reporter_texture": 0.5})
+    association = pd.Series({"area": 0.1, "reporter_ratio": 0.9, "reporter_texture": 0.95})
+    assert named_feature(effects, association) == "area"  # reporter_ratio's sign disagrees, texture's d is small
+    assert named_feature(effects, association.drop(["area"])) == "area"  # nothing agrees: the largest |d|
+    assert named_feature(pd.Series({"area": np.nan})) is None
+
+
+def test_feature_associations_are_spearman_per_attribute_and_refuse_unmatched_rows():
+    scores = pd.DataFrame({"attribute_d0p": [1.0, 2.0, 3.0, 4.0], "attribute_d1n": [4.0, 3.0, 1.0, 2.0]})
+    features = pd.DataFrame({"area": [10.0, 20.0, 30.0, 400.0]}, index=[7, 8, 9, 10])
+    table = feature_associations(scores, features)
+    assert table.loc["d0p", "area"] == pytest.approx(1.0)
+    assert table.loc["d1n", "area"] == pytest.approx(-0.8)
+    with pytest.raises(ValueError, match="3 rows of scores for 4"):
+        feature_associations(scores.iloc[:3], features)
 
 
 def test_store_round_trip(latents, tmp_path):

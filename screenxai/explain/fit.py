@@ -8,6 +8,9 @@ treatment's ranking reads the same decodes. A treatment's kept attributes
 are distinct changes: a direction along the axis of one already kept
 (|cosine| >= ``max_cosine``) is no candidate, and an attribute whose
 morphology name repeats a better one's is dropped for the next candidate.
+Given the training cells' measured morphology, each name is the rendered
+change that the real cells' attribute scores follow best
+(``screenxai.explain.naming``).
 """
 
 from __future__ import annotations
@@ -21,9 +24,9 @@ import pandas as pd
 from screenxai.explain.counterfactuals import ALPHAS, make_counterfactuals
 from screenxai.explain.contrast import with_contrast_directions
 from screenxai.explain.directions import DirectionConfig, Directions, classifier_guide, learn_directions
-from screenxai.explain.naming import name_attributes
+from screenxai.explain.naming import feature_associations, name_attributes
 from screenxai.explain.ranking import axis_cosines, build_cache, nearest_better_attribute, select_attributes
-from screenxai.explain.scores import unique_attributes
+from screenxai.explain.scores import scores_from_latents, unique_attributes
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.latent_checks import encode
 from screenxai.models.progress import StepCallback
@@ -88,13 +91,15 @@ def direction_config(settings: ExplainSettings, n_classes: int, guided: bool) ->
 def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, labels: np.ndarray,
                      training_rows: np.ndarray, class_names: Sequence[str], channel_names: Sequence[str],
                      nuclear_channel: int, settings: ExplainSettings = ExplainSettings(),
+                     features: pd.DataFrame | None = None,
                      on_step: StepCallback | None = None) -> Explanations:
     """Learn directions on the training cells and keep, for every treatment, distinct named attributes.
 
     ``labels`` holds each crop's class index (0: the negative control, -1:
     none); ``training_rows`` marks the classifier's training wells, the only
-    cells learned and ranked on. ``on_step(step, done, total)`` reports
-    progress.
+    cells learned and ranked on. ``features``: the morphology features
+    measured on each crop's cell (a row per crop), which ground the names in
+    the training cells. ``on_step(step, done, total)`` reports progress.
     """
     step = on_step or (lambda *_: None)
     guided = settings.guided and autoencoder.aux_decoder is not None
@@ -116,8 +121,9 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     ranked = autoencoder.unet_evaluations
     candidates = _treatment_candidates(cache, directions, class_names, settings)
     shown = pick[:min(len(pick), settings.shown_cells)]
+    real = None if features is None else (z, features[training_rows])
     named = _name_candidates(autoencoder, directions, candidates, crops[shown], channel_names, nuclear_channel,
-                             step)
+                             step, real)
     attributes = _keep_distinct(named, directions, settings.n_attributes)
     attributes.insert(attributes.columns.get_loc("name"), "source",
                       attributes["direction"].map(_direction_sources(directions, contrasted, class_names)))
@@ -155,17 +161,24 @@ def _treatment_candidates(cache, directions: Directions, class_names: Sequence[s
 
 def _name_candidates(autoencoder: DiffusionAutoencoder, directions: Directions, candidates: pd.DataFrame,
                      crops: np.ndarray, channel_names: Sequence[str], nuclear_channel: int,
-                     step: StepCallback) -> pd.DataFrame:
+                     step: StepCallback, real: tuple | None = None) -> pd.DataFrame:
     """Render every candidate attribute id once on the shown cells and name it; the names joined to ``candidates``.
 
     A name compares the cells at alpha 0 and at the exemplar strips' largest
-    alpha (``attribute_effects``), so only those two are rendered.
+    alpha (``attribute_effects``), so only those two are rendered. ``real``:
+    the training cells' latents and measured features, whose Spearman with
+    each attribute's score picks the name among the rendered changes.
     """
     unique = unique_attributes(candidates).assign(target_class=1)
     table = pd.DataFrame({"plate": "", "well": "", "field": 0, "label": np.arange(len(crops))})
     rendered = make_counterfactuals(autoencoder, directions, unique, crops, table, channel_names,
                                     alphas=(0.0, max(ALPHAS)))
-    names = name_attributes(unique, rendered, channel_names, nuclear_channel=nuclear_channel)
+    associations = None
+    if real is not None:
+        z, features = real
+        associations = feature_associations(scores_from_latents(directions, unique, z), features)
+    names = name_attributes(unique, rendered, channel_names, nuclear_channel=nuclear_channel,
+                            associations=associations)
     step("naming", 1, 1)
     return candidates.merge(names.drop(columns=["direction", "sign", "target_class"]), on="attribute", how="left")
 
@@ -186,7 +199,7 @@ def _keep_distinct(candidates: pd.DataFrame, directions: Directions, n_attribute
 def as_records(explanations: Explanations) -> dict:
     """The summary of the explain stage for the bundle's training summary (JSON-ready)."""
     columns = ["treatment", "rank", "attribute", "direction", "source", "sign", "mean_delta_p", "flip_rate", "nearest_rank",
-               "nearest_cosine", "name", "changes"]
+               "nearest_cosine", "name", "name_spearman", "changes"]
     return {"attributes": explanations.attributes[columns].to_dict(orient="records"),
             "guided": explanations.guided, "n_directions": explanations.directions.n_directions,
             "n_contrast_directions": explanations.directions.n_linear,

@@ -5,10 +5,17 @@ mean, perinuclear ring mean, their ratio and texture) are measured on each
 cell's reconstruction (``alpha = 0``) and on its counterfactual at the
 largest positive alpha, segmenting the generated nucleus. A feature's effect
 is Cohen's d of the change: the difference of the means over the pooled
-standard deviation of the two sets of cells. The name is the feature with the
-largest |d| and its direction; ``changes`` lists the large effects and the
-reference readouts (nuclear area, each channel's nucleus/ring ratio) that
-stay put.
+standard deviation of the two sets of cells. ``changes`` lists the large
+effects and the reference readouts (nuclear area, each channel's
+nucleus/ring ratio) that stay put.
+
+The name is one feature and its direction. Given the real cells' features
+and scores, it is the feature among the large effects that the real cells'
+attribute scores follow best (Spearman, with the sign of the effect): a
+decoder can render a side effect of a change (a larger nucleus drawn with
+its DNA spilling into the ring) that real cells scoring high on the
+attribute do not show. Without them, or when no large effect agrees with
+the real cells, it is the feature with the largest |d|.
 """
 
 from __future__ import annotations
@@ -83,12 +90,46 @@ def cohens_d(before: np.ndarray, after: np.ndarray) -> float:
     return float((after.mean() - before.mean()) / pooled) if pooled > 0 else float("nan")
 
 
-def describe(effects: pd.Series, channel_names: Sequence[str]) -> tuple[str, str]:
-    """The name and the ``changes`` text of one attribute from its Cohen's d per feature."""
+def feature_associations(scores: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+    """Spearman of each attribute's score with each morphology feature over the same real cells.
+
+    ``scores`` has one ``attribute_{id}`` column per attribute id, ``features``
+    one column per feature, a row per cell in both. One row per attribute id
+    (the index), one column per feature.
+    """
+    if len(scores) != len(features):
+        raise ValueError(f"{len(scores)} rows of scores for {len(features)} rows of features")
+    ranked_features = features.reset_index(drop=True).rank()
+    ranked_scores = scores.reset_index(drop=True).rank()
+    return pd.DataFrame({column.removeprefix("attribute_"): ranked_features.corrwith(ranked_scores[column])
+                         for column in scores.columns}).T
+
+
+def named_feature(effects: pd.Series, association: pd.Series | None = None) -> str | None:
+    """The feature an attribute is named after (see the module docstring); None when no effect is finite."""
+    finite = effects.dropna()
+    if finite.empty:
+        return None
+    largest = finite.abs().idxmax()
+    if association is None:
+        return largest
+    agreeing = [c for c in finite.index if abs(finite[c]) >= LARGE_EFFECT
+                and np.sign(association.get(c, np.nan)) == np.sign(finite[c])]
+    return max(agreeing, key=lambda c: abs(association[c])) if agreeing else largest
+
+
+def describe(effects: pd.Series, channel_names: Sequence[str],
+             association: pd.Series | None = None) -> tuple[str, str]:
+    """The name and the ``changes`` text of one attribute from its Cohen's d per feature.
+
+    ``association``: the Spearman of the attribute's score with each feature
+    over real cells (``feature_associations``), which picks the name.
+    """
     finite = effects.dropna()
     if finite.empty:
         return "unnamed (no nucleus found in the counterfactuals)", "no feature could be measured"
     order = finite.abs().sort_values(ascending=False).index
+    named = named_feature(finite, association)
 
     def phrase(column: str) -> str:
         d = finite[column]
@@ -98,7 +139,7 @@ def describe(effects: pd.Series, channel_names: Sequence[str]) -> tuple[str, str
     readouts = ["area", *(f"{column_prefix(n)}_ratio" for n in channel_names)]
     unchanged = [f"{feature_label(c, channel_names)} unchanged" for c in readouts
                  if c in finite.index and abs(finite[c]) < NO_EFFECT]
-    name = f"{feature_label(order[0], channel_names)} {'up' if finite[order[0]] > 0 else 'down'}"
+    name = f"{feature_label(named, channel_names)} {'up' if finite[named] > 0 else 'down'}"
     return name, "; ".join([phrase(c) for c in listed] + unchanged)
 
 
@@ -123,17 +164,27 @@ def attribute_effects(counterfactuals: xr.Dataset, channel_names: Sequence[str],
 
 
 def name_attributes(attributes: pd.DataFrame, counterfactuals: xr.Dataset, channel_names: Sequence[str],
-                    nuclear_channel: int = 0) -> pd.DataFrame:
-    """``attributes`` with ``name``, ``changes`` and one ``d_{feature}`` column per morphology feature.
+                    nuclear_channel: int = 0, associations: pd.DataFrame | None = None) -> pd.DataFrame:
+    """``attributes`` with ``name``, ``changes``, ``name_spearman`` and a ``d_{feature}`` column per feature.
 
     ``counterfactuals`` renders the attribute ids of ``attributes`` (its
-    ``attribute`` column), each once.
+    ``attribute`` column), each once. ``associations`` (from
+    ``feature_associations``, indexed by attribute id) picks each name among
+    the large effects; ``name_spearman`` is the named feature's Spearman
+    there (NaN without ``associations``).
     """
     effects = attribute_effects(counterfactuals, channel_names, nuclear_channel)
     columns = [c for c in effects.columns if c.startswith("d_")]
-    described = [describe(row[columns].rename(lambda c: c[2:]).astype(float), channel_names)
-                 for _, row in effects.iterrows()]
-    effects["name"] = [name for name, _ in described]
-    effects["changes"] = [changes for _, changes in described]
-    named = attributes.drop(columns=[c for c in [*columns, "name", "changes"] if c in attributes.columns])
-    return named.merge(effects[["attribute", "name", "changes", *columns]], on="attribute", how="left")
+    names, changes, spearman = [], [], []
+    for _, row in effects.iterrows():
+        effect = row[columns].rename(lambda c: c[2:]).astype(float)
+        association = None if associations is None else associations.loc[row["attribute"]]
+        name, change = describe(effect, channel_names, association)
+        feature = named_feature(effect, association)
+        names.append(name)
+        changes.append(change)
+        spearman.append(float(association[feature]) if association is not None and feature else np.nan)
+    effects["name"], effects["changes"], effects["name_spearman"] = names, changes, spearman
+    added = ["name", "changes", "name_spearman", *columns]
+    named = attributes.drop(columns=[c for c in added if c in attributes.columns])
+    return named.merge(effects[["attribute", *added]], on="attribute", how="left")

@@ -299,7 +299,9 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
                               contrast=settings.explain_contrast, seed=settings.seed)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
-                              conditions.class_names, channel_names, nuclear, explain, on_step=StepReporter("explain"))
+                              conditions.class_names, channel_names, nuclear, explain,
+                              features=table[feature_columns(channel_names)].reset_index(drop=True),
+                              on_step=StepReporter("explain"))
     save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided,
                     unet_evaluations=fitted.unet_evaluations)
     return as_records(fitted)
