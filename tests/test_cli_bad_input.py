@@ -177,7 +177,8 @@ def test_ctrl_c_during_training_names_the_kept_crop_cache_and_the_same_command(p
 
 def test_a_real_ctrl_c_to_the_whole_command_stops_workers_and_client_with_one_line(tmp_path):
     """SIGINT to the process group, as a terminal sends it: the local cluster's workers print no tracebacks."""
-    simulate_screen(tmp_path / "plate.zarr", rows=2, columns=4, fields=2, size=256, seed=1)
+    # Fields of 512 px: the run outlasts the poll for its first file even on a loaded machine.
+    simulate_screen(tmp_path / "plate.zarr", rows=2, columns=4, fields=2, size=512, seed=1)
     command = [sys.executable, "-m", "screenxai.cli", "run", "plate.zarr", "-o", "out", "--cells-only",
                "--workers", "1"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
