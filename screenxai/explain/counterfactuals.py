@@ -118,17 +118,35 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
     if rendered.shape != (len(crops), len(attributes)):
         raise ValueError(f"rendered pairs of shape {rendered.shape} for {len(crops)} cells and "
                          f"{len(attributes)} attributes")
+    directions = directions.to(model_device(autoencoder))
+    was_training = autoencoder.training
+    autoencoder.eval()
+    try:
+        images, probability, original_probability = _decode_along_attributes(
+            autoencoder, directions, attributes, crops, alphas, rendered, steps_inv, steps_dec, batch_size, on_step)
+    finally:
+        autoencoder.train(was_training)
+    dataset = _as_dataset(images, probability, rendered, crops, original_probability, table, attributes, alphas,
+                          channel_names, directions.edit_scales.cpu().numpy())
+    dataset.attrs["steps_inv"], dataset.attrs["steps_dec"] = steps_inv, steps_dec
+    return dataset
+
+
+def _decode_along_attributes(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
+                             crops: np.ndarray, alphas: Sequence[float], rendered: np.ndarray, steps_inv: int,
+                             steps_dec: int, batch_size: int,
+                             on_step: Callable[[int, int], None] | None) -> tuple[np.ndarray, ...]:
+    """Images (cell, attribute, alpha, c, y, x) and their target-class probabilities (NaN where not rendered),
+    and each real crop's probability of each attribute's target class."""
     device = model_device(autoencoder)
-    directions = directions.to(device)
     targets = attributes["target_class"].to_numpy(np.int64)
     x = torch.from_numpy(np.ascontiguousarray(crops, np.float32)).to(device)
     n, n_attr, n_alpha = len(x), len(attributes), len(alphas)
     images = np.full((n, n_attr, n_alpha, *crops.shape[1:]), np.nan, np.float32)
     probability = np.full((n, n_attr, n_alpha), np.nan, np.float32)
-    was_training = autoencoder.training
-    autoencoder.eval()
+    steps = -(-n // batch_size) * n_attr
     if on_step is not None:
-        on_step(0, -(-n // batch_size) * n_attr)
+        on_step(0, steps)
     with torch.no_grad():
         for i in range(0, n, batch_size):
             xb = x[i:i + batch_size]
@@ -152,24 +170,31 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
                     images[i + wanted, a, j] = decoded.cpu().numpy()
                     probability[i + wanted, a, j] = proba[:, targets[a]]
                 if on_step is not None:
-                    on_step((i // batch_size) * n_attr + a + 1, -(-n // batch_size) * n_attr)
-    autoencoder.train(was_training)
-    scales = directions.edit_scales.cpu().numpy()[attributes["direction"].to_numpy()]
+                    on_step((i // batch_size) * n_attr + a + 1, steps)
+        original_probability = predict_proba(autoencoder.classifier, x)[:, targets]
+    return images, probability, original_probability
+
+
+def _as_dataset(images: np.ndarray, probability: np.ndarray, rendered: np.ndarray, crops: np.ndarray,
+                original_probability: np.ndarray, table: pd.DataFrame, attributes: pd.DataFrame,
+                alphas: Sequence[float], channel_names: Sequence[str], edit_scales: np.ndarray) -> xr.Dataset:
+    """The counterfactuals as the labelled Dataset the module docstring describes."""
+    scales = edit_scales[attributes["direction"].to_numpy()]
     cells = table.reset_index(drop=True)
     along = {name: ("attribute", attributes[name].to_numpy()) for name in ATTRIBUTE_COORDS[1:]
              if name in attributes.columns and name != "attribute"}
     if "treatment" in attributes.columns:
         along["treatment"] = ("attribute", attributes["treatment"].astype(str).to_numpy(dtype=object))
         along["attribute_id"] = ("attribute", attributes["attribute"].astype(str).to_numpy(dtype=object))
+    keys = cells[list(CELL_KEYS)].itertuples(index=False)
     cell_index = (cells["cell_id"].astype(str).to_numpy(dtype=object) if "cell_id" in cells.columns
-                  else np.array([f"{p}/{w}/{f}/{lab}" for p, w, f, lab in cells[list(CELL_KEYS)].itertuples(index=False)],
-                                dtype=object))
+                  else np.array([f"{p}/{w}/{f}/{lab}" for p, w, f, lab in keys], dtype=object))
     return xr.Dataset(
         {"image": (("cell", "attribute", "alpha", "c", "y", "x"), images),
          "probability": (("cell", "attribute", "alpha"), probability),
          "rendered": (("cell", "attribute"), rendered),
          "original": (("cell", "c", "y", "x"), np.asarray(crops, np.float32)),
-         "original_probability": (("cell", "attribute"), predict_proba(autoencoder.classifier, x)[:, targets]),
+         "original_probability": (("cell", "attribute"), original_probability),
          "alpha_latent": (("attribute", "alpha"), np.outer(scales, np.asarray(alphas, np.float64)))},
         coords={"cell": cell_index,
                 "plate": ("cell", cells["plate"].astype(str).to_numpy()),
@@ -182,7 +207,7 @@ def make_counterfactuals(autoencoder: DiffusionAutoencoder, directions: Directio
                 "c": np.array([str(c) for c in channel_names], dtype=object)},
         attrs={"alpha_units": "SD of the cells' z_sem projected on the direction",
                "image_units": "the models' [-1, 1] (image_raw: the plate's intensity units)",
-               "max_alpha": MAX_ALPHA, "steps_inv": steps_inv, "steps_dec": steps_dec})
+               "max_alpha": MAX_ALPHA})
 
 
 def write_counterfactuals(dataset: xr.Dataset, path: str | Path) -> Path:
