@@ -44,10 +44,31 @@ TIME_FIELDS = {"User time (seconds)": "user_s", "System time (seconds)": "system
 
 
 def machine() -> dict:
-    """The hardware and load the figures were taken on."""
+    """The hardware and load the figures were taken on, and the seconds of a fixed workload on it."""
     return {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
             "cores": len(os.sched_getaffinity(0)), "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "speed_reference_s": speed_reference()}
+
+
+def speed_reference() -> dict[str, float]:
+    """Seconds of one fixed workload in this process: 200 single-threaded 512 x 512 matmuls, a Python loop.
+
+    Virtual machines of one kind differ in speed from day to day; a figure
+    of this benchmark is comparable to another only beside this one.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    for _ in range(200):
+        a @ a
+    matmul = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    sum(i * i for i in range(5_000_000))
+    return {"torch_matmul": round(matmul, 3), "python_loop": round(time.perf_counter() - start, 3)}
 
 
 def stamped_lines(command: list[str], cwd: Path, env: dict | None = None) -> tuple[int, list[tuple[float, str]]]:

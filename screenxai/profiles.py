@@ -25,11 +25,13 @@ FEATURE_PATTERNS = (
     (re.compile(r"mean_p_(?P<name>.+)"), "Classifier_p_{name}"),
     (re.compile(r"mean_attribute_(?P<name>.+)"), "Attribute_{name}"),
     (re.compile(r"sd_attribute_(?P<name>.+)"), "Attribute_{name}_sd"),
+    (re.compile(r"mean_contrast_(?P<name>.+)"), "Contrast_{name}"),
+    (re.compile(r"sd_contrast_(?P<name>.+)"), "Contrast_{name}_sd"),
     (re.compile(r"mean_formula_value"), "Formula_value"),
     (re.compile(r"fraction_formula_positive"), "Formula_fraction_positive"),
 )
 # Per-well z-scores against the negative controls: the normalisation profiling tools do themselves.
-LEFT_OUT = re.compile(r"robust_z_attribute_.+")
+LEFT_OUT = re.compile(r"robust_z_(attribute|contrast)_.+")
 
 
 class ProfileError(ScreenxaiError):

@@ -123,3 +123,27 @@ def test_directions_saved_before_contrast_directions_still_load(learned, screen,
     loaded, _ = load_directions(tmp_path / "explain")
     assert loaded.n_linear == 0
     assert torch.allclose(loaded.edit(z[:5], 1, 2.0), learned.edit(z[:5], 1, 2.0))
+
+
+def test_every_contrast_direction_is_read_out_per_cell_towards_its_treatment(screen, learned):
+    """One ``contrast_d{k}`` column per contrast direction, after the learned ones, higher in its treatment's cells."""
+    from screenxai.explain import contrast_columns, contrast_scores_from_latents
+
+    z, labels, *_ = screen
+    extended, _ = with_contrast_directions(learned, z, labels, [1, 2])
+    scores = contrast_scores_from_latents(extended, z)
+    assert contrast_columns(extended) == list(scores.columns) == ["contrast_d2", "contrast_d3"]
+    np.testing.assert_array_equal(scores.to_numpy(), extended.project(z)[:, 2:].numpy())
+    for column, treatment in (("contrast_d2", 1), ("contrast_d3", 2)):
+        values = scores[column].to_numpy()
+        assert values[labels == treatment].mean() - values[labels == 0].mean() > 1.0, column
+    assert list(contrast_scores_from_latents(learned, z).columns) == []
+
+
+def test_the_store_records_the_treatment_of_each_contrast_direction(screen, learned, tmp_path):
+    z, labels, *_ = screen
+    extended, _ = with_contrast_directions(learned, z, labels, [1, 2])
+    save_directions(extended, pd.DataFrame({"rank": [1], "direction": [3], "sign": [1]}), tmp_path / "explain",
+                    contrast_treatments=["one", "two"])
+    meta = json.loads((tmp_path / "explain" / "directions.json").read_text())
+    assert meta["contrast_treatments"] == ["one", "two"]

@@ -209,6 +209,28 @@ def test_feature_associations_are_spearman_per_attribute_and_refuse_unmatched_ro
         feature_associations(scores.iloc[:3], features)
 
 
+def test_an_association_over_the_cells_an_attribute_explains_ignores_another_treatments_change():
+    """Across the screen the score also follows a change of another treatment; among its own cells it does not.
+
+    Treatment 1 raises the score and the reporter ratio; treatment 2 lowers
+    the score and raises texture (a confound across the screen), and
+    neither moves the other's feature.
+    """
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 200)
+    score = rng.normal(size=600) + 2.0 * (labels == 1) - 3.0 * (labels == 2)
+    features = pd.DataFrame({"reporter_ratio": 0.3 * rng.normal(size=600) + 1.0 * (labels == 1),
+                             "reporter_texture": 0.3 * rng.normal(size=600) + 3.0 * (labels == 2)})
+    scores = pd.DataFrame({"attribute_d0p": score})
+    everywhere = feature_associations(scores, features).loc["d0p"]
+    own = feature_associations(scores, features, {"d0p": np.isin(labels, [0, 1])}).loc["d0p"]
+    assert abs(everywhere["reporter_texture"]) > abs(everywhere["reporter_ratio"])
+    assert own["reporter_ratio"] > 0.5 and abs(own["reporter_texture"]) < 0.2
+    effects = pd.Series({"reporter_ratio": 1.5, "reporter_texture": -1.0})  # the decoder draws both
+    assert named_feature(effects, everywhere) == "reporter_texture"
+    assert named_feature(effects, own) == "reporter_ratio"
+
+
 def test_store_round_trip(latents, tmp_path):
     directions = learn_directions(latents, DirectionConfig(n_directions=2, epochs=1, steps_per_epoch=2))
     attributes = pd.DataFrame({"rank": [1], "direction": [1], "sign": [-1], "target_class": [1],

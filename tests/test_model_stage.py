@@ -13,6 +13,7 @@ from distributed import get_task_stream
 
 from screenxai.cells import CellConfig, fit_normalisation, process_field
 from screenxai.errors import ScreenxaiError
+from screenxai.explain import contrast_columns, load_directions
 from screenxai.models.bundle import BundleError, load_bundle, seal_bundle
 from screenxai.models.classifier import predict_proba
 from screenxai.models.presets import registered_preset
@@ -113,8 +114,6 @@ def test_wells_carry_mean_probabilities_and_the_formula(scored, bundle):
 
 
 def test_attribute_scores_per_cell_and_screen_statistics_beside_the_hand_built_ratio(scored, bundle):
-    from screenxai.explain import load_directions
-
     result, *_ = scored
     _, attributes = load_directions(bundle / "explain")
     assert json.loads((bundle / "explain" / "directions.json").read_text())["guided"] is True  # the default
@@ -195,6 +194,8 @@ def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle,
     loaded = load_bundle(bundle)
     z_dim = loaded.config["models"]["autoencoder"]["config"]["z_dim"]
     ids = list(dict.fromkeys(pd.read_parquet(result.out / "attributes.parquet")["attribute"]))
+    contrast = [c.removeprefix("contrast_") for c in contrast_columns(load_directions(bundle / "explain")[0])]
+    assert contrast, "the bundle has no contrast direction to read out"
     features = [c for c in pd.read_parquet(result.out / "cells").columns
                 if c in ("area", "perimeter", "form_factor") or c.endswith(("_ratio", "_texture", "_mean"))]
 
@@ -203,6 +204,8 @@ def test_every_documented_model_column_reads_back_with_its_dtype(scored, bundle,
             return [name.replace("{class}", c) for c in loaded.class_names]
         if "{attribute}" in name:
             return [name.replace("{attribute}", a) for a in ids]
+        if "d{k}" in name:
+            return [name.replace("d{k}", c) for c in contrast]
         if name == "d_{feature}":
             return [f"d_{f}" for f in features]
         return [f"z_{i}" for i in range(z_dim)] if name == "z_{i}" else [name]

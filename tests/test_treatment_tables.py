@@ -8,6 +8,7 @@ import pytest
 
 from screenxai.pipeline.treatments import label_treatments, treatment_tables
 from screenxai.plate.conditions import Conditions
+from screenxai.stats import profile_similarity, treatment_profiles
 
 DOSES = [0.1, 0.3, 1.0, 3.0, 10.0]
 NOISE_SD = 0.1  # well-to-well SD of every attribute's well mean, chosen before the tables were computed
@@ -90,3 +91,28 @@ def test_the_two_class_treatment_is_every_non_negative_well():
     wells = pd.DataFrame({"plate": "p", "well": ["A01", "A02", "A03"], "control": ["negative", "dose", "positive"]})
     labelled = label_treatments(wells, Conditions("control", "negative", ("positive",)))
     assert labelled["treatment"].tolist() == ["negative", "positive", "positive"]
+
+
+def test_a_treatment_only_its_contrast_readout_sees_is_active_and_groups_ignore_readouts():
+    """``quiet`` moves no kept attribute, only a contrast readout: active through it; the similarity is unchanged."""
+    wells = planted_wells()
+    rng = np.random.default_rng(2)
+    quiet = wells.index[wells["compound"].eq("none")]
+    wells.loc[quiet, "compound"] = "quiet"
+    hill = wells["dose"] / (wells["dose"] + 1.0)
+    wells["mean_contrast_d2"] = EFFECT * hill * wells["compound"].eq("quiet") + rng.normal(0, NOISE_SD, len(wells))
+    attributes = kept_attributes().replace({"treatment": {"none": "quiet"}})
+    conditions = Conditions("compound", "DMSO", ("big", "hi", "lo", "quiet"))
+    tables = treatment_tables(wells, attributes, conditions, {})
+    table = tables.treatments.set_index("treatment")
+    assert table["active"].to_dict() == {"hi": True, "lo": True, "big": True, "quiet": True}
+    assert table.loc["quiet", "activity_readout"] == "contrast_d2"
+    assert table.loc["big", "activity_readout"] == "attribute_d1p"
+    assert "robust_z_contrast_d2" in tables.well_scores
+    without = treatment_tables(wells.drop(columns="mean_contrast_d2"), attributes, conditions, {})
+    assert not without.treatments.set_index("treatment").loc["quiet", "active"]
+    profiles = treatment_profiles(label_treatments(wells, conditions), "treatment",
+                                  ["mean_attribute_d0p", "mean_attribute_d1p"], "DMSO", 1, "dose_index")
+    expected = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")),
+                                  weighed_over=list(conditions.treatments), floor=3.0)
+    pd.testing.assert_frame_equal(tables.similarity, expected)

@@ -12,7 +12,8 @@ from screenxai.explain.directions import (DirectionConfig, Directions, EditEffec
                                           random_directions)
 from screenxai.explain.naming import crop_features, name_attributes
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
-from screenxai.explain.scores import attribute_columns, attribute_scores, scores_from_latents
+from screenxai.explain.scores import (attribute_columns, attribute_scores, contrast_columns,
+                                      contrast_scores_from_latents, scores_from_latents)
 from screenxai.explain.store import load_directions, save_directions
 from screenxai.stats import (fit_dose_response, readout_statistics, robust_z, ssmd, well_means, well_statistics,
                              z_prime)
@@ -26,6 +27,8 @@ __all__ = [
     "Ranking",
     "RankingCache",
     "attribute_columns",
+    "contrast_columns",
+    "contrast_scores_from_latents",
     "attribute_scores",
     "cell_region",
     "classifier_guide",

@@ -76,6 +76,7 @@ class Explanations:
     config: DirectionConfig
     guided: bool
     unet_evaluations: dict[str, int]
+    contrast_treatments: list[str]
 
 
 def direction_config(settings: ExplainSettings, n_classes: int, guided: bool) -> DirectionConfig:
@@ -121,7 +122,9 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     ranked = autoencoder.unet_evaluations
     candidates = _treatment_candidates(cache, directions, class_names, settings)
     shown = pick[:min(len(pick), settings.shown_cells)]
-    real = None if features is None else (z, features[training_rows])
+    real = None
+    if features is not None:
+        real = (z, features[training_rows], _cells_explained(candidates, labels[training_rows], class_names))
     named = _name_candidates(autoencoder, directions, candidates, crops[shown], channel_names, nuclear_channel,
                              step, real)
     attributes = _keep_distinct(named, directions, settings.n_attributes)
@@ -130,7 +133,8 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     evaluations = {"ranking": ranked - before, "naming": autoencoder.unet_evaluations - ranked,
                    "reference": int(attributes["reference_unet_evaluations"].sum()),
                    "treatments": len(class_names) - 1}
-    return Explanations(directions, attributes, config, guided, evaluations)
+    return Explanations(directions, attributes, config, guided, evaluations,
+                        [str(class_names[c]) for c in contrasted])
 
 
 def _direction_sources(directions: Directions, contrasted: Sequence[int],
@@ -159,6 +163,13 @@ def _treatment_candidates(cache, directions: Directions, class_names: Sequence[s
     return pd.concat(tables, ignore_index=True)
 
 
+def _cells_explained(candidates: pd.DataFrame, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per candidate attribute id, the cells of the negative control and of the treatments it is a candidate of."""
+    index = {str(name): k for k, name in enumerate(class_names)}
+    return {attribute: np.isin(labels, [0, *[index[t] for t in rows["treatment"]]])
+            for attribute, rows in candidates.groupby("attribute", sort=False)}
+
+
 def _name_candidates(autoencoder: DiffusionAutoencoder, directions: Directions, candidates: pd.DataFrame,
                      crops: np.ndarray, channel_names: Sequence[str], nuclear_channel: int,
                      step: StepCallback, real: tuple | None = None) -> pd.DataFrame:
@@ -166,8 +177,9 @@ def _name_candidates(autoencoder: DiffusionAutoencoder, directions: Directions, 
 
     A name compares the cells at alpha 0 and at the exemplar strips' largest
     alpha (``attribute_effects``), so only those two are rendered. ``real``:
-    the training cells' latents and measured features, whose Spearman with
-    each attribute's score picks the name among the rendered changes.
+    the training cells' latents, measured features and, per attribute id, the
+    cells it explains (``_cells_explained``), whose Spearman with each
+    attribute's score picks the name among the rendered changes.
     """
     unique = unique_attributes(candidates).assign(target_class=1)
     table = pd.DataFrame({"plate": "", "well": "", "field": 0, "label": np.arange(len(crops))})
@@ -175,8 +187,8 @@ def _name_candidates(autoencoder: DiffusionAutoencoder, directions: Directions, 
                                     alphas=(0.0, max(ALPHAS)))
     associations = None
     if real is not None:
-        z, features = real
-        associations = feature_associations(scores_from_latents(directions, unique, z), features)
+        z, features, among = real
+        associations = feature_associations(scores_from_latents(directions, unique, z), features, among)
     names = name_attributes(unique, rendered, channel_names, nuclear_channel=nuclear_channel,
                             associations=associations)
     step("naming", 1, 1)
@@ -203,5 +215,6 @@ def as_records(explanations: Explanations) -> dict:
     return {"attributes": explanations.attributes[columns].to_dict(orient="records"),
             "guided": explanations.guided, "n_directions": explanations.directions.n_directions,
             "n_contrast_directions": explanations.directions.n_linear,
+            "contrast_treatments": explanations.contrast_treatments,
             "unet_evaluations": explanations.unet_evaluations}
 

@@ -11,7 +11,10 @@ nucleus/ring ratio) that stay put.
 
 The name is one feature and its direction. Given the real cells' features
 and scores, it is the feature among the large effects that the real cells'
-attribute scores follow best (Spearman, with the sign of the effect): a
+attribute scores follow best (Spearman, with the sign of the effect, over
+the negative control's cells and those of the treatments the attribute
+explains: another treatment's change, which the score may also follow
+across a whole screen, does not name it): a
 decoder can render a side effect of a change (a larger nucleus drawn with
 its DNA spilling into the ring) that real cells scoring high on the
 attribute do not show. Without them, or when no large effect agrees with
@@ -20,7 +23,7 @@ the real cells, it is the feature with the largest |d|.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -90,19 +93,26 @@ def cohens_d(before: np.ndarray, after: np.ndarray) -> float:
     return float((after.mean() - before.mean()) / pooled) if pooled > 0 else float("nan")
 
 
-def feature_associations(scores: pd.DataFrame, features: pd.DataFrame) -> pd.DataFrame:
+def feature_associations(scores: pd.DataFrame, features: pd.DataFrame,
+                         among: Mapping[str, np.ndarray] | None = None) -> pd.DataFrame:
     """Spearman of each attribute's score with each morphology feature over the same real cells.
 
     ``scores`` has one ``attribute_{id}`` column per attribute id, ``features``
-    one column per feature, a row per cell in both. One row per attribute id
+    one column per feature, a row per cell in both. ``among``: per attribute
+    id, a boolean mask of the cells to correlate over (default: all), e.g.
+    the negative control and the treatments the attribute explains, so that
+    another treatment's change does not name it. One row per attribute id
     (the index), one column per feature.
     """
     if len(scores) != len(features):
         raise ValueError(f"{len(scores)} rows of scores for {len(features)} rows of features")
-    ranked_features = features.reset_index(drop=True).rank()
-    ranked_scores = scores.reset_index(drop=True).rank()
-    return pd.DataFrame({column.removeprefix("attribute_"): ranked_features.corrwith(ranked_scores[column])
-                         for column in scores.columns}).T
+    features, scores = features.reset_index(drop=True), scores.reset_index(drop=True)
+    table = {}
+    for column in scores.columns:
+        attribute = column.removeprefix("attribute_")
+        rows = np.ones(len(scores), bool) if among is None or attribute not in among else np.asarray(among[attribute])
+        table[attribute] = features[rows].rank().corrwith(scores.loc[rows, column].rank())
+    return pd.DataFrame(table).T
 
 
 def named_feature(effects: pd.Series, association: pd.Series | None = None) -> str | None:

@@ -4,6 +4,11 @@ The score of a cell on an attribute is its position along the direction's
 mean axis, in SD units from the training cells' mean, signed so that a
 higher score points toward the attribute's target class. Cheap enough for
 every cell of a plate.
+
+Every contrast direction (one per treatment, ``screenxai.explain.contrast``)
+is also scored, kept as an attribute or not: its discriminant is the
+statistic that detects its treatment's change best, so the activity call
+reads it even where no edit along it moves the classifier.
 """
 
 from __future__ import annotations
@@ -40,6 +45,19 @@ def scores_from_latents(directions: Directions, attributes: pd.DataFrame, z: tor
         projection = directions.project(z.to(directions.mean.device).float()).cpu().numpy()
     values = projection[:, unique["direction"].to_numpy()] * unique["sign"].to_numpy()[None, :]
     return pd.DataFrame(values.astype(np.float32), columns=attribute_columns(attributes))
+
+
+def contrast_columns(directions: Directions) -> list[str]:
+    """Column names of the contrast readouts: ``contrast_d{k}``, one per contrast direction ``k``."""
+    return [f"contrast_d{k}" for k in range(directions.n_learned, directions.n_directions)]
+
+
+def contrast_scores_from_latents(directions: Directions, z: torch.Tensor) -> pd.DataFrame:
+    """Each latent's score on every contrast direction (``contrast_columns``), pointing towards its treatment."""
+    with torch.no_grad():
+        projection = directions.project(z.to(directions.mean.device).float()).cpu().numpy()
+    values = projection[:, directions.n_learned:]
+    return pd.DataFrame(values.astype(np.float32), columns=contrast_columns(directions))
 
 
 def attribute_scores(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,

@@ -2,8 +2,8 @@
 
 The directory (e.g. a bundle's ``explain/``) holds ``directions.safetensors``
 and ``directions.json`` (the shape of the directions, the config they were
-learned with, whether a classifier guide shaped them, and the attribute
-table as records).
+learned with, whether a classifier guide shaped them, the treatment of each
+contrast direction, and the attribute table as records).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ def _plain(value: object) -> object:
 
 def save_directions(directions: Directions, attributes: pd.DataFrame, directory: str | Path,
                     config: DirectionConfig | None = None, guided: bool | None = None,
-                    unet_evaluations: dict | None = None) -> Path:
+                    unet_evaluations: dict | None = None, contrast_treatments: list[str] | None = None) -> Path:
     """Write ``directions`` and ``attributes`` (e.g. ``Ranking.attributes``) into ``directory``; returns it.
 
     ``guided``: whether the directions were learned with a classifier guide (None: not known);
-    ``unet_evaluations``: what ranking and naming them cost, recorded beside them.
+    ``unet_evaluations``: what ranking and naming them cost, recorded beside them;
+    ``contrast_treatments``: the treatment of each contrast direction, in order.
     """
     directory = Path(directory)
     tensors = {name: value.detach().cpu().contiguous() for name, value in directions.state_dict().items()}
@@ -43,7 +44,8 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
     meta = {"format_version": FORMAT_VERSION, "z_dim": directions.z_dim, "n_directions": directions.n_directions,
             "hidden": directions.hidden, "rank": directions.rank, "n_linear": directions.n_linear,
             "config": config.to_dict() if config is not None else None, "guided": guided,
-            "unet_evaluations": unet_evaluations, "attributes": records}
+            "unet_evaluations": unet_evaluations, "contrast_treatments": contrast_treatments,
+            "attributes": records}
     with atomic_folder(directory) as building:  # a crash leaves the old directions or the new, whole
         (building / WEIGHTS).write_bytes(save(tensors))  # bytes, so the file gets the umask
         (building / CONFIG).write_text(json.dumps(meta, indent=2))

@@ -7,7 +7,8 @@ semantic encoder and, when the bundle has one, the interpretable formula,
 then writes for each field of its group:
 
 - ``cells/plate=P/well=W/field-F.parquet``: the cell table with class
-  probabilities, attribute scores, the formula's value and ``in_training``;
+  probabilities, attribute scores, contrast readouts (``contrast_d{k}``), the
+  formula's value and ``in_training``;
 - ``embeddings/plate=P/well=W/field-F.parquet``: ``z_sem`` per cell
   (``z_0`` ... ``z_{d-1}``), apart from the narrow cell table.
 
@@ -108,10 +109,12 @@ def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], trai
     formula = single.logit(crops) if single is not None and len(crops) else None
     attributes = None
     if models.explanations is not None and z is not None:
-        from screenxai.explain import scores_from_latents
+        from screenxai.explain import contrast_scores_from_latents, scores_from_latents
 
         directions, table_of_attributes = models.explanations
-        attributes = scores_from_latents(directions, table_of_attributes, torch.from_numpy(z))
+        latents = torch.from_numpy(z)
+        attributes = pd.concat([scores_from_latents(directions, table_of_attributes, latents),
+                                contrast_scores_from_latents(directions, latents)], axis=1)
     seconds = (time.perf_counter() - start) / max(len(done), 1)
     offset = 0
     for result, task in done:

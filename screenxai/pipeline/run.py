@@ -386,7 +386,7 @@ def _exemplars(cells: dd.DataFrame, aggregates: pd.DataFrame, layouts: dict, bun
 def _write_attribute_tables(out: Path, aggregates: pd.DataFrame, layouts: dict, explain: Path,
                             wells: pd.DataFrame, bundle: Bundle) -> pd.DataFrame:
     """Write ``attributes``, ``treatments``, ``similarity`` (and, two-class, ``readouts``) tables; return ``wells``
-    with every attribute id's SD and robust z."""
+    with every attribute id's and contrast readout's SD and robust z."""
     from screenxai.explain import load_directions
     from screenxai.pipeline.treatments import treatment_tables
 
@@ -410,7 +410,8 @@ def _write_attribute_tables(out: Path, aggregates: pd.DataFrame, layouts: dict, 
     write_parquet_atomic(named, out / "attributes.parquet")
     write_parquet_atomic(tables.treatments, out / "treatments.parquet")
     write_parquet_atomic(tables.similarity, out / "similarity.parquet")
-    spread = aggregates[["plate", "well", *[c for c in aggregates.columns if c.startswith("sd_attribute_")]]]
+    spread = aggregates[["plate", "well", *[c for c in aggregates.columns
+                                           if c.startswith(("sd_attribute_", "sd_contrast_"))]]]
     return wells.merge(spread, on=["plate", "well"], how="left").merge(tables.well_scores, on=["plate", "well"],
                                                                        how="left")
 

@@ -62,8 +62,8 @@ def feature_columns(columns: Sequence[str]) -> list[str]:
 
 
 def model_columns(columns: Sequence[str]) -> list[str]:
-    """Per-cell outputs of the model stage averaged per well: class probabilities, attribute scores, formula."""
-    return [c for c in columns if c.startswith(("p_", "attribute_")) or c == "formula_value"]
+    """Per-cell outputs of the model stage averaged per well: probabilities, attribute and contrast scores, formula."""
+    return [c for c in columns if c.startswith(("p_", "attribute_", "contrast_")) or c == "formula_value"]
 
 
 def aggregate_wells(cells: dd.DataFrame, client: Client | None = None) -> pd.DataFrame:
@@ -71,13 +71,13 @@ def aggregate_wells(cells: dd.DataFrame, client: Client | None = None) -> pd.Dat
 
     Columns: ``n_cells``, ``median_{feature}``, ``mean_{column}`` for the
     model outputs and the ``*_ratio`` readouts, ``sd_{column}`` for attribute
-    scores and ratios, ``fraction_formula_positive`` and ``n_training_cells``
+    and contrast scores and ratios, ``fraction_formula_positive`` and ``n_training_cells``
     (when the cells have them). ``plate`` and ``well`` are plain strings.
     """
     columns = list(cells.columns)
     features = feature_columns(columns)
     averaged = [*model_columns(columns), *[c for c in columns if c.endswith("_ratio")]]
-    spread = [c for c in averaged if c.startswith("attribute_") or c.endswith("_ratio")]
+    spread = [c for c in averaged if c.startswith(("attribute_", "contrast_")) or c.endswith("_ratio")]
     if "formula_value" in columns:
         cells = cells.assign(formula_positive=(cells["formula_value"] > 0).astype("float64"))
     by_well = cells.groupby(WELL_KEYS, observed=True)

@@ -303,7 +303,7 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
                               features=table[feature_columns(channel_names)].reset_index(drop=True),
                               on_step=StepReporter("explain"))
     save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided,
-                    unet_evaluations=fitted.unet_evaluations)
+                    unet_evaluations=fitted.unet_evaluations, contrast_treatments=fitted.contrast_treatments)
     return as_records(fitted)
 
 

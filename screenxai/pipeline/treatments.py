@@ -7,6 +7,12 @@ kept attributes a dose-response fit over its wells and the negative wells
 over its top-dose wells). Profiles give the activity call, the treatment x
 treatment cosine similarity (every attribute weighing alike over the active
 treatments) and the mechanism groups cut from it (``screenxai.stats``).
+
+The activity call also reads the contrast readouts (``mean_contrast_d{k}``,
+each treatment's own discriminant, kept as an attribute or not), against
+pseudo-treatments of negative wells on the same readouts: a treatment whose
+change no edit makes the classifier follow is still seen to act. The
+similarity and the groups use the kept attributes only.
 """
 
 from __future__ import annotations
@@ -41,6 +47,11 @@ def value_column(attribute: str) -> str:
     return f"mean_attribute_{attribute}"
 
 
+def contrast_readouts(columns) -> list[str]:
+    """The per-well mean columns of the contrast readouts (``mean_contrast_d{k}``) among ``columns``."""
+    return [c for c in columns if c.startswith("mean_contrast_")]
+
+
 def label_treatments(wells: pd.DataFrame, conditions: Conditions) -> pd.DataFrame:
     """``wells`` with a ``treatment`` column: the negative class, a treatment's name, or NaN for other wells."""
     labels = pd.Series(np.nan, index=wells.index, dtype=object)
@@ -64,15 +75,16 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     dose = dose_column(wells) or "dose_index"
     ids = list(dict.fromkeys(attributes["attribute"]))
     values = [value_column(a) for a in ids]
+    readouts = [*values, *contrast_readouts(wells.columns)]
     labelled = wells[wells[TREATMENT].notna()]
-    scores = well_robust_z(labelled, TREATMENT, values, conditions.negative)
+    scores = well_robust_z(labelled, TREATMENT, readouts, conditions.negative)
     well_scores = wells[["plate", "well"]].join(scores.rename(columns=lambda c: "robust_z_" + c.removeprefix("mean_")))
     top = top_dose_wells(labelled, TREATMENT, conditions.negative, top_doses, dose_level(labelled))
     named = _attribute_statistics(labelled, scores, attributes, top, conditions.negative, dose)
-    profiles = treatment_profiles(labelled, TREATMENT, values, conditions.negative, top_doses, dose_level(labelled))
+    profiles = treatment_profiles(labelled, TREATMENT, readouts, conditions.negative, top_doses, dose_level(labelled))
     activity = _activity(labelled, profiles, top.groupby(TREATMENT).size(), conditions)
     active = activity.index[activity["active"].astype(bool)]
-    similarity = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")),
+    similarity = profile_similarity(profiles[values].rename(columns=lambda c: c.removeprefix("mean_attribute_")),
                                     weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
     treatments = _treatment_table(labelled, activity, similarity, named, conditions, auc_vs_negative)
     return TreatmentTables(well_scores, named, treatments, similarity)
@@ -111,6 +123,7 @@ def _treatment_table(wells: pd.DataFrame, activity: pd.DataFrame, similarity: pd
     table["n_wells"] = wells[TREATMENT].value_counts().reindex(table.index).fillna(0).astype("int64")
     table["activity_z"] = activity["activity_z"].reindex(table.index).astype("float64")
     table["null_z"] = activity["null_z"].reindex(table.index).astype("float64")
+    table["activity_readout"] = activity["top_attribute"].reindex(table.index).str.removeprefix("mean_").astype(object)
     table["top_attribute"] = best["attribute"].reindex(table.index).astype(object)
     table["top_attribute_name"] = best["name"].reindex(table.index).astype(object)
     for source, target in (("ec50", "ec50"), ("hill", "hill"), ("max_effect", "max_effect"), ("r2", "fit_r2"),
