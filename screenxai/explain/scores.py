@@ -41,9 +41,7 @@ def attribute_columns(attributes: pd.DataFrame) -> list[str]:
 def scores_from_latents(directions: Directions, attributes: pd.DataFrame, z: torch.Tensor) -> pd.DataFrame:
     """Scores (one column per attribute id, ``attribute_columns``) of latents ``z`` (N, z_dim)."""
     unique = unique_attributes(attributes)
-    with torch.no_grad():
-        projection = directions.project(z.to(directions.mean.device).float()).cpu().numpy()
-    values = projection[:, unique["direction"].to_numpy()] * unique["sign"].to_numpy()[None, :]
+    values = _projection(directions, z)[:, unique["direction"].to_numpy()] * unique["sign"].to_numpy()[None, :]
     return pd.DataFrame(values.astype(np.float32), columns=attribute_columns(attributes))
 
 
@@ -54,10 +52,14 @@ def contrast_columns(directions: Directions) -> list[str]:
 
 def contrast_scores_from_latents(directions: Directions, z: torch.Tensor) -> pd.DataFrame:
     """Each latent's score on every contrast direction (``contrast_columns``), pointing towards its treatment."""
-    with torch.no_grad():
-        projection = directions.project(z.to(directions.mean.device).float()).cpu().numpy()
-    values = projection[:, directions.n_learned:]
+    values = _projection(directions, z)[:, directions.n_learned:]
     return pd.DataFrame(values.astype(np.float32), columns=contrast_columns(directions))
+
+
+def _projection(directions: Directions, z: torch.Tensor) -> np.ndarray:
+    """Latents ``z`` on every direction's scoring axis (``Directions.project``), as a NumPy array on the CPU."""
+    with torch.no_grad():
+        return directions.project(z.to(directions.mean.device).float()).cpu().numpy()
 
 
 def attribute_scores(autoencoder: DiffusionAutoencoder, directions: Directions, attributes: pd.DataFrame,
