@@ -7,9 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
+from skimage import filters, measure, morphology
 from skimage.draw import disk
 
 from screenxai.cells import SegmentationParams, match_objects, segment_nuclei
+from screenxai.cells.segment import foreground_mask, h_maxima_per_clump, marker_relief
 
 
 def disks(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float) -> np.ndarray:
@@ -123,3 +126,44 @@ def test_nuclei2d_matched_f1_at_iou_one_half(nuclei2d_dir: Path):
     print(f"nuclei2d: {result}")
     assert result.f1 >= 0.7
     assert result.mean_iou >= 0.7
+
+
+def h_maxima_clump_by_clump(relief: np.ndarray, clumps: np.ndarray, h: float) -> np.ndarray:
+    """The reference: ``skimage.morphology.h_maxima`` over each clump alone, the rest of its box at 0."""
+    maxima = np.zeros(relief.shape, bool)
+    for label, box in enumerate(ndi.find_objects(clumps), start=1):
+        inside = clumps[box] == label
+        maxima[box] |= morphology.h_maxima(np.where(inside, relief[box], 0), h).astype(bool) & inside
+    return maxima
+
+
+def watershed_relief(dna: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The relief and clumps ``split_touching`` finds its markers in, with the default parameters."""
+    params = SegmentationParams()
+    smooth = filters.gaussian(dna.astype(np.float32), sigma=params.smoothing_sigma, preserve_range=True)
+    mask = foreground_mask(smooth, params)
+    clumps = measure.label(mask)
+    return marker_relief(mask, clumps, smooth, params), clumps
+
+
+def test_h_maxima_per_clump_equal_skimage_clump_by_clump_on_real_nuclei(nuclei2d_dir: Path, bbbc013_dir: Path):
+    """Clumps with one regional maximum skip the reconstruction; the markers must not change."""
+    images = [tifffile.imread(nuclei2d_dir / "img2d.tif")]
+    images += [tifffile.imread(path) for path in sorted(bbbc013_dir.glob("Channel2-*.tif"))[:2]]
+    h = SegmentationParams().h
+    for dna in images:
+        relief, clumps = watershed_relief(dna)
+        peaks = measure.label(morphology.local_maxima(np.where(clumps > 0, relief, 0)))
+        peaks_per_clump = np.bincount(ndi.maximum(clumps, peaks, np.arange(1, peaks.max() + 1)).astype(int))
+        assert (peaks_per_clump[1:] == 1).sum() > 10 and (peaks_per_clump[1:] > 1).sum() > 5  # both paths run
+        np.testing.assert_array_equal(h_maxima_per_clump(relief, clumps, h), h_maxima_clump_by_clump(relief, clumps, h))
+
+
+def test_a_clump_whose_relief_spans_less_than_h_has_no_maximum():
+    clumps = disks((40, 40), [(10, 10), (28, 28)], 5)
+    relief = np.where(clumps == 1, 0.3, 0.0) + np.where(clumps == 2, 2.0, 0.0)
+    relief = (relief * (1 + 0.01 * np.random.default_rng(0).random(relief.shape))).astype(np.float32)
+    maxima = h_maxima_per_clump(relief, clumps, h=0.5)
+    assert not maxima[clumps == 1].any()
+    assert maxima[clumps == 2].any()
+    np.testing.assert_array_equal(maxima, h_maxima_clump_by_clump(relief, clumps, 0.5))
