@@ -11,6 +11,9 @@ inert), trains a bundle with ``screenxai train``'s defaults (class column
   means with the factor's over the treatment's and the negative wells, and
   whether its name is the factor's; for the two-mechanism treatment the
   best of its top three attributes for each factor;
+- per treatment and planted factor, its own contrast readout (kept as an
+  attribute or not): the same |Spearman| and whether its real-cell name
+  (``readout_name``) is the factor's;
 - activity calls, the adjusted Rand index of the mechanism groups and the
   similarity they were cut from;
 - each treatment's formula against the negative control on held-out wells
@@ -46,8 +49,8 @@ from distributed import Client, LocalCluster
 
 from screenxai.explain import load_directions, random_directions, scores_from_latents
 from screenxai.explain.ranking import axis_cosines, build_cache, select_attributes
-from screenxai.explain.validation import (FACTOR_FEATURES, grouping_agreement, pseudo_treatment_call, treatment_report,
-                                          well_truth)
+from screenxai.explain.validation import (FACTOR_FEATURES, grouping_agreement, pseudo_treatment_call, readout_report,
+                                          treatment_report, well_truth)
 from screenxai.models.bundle import load_bundle
 from screenxai.models.latent_checks import encode
 from screenxai.pipeline.crop_cache import read_crop_cache
@@ -152,7 +155,7 @@ def main() -> None:
     record = judge(work, args, truth, timings)
     results[key] = record
     RESULTS.write_text(json.dumps(results, indent=2, default=float))
-    print(json.dumps({k: record[k] for k in ("factor_tracking", "random_directions_tracking",
+    print(json.dumps({k: record[k] for k in ("factor_tracking", "readout_tracking", "random_directions_tracking",
                                              "learned_directions_tracking", "reference_tracking", "activity_exact",
                                              "grouping_ari", "shuffled_negative_wells", "timings_s")},
                      indent=1, default=float))
@@ -198,6 +201,8 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
                                   "dose_spearman", "robust_z_top_dose"]].to_dict(orient="records"),
         "treatments": treatments.to_dict(orient="records"),
         "factor_tracking": report.to_dict(orient="records"),
+        "readout_tracking": readout_report(wells, treatments, truth, planted, NEGATIVE_CONTROL).to_dict(
+            orient="records"),
         "random_directions_tracking": random.to_dict(orient="records"),
         "learned_directions_tracking": learned_only.to_dict(orient="records"),
         "reference_tracking": reference_tracking(out, wells, truth, list(conditions.class_names)).to_dict(

@@ -147,3 +147,23 @@ def test_the_store_records_the_treatment_of_each_contrast_direction(screen, lear
                     contrast_treatments=["one", "two"])
     meta = json.loads((tmp_path / "explain" / "directions.json").read_text())
     assert meta["contrast_treatments"] == ["one", "two"]
+
+
+def test_contrast_readouts_read_back_with_their_column_treatment_and_name(screen, learned, tmp_path):
+    from screenxai.explain import load_contrast_readouts
+
+    z, labels, *_ = screen
+    extended, _ = with_contrast_directions(learned, z, labels, [1, 2])
+    names = [{"name": "reporter texture up", "name_spearman": 0.9}, {"name": None, "name_spearman": None}]
+    save_directions(extended, pd.DataFrame({"rank": [1], "direction": [3], "sign": [1]}), tmp_path / "explain",
+                    contrast_treatments=["one", "two"], contrast_names=names)
+    table = load_contrast_readouts(tmp_path / "explain")
+    assert table["readout"].tolist() == ["contrast_d2", "contrast_d3"]
+    assert table["treatment"].tolist() == ["one", "two"]
+    assert table.loc[0, "name"] == "reporter texture up" and table.loc[0, "name_spearman"] == 0.9
+    assert pd.isna(table.loc[1, "name"]) and np.isnan(table.loc[1, "name_spearman"])
+    save_directions(extended, pd.DataFrame({"rank": [1], "direction": [3], "sign": [1]}), tmp_path / "old",
+                    contrast_treatments=["one", "two"])
+    assert load_contrast_readouts(tmp_path / "old")["name"].isna().all()
+    save_directions(learned, pd.DataFrame({"rank": [1], "direction": [1], "sign": [1]}), tmp_path / "none")
+    assert load_contrast_readouts(tmp_path / "none").empty

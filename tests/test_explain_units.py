@@ -11,7 +11,7 @@ from explanation_quality import classifier_reliance, partial_spearman
 from screenxai.explain import (DirectionConfig, Directions, EditEffect, cell_region, classifier_guide,
                                learn_directions, load_directions, save_directions)
 from screenxai.explain.directions import nt_xent, subspace_rank
-from screenxai.explain.naming import cohens_d, describe, feature_associations, named_feature
+from screenxai.explain.naming import cohens_d, describe, feature_associations, named_feature, readout_names
 from screenxai.explain.ranking import RankingCache, nearest_better_attribute, select_attributes
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier, ClassifierConfig
@@ -229,6 +229,21 @@ def test_an_association_over_the_cells_an_attribute_explains_ignores_another_tre
     effects = pd.Series({"reporter_ratio": 1.5, "reporter_texture": -1.0})  # the decoder draws both
     assert named_feature(effects, everywhere) == "reporter_texture"
     assert named_feature(effects, own) == "reporter_ratio"
+
+
+def test_a_readout_is_named_by_the_feature_its_real_cells_follow_best_with_its_sign():
+    rng = np.random.default_rng(1)
+    score = rng.normal(size=300)
+    features = pd.DataFrame({"reporter_texture": score + 0.3 * rng.normal(size=300),
+                             "area": -score + 1.5 * rng.normal(size=300),
+                             "reporter_ratio": rng.normal(size=300)})
+    associations = feature_associations(pd.DataFrame({"contrast_d4": score, "contrast_d5": -score}), features)
+    names = readout_names(associations, ["DNA", "reporter"]).set_index("readout")
+    assert names.loc["contrast_d4", "name"] == "reporter texture up"
+    assert names.loc["contrast_d5", "name"] == "reporter texture down"
+    assert names.loc["contrast_d4", "name_spearman"] == pytest.approx(associations.loc["contrast_d4", "reporter_texture"])
+    empty = readout_names(pd.DataFrame({"area": [np.nan]}, index=["contrast_d6"]), ["DNA", "reporter"])
+    assert pd.isna(empty.loc[0, "name"]) and np.isnan(empty.loc[0, "name_spearman"])
 
 
 def test_store_round_trip(latents, tmp_path):

@@ -93,14 +93,19 @@ def test_the_two_class_treatment_is_every_non_negative_well():
     assert labelled["treatment"].tolist() == ["negative", "positive", "positive"]
 
 
-def test_a_treatment_only_its_contrast_readout_sees_is_active_and_groups_ignore_readouts():
-    """``quiet`` moves no kept attribute, only a contrast readout: active through it; the similarity is unchanged."""
+def quiet_wells(seed: int) -> pd.DataFrame:
+    """``planted_wells`` with ``none`` renamed ``quiet``, which moves only the contrast readout d2 (EC50 1)."""
     wells = planted_wells()
-    rng = np.random.default_rng(2)
-    quiet = wells.index[wells["compound"].eq("none")]
-    wells.loc[quiet, "compound"] = "quiet"
+    rng = np.random.default_rng(seed)
+    wells.loc[wells["compound"].eq("none"), "compound"] = "quiet"
     hill = wells["dose"] / (wells["dose"] + 1.0)
     wells["mean_contrast_d2"] = EFFECT * hill * wells["compound"].eq("quiet") + rng.normal(0, NOISE_SD, len(wells))
+    return wells
+
+
+def test_a_treatment_only_its_contrast_readout_sees_is_active_and_groups_ignore_readouts():
+    """``quiet`` moves no kept attribute, only a contrast readout: active through it; the similarity is unchanged."""
+    wells = quiet_wells(seed=2)
     attributes = kept_attributes().replace({"treatment": {"none": "quiet"}})
     conditions = Conditions("compound", "DMSO", ("big", "hi", "lo", "quiet"))
     tables = treatment_tables(wells, attributes, conditions, {})
@@ -116,3 +121,22 @@ def test_a_treatment_only_its_contrast_readout_sees_is_active_and_groups_ignore_
     expected = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")),
                                   weighed_over=list(conditions.treatments), floor=3.0)
     pd.testing.assert_frame_equal(tables.similarity, expected)
+
+
+def test_each_treatment_row_describes_its_own_contrast_readout():
+    """``quiet`` keeps no attribute; its own readout gives it a name, a robust z and a dose trend in its row."""
+    wells = quiet_wells(seed=3)
+    wells["mean_contrast_d3"] = np.random.default_rng(4).normal(0, NOISE_SD, len(wells))
+    attributes = kept_attributes()[lambda t: t["treatment"] != "none"]
+    readouts = pd.DataFrame({"readout": ["contrast_d2", "contrast_d3"], "treatment": ["quiet", "hi"],
+                             "name": ["reporter texture up", "nuclear area up"], "name_spearman": [0.9, 0.4]})
+    conditions = Conditions("compound", "DMSO", ("big", "hi", "lo", "quiet"))
+    table = treatment_tables(wells, attributes, conditions, {}, contrasts=readouts).treatments.set_index("treatment")
+    assert table.loc["quiet", "readout"] == "contrast_d2"
+    assert table.loc["quiet", "readout_name"] == "reporter texture up"
+    assert table.loc["quiet", "readout_spearman"] == 0.9
+    assert table.loc["quiet", "readout_robust_z_top_dose"] > 10
+    assert table.loc["quiet", "readout_dose_spearman"] > 0.8
+    assert pd.isna(table.loc["quiet", "top_attribute"])
+    assert abs(table.loc["hi", "readout_robust_z_top_dose"]) < 3  # d3 is noise
+    assert pd.isna(table.loc["big", "readout"]) and np.isnan(table.loc["big", "readout_robust_z_top_dose"])

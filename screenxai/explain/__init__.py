@@ -14,7 +14,7 @@ from screenxai.explain.naming import crop_features, name_attributes
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
 from screenxai.explain.scores import (attribute_columns, attribute_scores, contrast_columns,
                                       contrast_scores_from_latents, scores_from_latents)
-from screenxai.explain.store import load_directions, save_directions
+from screenxai.explain.store import load_contrast_readouts, load_directions, save_directions
 from screenxai.stats import (fit_dose_response, readout_statistics, robust_z, ssmd, well_means, well_statistics,
                              z_prime)
 
@@ -37,6 +37,7 @@ __all__ = [
     "direction_agreement",
     "fit_dose_response",
     "learn_directions",
+    "load_contrast_readouts",
     "load_directions",
     "make_counterfactuals",
     "name_attributes",

@@ -10,7 +10,10 @@ are distinct changes: a direction along the axis of one already kept
 morphology name repeats a better one's is dropped for the next candidate.
 Given the training cells' measured morphology, each name is the rendered
 change that the real cells' attribute scores follow best
-(``screenxai.explain.naming``).
+(``screenxai.explain.naming``), and each contrast readout is named by the
+feature its treatment's and the negative control's real cells follow best,
+kept as an attribute or not: a change the decoder cannot draw still gets
+words.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import pandas as pd
 from screenxai.explain.counterfactuals import ALPHAS, make_counterfactuals
 from screenxai.explain.contrast import with_contrast_directions
 from screenxai.explain.directions import DirectionConfig, Directions, classifier_guide, learn_directions
-from screenxai.explain.naming import feature_associations, name_attributes
+from screenxai.explain.naming import feature_associations, name_attributes, readout_names
 from screenxai.explain.ranking import axis_cosines, build_cache, nearest_better_attribute, select_attributes
-from screenxai.explain.scores import scores_from_latents, unique_attributes
+from screenxai.explain.scores import contrast_scores_from_latents, scores_from_latents, unique_attributes
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.latent_checks import encode
 from screenxai.models.progress import StepCallback
@@ -69,7 +72,13 @@ class ExplainSettings:
 
 @dataclass
 class Explanations:
-    """Learned directions and the attribute table: one row per treatment and kept attribute, best first."""
+    """Learned directions and the attribute table: one row per treatment and kept attribute, best first.
+
+    ``contrast_treatments``: the treatment of each contrast direction, in
+    order; ``contrast_names``: for each, the ``name`` and ``name_spearman``
+    of its readout over the real cells (``readout_names``; None without the
+    cells' features).
+    """
 
     directions: Directions
     attributes: pd.DataFrame
@@ -77,6 +86,7 @@ class Explanations:
     guided: bool
     unet_evaluations: dict[str, int]
     contrast_treatments: list[str]
+    contrast_names: list[dict]
 
 
 def direction_config(settings: ExplainSettings, n_classes: int, guided: bool) -> DirectionConfig:
@@ -128,13 +138,27 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     named = _name_candidates(autoencoder, directions, candidates, crops[shown], channel_names, nuclear_channel,
                              step, real)
     attributes = _keep_distinct(named, directions, settings.n_attributes)
+    readouts = _name_readouts(directions, z, labels[training_rows], contrasted,
+                              None if features is None else features[training_rows], channel_names)
     attributes.insert(attributes.columns.get_loc("name"), "source",
                       attributes["direction"].map(_direction_sources(directions, contrasted, class_names)))
     evaluations = {"ranking": ranked - before, "naming": autoencoder.unet_evaluations - ranked,
                    "reference": int(attributes["reference_unet_evaluations"].sum()),
                    "treatments": len(class_names) - 1}
     return Explanations(directions, attributes, config, guided, evaluations,
-                        [str(class_names[c]) for c in contrasted])
+                        [str(class_names[c]) for c in contrasted], readouts)
+
+
+def _name_readouts(directions: Directions, z, labels: np.ndarray, contrasted: Sequence[int],
+                   features: pd.DataFrame | None, channel_names: Sequence[str]) -> list[dict]:
+    """Each contrast readout's name over the real cells of the negative control and of its treatment."""
+    if features is None or not contrasted:
+        return [{"name": None, "name_spearman": None} for _ in contrasted]
+    scores = contrast_scores_from_latents(directions, z)
+    among = {column: np.isin(labels, [0, target]) for column, target in zip(scores.columns, contrasted, strict=True)}
+    names = readout_names(feature_associations(scores, features, among), channel_names)
+    return [{"name": row.name, "name_spearman": None if np.isnan(row.name_spearman) else float(row.name_spearman)}
+            for row in names.itertuples(index=False)]
 
 
 def _direction_sources(directions: Directions, contrasted: Sequence[int],
@@ -216,5 +240,6 @@ def as_records(explanations: Explanations) -> dict:
             "guided": explanations.guided, "n_directions": explanations.directions.n_directions,
             "n_contrast_directions": explanations.directions.n_linear,
             "contrast_treatments": explanations.contrast_treatments,
+            "contrast_names": explanations.contrast_names,
             "unet_evaluations": explanations.unet_evaluations}
 

@@ -19,6 +19,10 @@ decoder can render a side effect of a change (a larger nucleus drawn with
 its DNA spilling into the ring) that real cells scoring high on the
 attribute do not show. Without them, or when no large effect agrees with
 the real cells, it is the feature with the largest |d|.
+
+A contrast readout (a treatment's discriminant, scored whether or not an
+edit along it moves the classifier) is named from the real cells alone
+(``readout_names``).
 """
 
 from __future__ import annotations
@@ -126,6 +130,28 @@ def named_feature(effects: pd.Series, association: pd.Series | None = None) -> s
     agreeing = [c for c in finite.index if abs(finite[c]) >= LARGE_EFFECT
                 and np.sign(association.get(c, np.nan)) == np.sign(finite[c])]
     return max(agreeing, key=lambda c: abs(association[c])) if agreeing else largest
+
+
+def readout_names(associations: pd.DataFrame, channel_names: Sequence[str]) -> pd.DataFrame:
+    """Per readout (the index of ``associations``), the feature the real cells' scores follow best.
+
+    A contrast readout is a score, not an edit: nothing is rendered, so its
+    name is the feature of largest |Spearman| over the real cells
+    (``feature_associations``) and its sign, e.g. a texture the decoder
+    cannot draw. Columns ``readout``, ``name`` (None where no Spearman is
+    finite) and ``name_spearman``.
+    """
+    rows = []
+    for readout, association in associations.iterrows():
+        finite = association.dropna()
+        if finite.empty:
+            rows.append({"readout": str(readout), "name": None, "name_spearman": np.nan})
+            continue
+        feature = finite.abs().idxmax()
+        rho = float(finite[feature])
+        rows.append({"readout": str(readout), "name": f"{feature_label(feature, channel_names)} {'up' if rho > 0 else 'down'}",
+                     "name_spearman": rho})
+    return pd.DataFrame(rows, columns=["readout", "name", "name_spearman"])
 
 
 def describe(effects: pd.Series, channel_names: Sequence[str],

@@ -2,8 +2,9 @@
 
 The directory (e.g. a bundle's ``explain/``) holds ``directions.safetensors``
 and ``directions.json`` (the shape of the directions, the config they were
-learned with, whether a classifier guide shaped them, the treatment of each
-contrast direction, and the attribute table as records).
+learned with, whether a classifier guide shaped them, the treatment and the
+real-cell name of each contrast direction, and the attribute table as
+records).
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ def _plain(value: object) -> object:
 
 def save_directions(directions: Directions, attributes: pd.DataFrame, directory: str | Path,
                     config: DirectionConfig | None = None, guided: bool | None = None,
-                    unet_evaluations: dict | None = None, contrast_treatments: list[str] | None = None) -> Path:
+                    unet_evaluations: dict | None = None, contrast_treatments: list[str] | None = None,
+                    contrast_names: list[dict] | None = None) -> Path:
     """Write ``directions`` and ``attributes`` (e.g. ``Ranking.attributes``) into ``directory``; returns it.
 
     ``guided``: whether the directions were learned with a classifier guide (None: not known);
     ``unet_evaluations``: what ranking and naming them cost, recorded beside them;
-    ``contrast_treatments``: the treatment of each contrast direction, in order.
+    ``contrast_treatments``: the treatment of each contrast direction, in order;
+    ``contrast_names``: for each, its readout's ``name`` and ``name_spearman``.
     """
     directory = Path(directory)
     tensors = {name: value.detach().cpu().contiguous() for name, value in directions.state_dict().items()}
@@ -45,7 +48,7 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
             "hidden": directions.hidden, "rank": directions.rank, "n_linear": directions.n_linear,
             "config": config.to_dict() if config is not None else None, "guided": guided,
             "unet_evaluations": unet_evaluations, "contrast_treatments": contrast_treatments,
-            "attributes": records}
+            "contrast_names": contrast_names, "attributes": records}
     with atomic_folder(directory) as building:  # a crash leaves the old directions or the new, whole
         (building / WEIGHTS).write_bytes(save(tensors))  # bytes, so the file gets the umask
         (building / CONFIG).write_text(json.dumps(meta, indent=2))
@@ -70,3 +73,19 @@ def load_directions(directory: str | Path) -> tuple[Directions, pd.DataFrame]:
         tensors.update(linear=empty, linear_axes=empty.clone(), edit_scales=tensors["scales"].clone())
     directions.load_state_dict(tensors)
     return directions.eval().requires_grad_(False), pd.DataFrame(meta["attributes"])
+
+
+def load_contrast_readouts(directory: str | Path) -> pd.DataFrame:
+    """One row per contrast direction saved in ``directory``: ``readout``, ``treatment``, ``name``, ``name_spearman``.
+
+    ``readout`` is its per-cell column (``contrast_d{k}``); directions saved
+    without treatments give no rows, without names NaN names.
+    """
+    meta = json.loads((Path(directory) / CONFIG).read_text())
+    treatments = meta.get("contrast_treatments") or []
+    names = meta.get("contrast_names") or [{}] * len(treatments)
+    first = meta["n_directions"] - meta.get("n_linear", 0)
+    rows = [{"readout": f"contrast_d{first + i}", "treatment": treatment, "name": named.get("name"),
+             "name_spearman": named.get("name_spearman")} for i, (treatment, named) in enumerate(zip(treatments, names))]
+    table = pd.DataFrame(rows, columns=["readout", "treatment", "name", "name_spearman"])
+    return table.astype({"name_spearman": "float64"})

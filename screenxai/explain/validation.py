@@ -43,9 +43,40 @@ def well_truth(truth: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
 def factor_tracking(wells: pd.DataFrame, truth_wells: pd.DataFrame, treatment: str, negative: str,
                     attribute: str, factor: str, treatment_column: str = "compound") -> float:
     """|Spearman| of an attribute's well means with a factor's over the treatment's and the negative wells."""
+    return column_tracking(wells, truth_wells, treatment, negative, f"mean_attribute_{attribute}", factor,
+                           treatment_column)
+
+
+def column_tracking(wells: pd.DataFrame, truth_wells: pd.DataFrame, treatment: str, negative: str,
+                    column: str, factor: str, treatment_column: str = "compound") -> float:
+    """|Spearman| of a per-well column with a factor's well means over the treatment's and the negative wells."""
     joined = wells.merge(truth_wells, on=["plate", "well"])
     rows = joined[joined[treatment_column].isin([treatment, negative])]
-    return float(abs(spearmanr(rows[f"mean_attribute_{attribute}"], rows[factor]).statistic))
+    return float(abs(spearmanr(rows[column], rows[factor]).statistic))
+
+
+def readout_report(wells: pd.DataFrame, treatments: pd.DataFrame, truth: pd.DataFrame,
+                   planted: dict[str, tuple[str, ...]], negative: str) -> pd.DataFrame:
+    """Per (treatment, planted factor): the treatment's own contrast readout, its name and its factor tracking.
+
+    Columns: ``treatment``, ``factor``, ``readout``, ``readout_name``,
+    ``named`` (whether the name is the factor's) and ``spearman`` (the
+    readout's well means against the factor's, ``column_tracking``).
+    """
+    factors = sorted({f for fs in planted.values() for f in fs})
+    truth_wells = well_truth(truth, factors)
+    own = treatments.set_index("treatment")
+    rows = []
+    for treatment, moved in planted.items():
+        readout, name = own.loc[treatment, "readout"], own.loc[treatment, "readout_name"]
+        for factor in moved:
+            found = isinstance(readout, str) and f"mean_{readout}" in wells.columns
+            rows.append({"treatment": treatment, "factor": factor, "readout": readout if found else None,
+                         "readout_name": name if isinstance(name, str) else None,
+                         "named": isinstance(name, str) and names_factor(name, factor),
+                         "spearman": column_tracking(wells, truth_wells, treatment, negative, f"mean_{readout}", factor)
+                         if found else np.nan})
+    return pd.DataFrame(rows)
 
 
 def treatment_report(wells: pd.DataFrame, attributes: pd.DataFrame, truth: pd.DataFrame,

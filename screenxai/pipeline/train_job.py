@@ -303,7 +303,8 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
                               features=table[feature_columns(channel_names)].reset_index(drop=True),
                               on_step=StepReporter("explain"))
     save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided,
-                    unet_evaluations=fitted.unet_evaluations, contrast_treatments=fitted.contrast_treatments)
+                    unet_evaluations=fitted.unet_evaluations, contrast_treatments=fitted.contrast_treatments,
+                    contrast_names=fitted.contrast_names)
     return as_records(fitted)
 
 

@@ -12,7 +12,10 @@ The activity call also reads the contrast readouts (``mean_contrast_d{k}``,
 each treatment's own discriminant, kept as an attribute or not), against
 pseudo-treatments of negative wells on the same readouts: a treatment whose
 change no edit makes the classifier follow is still seen to act. The
-similarity and the groups use the kept attributes only.
+similarity and the groups use the kept attributes only. Each treatment's
+own readout is reported with its real-cell name, its robust z at the top
+dose and its dose Spearman, so that a treatment whose change no
+counterfactual draws (and that keeps no attribute) is still described.
 """
 
 from __future__ import annotations
@@ -66,10 +69,13 @@ def label_treatments(wells: pd.DataFrame, conditions: Conditions) -> pd.DataFram
 
 
 def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions,
-                     auc_vs_negative: dict[str, float], top_doses: int = 1) -> TreatmentTables:
+                     auc_vs_negative: dict[str, float], top_doses: int = 1,
+                     contrasts: pd.DataFrame | None = None) -> TreatmentTables:
     """The per-treatment tables from ``wells`` (layout columns joined) and the bundle's ``attributes``.
 
     ``top_doses`` highest dose levels of a treatment make its profile.
+    ``contrasts``: the bundle's contrast readouts (``load_contrast_readouts``),
+    each treatment's own described in its row.
     """
     wells = label_treatments(wells, conditions)
     dose = dose_column(wells) or "dose_index"
@@ -86,7 +92,8 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     active = activity.index[activity["active"].astype(bool)]
     similarity = profile_similarity(profiles[values].rename(columns=lambda c: c.removeprefix("mean_attribute_")),
                                     weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
-    treatments = _treatment_table(labelled, activity, similarity, named, conditions, auc_vs_negative)
+    own = _readout_statistics(labelled, scores, contrasts, top, conditions.negative, dose)
+    treatments = _treatment_table(labelled, activity, similarity, named, own, conditions, auc_vs_negative)
     return TreatmentTables(well_scores, named, treatments, similarity)
 
 
@@ -102,19 +109,41 @@ def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes:
     for row in attributes.itertuples(index=False):
         column = value_column(row.attribute)
         fit = dose_response(wells, column, row.treatment, TREATMENT, negative, dose)
-        own = wells[TREATMENT].isin([row.treatment, negative])
-        rho = spearmanr(wells.loc[own, dose].fillna(0), wells.loc[own, column]).statistic if own.sum() >= 3 else np.nan
+        rho = _dose_spearman(wells, column, row.treatment, negative, dose)
         at_top = top.index[top[TREATMENT] == row.treatment]
-        rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")}, "dose_spearman": float(rho),
+        rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")}, "dose_spearman": rho,
                      "robust_z_top_dose": float(scores.loc[at_top, column].mean())})
     statistics = pd.DataFrame(rows)
     kept = attributes.drop(columns=[c for c in statistics.columns if c in attributes.columns])
     return pd.concat([kept.reset_index(drop=True), statistics], axis=1)
 
 
+def _dose_spearman(wells: pd.DataFrame, column: str, treatment: str, negative: str, dose: str) -> float:
+    """Spearman of a readout's well means with dose over a treatment's wells and the negative wells (dose 0)."""
+    own = wells[TREATMENT].isin([treatment, negative])
+    if own.sum() < 3:
+        return float("nan")
+    return float(spearmanr(wells.loc[own, dose].fillna(0), wells.loc[own, column]).statistic)
+
+
+def _readout_statistics(wells: pd.DataFrame, scores: pd.DataFrame, contrasts: pd.DataFrame | None, top: pd.DataFrame,
+                        negative: str, dose: str) -> pd.DataFrame:
+    """Per treatment (the index), its own contrast readout: id, name, Spearman, robust z at the top dose, dose Spearman."""
+    columns = ["readout", "readout_name", "readout_spearman", "readout_robust_z_top_dose", "readout_dose_spearman"]
+    rows = {}
+    for row in (contrasts if contrasts is not None else pd.DataFrame(columns=["readout"])).itertuples(index=False):
+        column = f"mean_{row.readout}"
+        if column not in wells.columns:
+            continue
+        at_top = top.index[top[TREATMENT] == row.treatment]
+        rows[row.treatment] = [row.readout, row.name, row.name_spearman, float(scores.loc[at_top, column].mean()),
+                               _dose_spearman(wells, column, row.treatment, negative, dose)]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
+
+
 def _treatment_table(wells: pd.DataFrame, activity: pd.DataFrame, similarity: pd.DataFrame, named: pd.DataFrame,
-                     conditions: Conditions, auc_vs_negative: dict[str, float]) -> pd.DataFrame:
-    """One row per treatment: activity, group, top attribute and its fit, AUC against the negative control."""
+                     own: pd.DataFrame, conditions: Conditions, auc_vs_negative: dict[str, float]) -> pd.DataFrame:
+    """One row per treatment: activity, group, top attribute and its fit, its own readout, AUC against the negative control."""
     groups = mechanism_groups(similarity, activity.rename(index=str), GROUP_SIMILARITY)
     best = named[named["rank"] == 1].set_index("treatment")
     table = pd.DataFrame({"treatment": list(conditions.treatments)}).set_index("treatment")
@@ -129,6 +158,10 @@ def _treatment_table(wells: pd.DataFrame, activity: pd.DataFrame, similarity: pd
     for source, target in (("ec50", "ec50"), ("hill", "hill"), ("max_effect", "max_effect"), ("r2", "fit_r2"),
                            ("dose_spearman", "dose_spearman"), ("robust_z_top_dose", "robust_z_top_dose")):
         table[target] = best[source].reindex(table.index).astype("float64")
+    for column in ("readout", "readout_name"):
+        table[column] = own[column].reindex(table.index).astype(object)
+    for column in ("readout_spearman", "readout_robust_z_top_dose", "readout_dose_spearman"):
+        table[column] = own[column].reindex(table.index).astype("float64")
     table["auc_vs_negative"] = pd.Series(auc_vs_negative, dtype="float64").reindex(table.index)
     table = table.reset_index().sort_values(["active", "activity_z"], ascending=False, kind="stable")
     return table.reset_index(drop=True)
