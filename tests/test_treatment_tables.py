@@ -138,5 +138,6 @@ def test_each_treatment_row_describes_its_own_contrast_readout():
     assert table.loc["quiet", "readout_robust_z_top_dose"] > 10
     assert table.loc["quiet", "readout_dose_spearman"] > 0.8
     assert pd.isna(table.loc["quiet", "top_attribute"])
-    assert abs(table.loc["hi", "readout_robust_z_top_dose"]) < 3  # d3 is noise
+    assert abs(table.loc["hi", "readout_robust_z_top_dose"]) < 3  # d3 is noise: its name says nothing of hi
+    assert pd.isna(table.loc["hi", "readout_name"]) and table.loc["hi", "readout"] == "contrast_d3"
     assert pd.isna(table.loc["big", "readout"]) and np.isnan(table.loc["big", "readout_robust_z_top_dose"])

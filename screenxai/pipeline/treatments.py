@@ -128,7 +128,12 @@ def _dose_spearman(wells: pd.DataFrame, column: str, treatment: str, negative: s
 
 def _readout_statistics(wells: pd.DataFrame, scores: pd.DataFrame, contrasts: pd.DataFrame | None, top: pd.DataFrame,
                         negative: str, dose: str) -> pd.DataFrame:
-    """Per treatment (the index), its own contrast readout: id, name, Spearman, robust z at the top dose, dose Spearman."""
+    """Per treatment (the index), its own contrast readout: id, name, Spearman, robust z at the top dose, dose Spearman.
+
+    The name is left out where the readout does not reach the activity
+    threshold at the top dose: the axis then describes no change of the
+    treatment's cells.
+    """
     columns = ["readout", "readout_name", "readout_spearman", "readout_robust_z_top_dose", "readout_dose_spearman"]
     rows = {}
     for row in (contrasts if contrasts is not None else pd.DataFrame(columns=["readout"])).itertuples(index=False):
@@ -136,7 +141,9 @@ def _readout_statistics(wells: pd.DataFrame, scores: pd.DataFrame, contrasts: pd
         if column not in wells.columns:
             continue
         at_top = top.index[top[TREATMENT] == row.treatment]
-        rows[row.treatment] = [row.readout, row.name, row.name_spearman, float(scores.loc[at_top, column].mean()),
+        z_top = float(scores.loc[at_top, column].mean())
+        name = row.name if abs(z_top) >= ACTIVITY_THRESHOLD else None  # an axis that does not move says nothing
+        rows[row.treatment] = [row.readout, name, row.name_spearman, z_top,
                                _dose_spearman(wells, column, row.treatment, negative, dose)]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns)
 
