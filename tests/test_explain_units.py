@@ -241,7 +241,8 @@ def test_a_readout_is_named_by_the_feature_its_real_cells_follow_best_with_its_s
     names = readout_names(associations, ["DNA", "reporter"]).set_index("readout")
     assert names.loc["contrast_d4", "name"] == "reporter texture up"
     assert names.loc["contrast_d5", "name"] == "reporter texture down"
-    assert names.loc["contrast_d4", "name_spearman"] == pytest.approx(associations.loc["contrast_d4", "reporter_texture"])
+    expected = associations.loc["contrast_d4", "reporter_texture"]
+    assert names.loc["contrast_d4", "name_spearman"] == pytest.approx(expected)
     empty = readout_names(pd.DataFrame({"area": [np.nan]}, index=["contrast_d6"]), ["DNA", "reporter"])
     assert pd.isna(empty.loc[0, "name"]) and np.isnan(empty.loc[0, "name_spearman"])
 

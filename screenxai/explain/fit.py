@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from screenxai.explain.counterfactuals import ALPHAS, make_counterfactuals
 from screenxai.explain.contrast import with_contrast_directions
@@ -149,7 +150,7 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
                         [str(class_names[c]) for c in contrasted], readouts)
 
 
-def _name_readouts(directions: Directions, z, labels: np.ndarray, contrasted: Sequence[int],
+def _name_readouts(directions: Directions, z: torch.Tensor, labels: np.ndarray, contrasted: Sequence[int],
                    features: pd.DataFrame | None, channel_names: Sequence[str]) -> list[dict]:
     """Each contrast readout's name over the real cells of the negative control and of its treatment."""
     if features is None or not contrasted:

@@ -149,8 +149,8 @@ def readout_names(associations: pd.DataFrame, channel_names: Sequence[str]) -> p
             continue
         feature = finite.abs().idxmax()
         rho = float(finite[feature])
-        rows.append({"readout": str(readout), "name": f"{feature_label(feature, channel_names)} {'up' if rho > 0 else 'down'}",
-                     "name_spearman": rho})
+        words = f"{feature_label(feature, channel_names)} {'up' if rho > 0 else 'down'}"
+        rows.append({"readout": str(readout), "name": words, "name_spearman": rho})
     return pd.DataFrame(rows, columns=["readout", "name", "name_spearman"])
 
 

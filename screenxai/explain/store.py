@@ -86,6 +86,7 @@ def load_contrast_readouts(directory: str | Path) -> pd.DataFrame:
     names = meta.get("contrast_names") or [{}] * len(treatments)
     first = meta["n_directions"] - meta.get("n_linear", 0)
     rows = [{"readout": f"contrast_d{first + i}", "treatment": treatment, "name": named.get("name"),
-             "name_spearman": named.get("name_spearman")} for i, (treatment, named) in enumerate(zip(treatments, names))]
+             "name_spearman": named.get("name_spearman")}
+            for i, (treatment, named) in enumerate(zip(treatments, names, strict=True))]
     table = pd.DataFrame(rows, columns=["readout", "treatment", "name", "name_spearman"])
     return table.astype({"name_spearman": "float64"})

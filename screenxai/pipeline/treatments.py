@@ -150,7 +150,7 @@ def _readout_statistics(wells: pd.DataFrame, scores: pd.DataFrame, contrasts: pd
 
 def _treatment_table(wells: pd.DataFrame, activity: pd.DataFrame, similarity: pd.DataFrame, named: pd.DataFrame,
                      own: pd.DataFrame, conditions: Conditions, auc_vs_negative: dict[str, float]) -> pd.DataFrame:
-    """One row per treatment: activity, group, top attribute and its fit, its own readout, AUC against the negative control."""
+    """One row per treatment: activity, group, top attribute and its fit, own readout, AUC against the negative."""
     groups = mechanism_groups(similarity, activity.rename(index=str), GROUP_SIMILARITY)
     best = named[named["rank"] == 1].set_index("treatment")
     table = pd.DataFrame({"treatment": list(conditions.treatments)}).set_index("treatment")
