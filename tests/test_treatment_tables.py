@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from screenxai.explain.validation import readout_report
 from screenxai.pipeline.treatments import label_treatments, treatment_tables
 from screenxai.plate.conditions import Conditions
 from screenxai.stats import profile_similarity, treatment_profiles
@@ -141,3 +142,17 @@ def test_each_treatment_row_describes_its_own_contrast_readout():
     assert abs(table.loc["hi", "readout_robust_z_top_dose"]) < 3  # d3 is noise: its name says nothing of hi
     assert pd.isna(table.loc["hi", "readout_name"]) and table.loc["hi", "readout"] == "contrast_d3"
     assert pd.isna(table.loc["big", "readout"]) and np.isnan(table.loc["big", "readout_robust_z_top_dose"])
+
+
+def test_the_readout_report_tracks_each_treatments_own_readout_against_its_planted_factor():
+    """``quiet``'s readout follows its planted texture per well; ``big`` has no readout, so nothing is tracked."""
+    wells = quiet_wells(seed=5)
+    texture = wells["dose"] / (wells["dose"] + 1.0) * wells["compound"].eq("quiet")
+    cells = wells.loc[wells.index.repeat(3), ["plate", "well"]].assign(texture=np.repeat(texture.to_numpy(), 3))
+    treatments = pd.DataFrame({"treatment": ["quiet", "big"], "readout": ["contrast_d2", None],
+                               "readout_name": ["reporter texture up", None]})
+    report = readout_report(wells, treatments, cells, {"quiet": ("texture",), "big": ("texture",)}, "DMSO")
+    report = report.set_index("treatment")
+    assert report.loc["quiet", "spearman"] > 0.8 and report.loc["quiet", "named"]
+    assert report.loc["quiet", "readout"] == "contrast_d2"
+    assert np.isnan(report.loc["big", "spearman"]) and not report.loc["big", "named"]

@@ -69,13 +69,13 @@ def readout_report(wells: pd.DataFrame, treatments: pd.DataFrame, truth: pd.Data
     rows = []
     for treatment, moved in planted.items():
         readout, name = own.loc[treatment, "readout"], own.loc[treatment, "readout_name"]
+        readout = readout if isinstance(readout, str) and f"mean_{readout}" in wells.columns else None
+        name = name if isinstance(name, str) else None
         for factor in moved:
-            found = isinstance(readout, str) and f"mean_{readout}" in wells.columns
-            rows.append({"treatment": treatment, "factor": factor, "readout": readout if found else None,
-                         "readout_name": name if isinstance(name, str) else None,
-                         "named": isinstance(name, str) and names_factor(name, factor),
-                         "spearman": column_tracking(wells, truth_wells, treatment, negative, f"mean_{readout}", factor)
-                         if found else np.nan})
+            spearman = np.nan if readout is None else column_tracking(wells, truth_wells, treatment, negative,
+                                                                      f"mean_{readout}", factor)
+            rows.append({"treatment": treatment, "factor": factor, "readout": readout, "readout_name": name,
+                         "named": name is not None and names_factor(name, factor), "spearman": spearman})
     return pd.DataFrame(rows)
 
 

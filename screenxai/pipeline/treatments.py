@@ -109,13 +109,17 @@ def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes:
     for row in attributes.itertuples(index=False):
         column = value_column(row.attribute)
         fit = dose_response(wells, column, row.treatment, TREATMENT, negative, dose)
-        rho = _dose_spearman(wells, column, row.treatment, negative, dose)
-        at_top = top.index[top[TREATMENT] == row.treatment]
-        rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")}, "dose_spearman": rho,
-                     "robust_z_top_dose": float(scores.loc[at_top, column].mean())})
+        rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")},
+                     "dose_spearman": _dose_spearman(wells, column, row.treatment, negative, dose),
+                     "robust_z_top_dose": _top_dose_z(scores, top, row.treatment, column)})
     statistics = pd.DataFrame(rows)
     kept = attributes.drop(columns=[c for c in statistics.columns if c in attributes.columns])
     return pd.concat([kept.reset_index(drop=True), statistics], axis=1)
+
+
+def _top_dose_z(scores: pd.DataFrame, top: pd.DataFrame, treatment: str, column: str) -> float:
+    """Mean robust z of a readout over a treatment's top-dose wells (``top_dose_wells``)."""
+    return float(scores.loc[top.index[top[TREATMENT] == treatment], column].mean())
 
 
 def _dose_spearman(wells: pd.DataFrame, column: str, treatment: str, negative: str, dose: str) -> float:
@@ -135,13 +139,14 @@ def _readout_statistics(wells: pd.DataFrame, scores: pd.DataFrame, contrasts: pd
     treatment's cells.
     """
     columns = ["readout", "readout_name", "readout_spearman", "readout_robust_z_top_dose", "readout_dose_spearman"]
+    if contrasts is None:
+        return pd.DataFrame(columns=columns)
     rows = {}
-    for row in (contrasts if contrasts is not None else pd.DataFrame(columns=["readout"])).itertuples(index=False):
+    for row in contrasts.itertuples(index=False):
         column = f"mean_{row.readout}"
         if column not in wells.columns:
             continue
-        at_top = top.index[top[TREATMENT] == row.treatment]
-        z_top = float(scores.loc[at_top, column].mean())
+        z_top = _top_dose_z(scores, top, row.treatment, column)
         name = row.name if abs(z_top) >= ACTIVITY_THRESHOLD else None  # an axis that does not move says nothing
         rows[row.treatment] = [row.readout, name, row.name_spearman, z_top,
                                _dose_spearman(wells, column, row.treatment, negative, dose)]
