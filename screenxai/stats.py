@@ -250,6 +250,36 @@ def negative_profiles(wells: pd.DataFrame, treatment_column: str, attribute_colu
     return pd.DataFrame(scores, index=wells.index[is_negative], columns=list(attribute_columns))
 
 
+def merge_collinear(profiles: pd.DataFrame, cosines: pd.DataFrame, max_cosine: float = 0.8) -> pd.DataFrame:
+    """``profiles`` with attributes along one axis merged into one column: each change counted once.
+
+    ``cosines``: signed cosine between the attributes' signed axes (index and
+    columns the attribute ids of ``profiles``' columns). Attributes are
+    clustered by average linkage on 1 - |cosine|, cut where the mean |cosine|
+    within a cluster falls below ``max_cosine``, the threshold under which
+    two attributes count as distinct changes. A cluster's column is the mean
+    of its members' scores, each signed as its axis points relative to the
+    cluster's first member, and is named by its ids joined with ``+``.
+    Several treatments keep the same change under different ids (each its
+    own contrast direction); unmerged, a change kept three times weighs
+    three times in every similarity.
+    """
+    ids = list(profiles.columns)
+    missing = [a for a in ids if a not in cosines.index or a not in cosines.columns]
+    if missing:
+        raise StatisticsError(f"no axis cosines for the attributes {missing}")
+    if len(ids) < 2:
+        return profiles.copy()
+    signed = cosines.loc[ids, ids].to_numpy(np.float64)
+    clusters = _average_linkage(np.abs(signed), 1 - max_cosine)
+    merged = {}
+    for cluster in dict.fromkeys(clusters):
+        members = [i for i, c in enumerate(clusters) if c == cluster]
+        signs = np.where(signed[members[0], members] < 0, -1.0, 1.0)
+        merged["+".join(ids[i] for i in members)] = (profiles.iloc[:, members] * signs).mean(axis=1)
+    return pd.DataFrame(merged, index=profiles.index)
+
+
 def profile_similarity(profiles: pd.DataFrame, weighed_over: Sequence[str] | None = None,
                        floor: float = 0.0) -> pd.DataFrame:
     """Cosine similarity of every pair of treatment profiles, each attribute weighing alike, as a long table.

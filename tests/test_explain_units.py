@@ -13,6 +13,7 @@ from screenxai.explain import (DirectionConfig, Directions, EditEffect, cell_reg
 from screenxai.explain.directions import nt_xent, subspace_rank
 from screenxai.explain.naming import cohens_d, describe, feature_associations, named_feature, readout_names
 from screenxai.explain.ranking import RankingCache, nearest_better_attribute, select_attributes
+from screenxai.explain.scores import attribute_axis_cosines
 from screenxai.models.autoencoder import AutoencoderConfig, DiffusionAutoencoder
 from screenxai.models.classifier import CellClassifier, ClassifierConfig
 from screenxai.stats import fit_dose_response, robust_z, ssmd, well_statistics, z_prime
@@ -106,6 +107,16 @@ def test_a_kept_attribute_is_matched_to_the_better_one_it_repeats():
     nearest = nearest_better_attribute(directions, table)
     assert nearest["nearest_rank"].tolist() == [0, 1, 2]
     np.testing.assert_allclose(nearest["nearest_cosine"], [0.0, 0.0, 0.8], atol=1e-6)
+
+
+def test_attribute_axis_cosines_are_signed_by_each_attributes_sense():
+    directions = Directions(4, 3, 8)
+    directions.axes.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 2.0, 0, 0], [0.6, 0.8, 0, 0]]))
+    attributes = pd.DataFrame({"attribute": ["d0p", "d0n", "d2p", "d0p"], "direction": [0, 0, 2, 0],
+                               "sign": [1, -1, 1, 1]})
+    cosines = attribute_axis_cosines(directions, attributes)
+    assert list(cosines.index) == list(cosines.columns) == ["d0p", "d0n", "d2p"]  # each id once
+    np.testing.assert_allclose(cosines.to_numpy(), [[1.0, -1.0, 0.6], [-1.0, 1.0, -0.6], [0.6, -0.6, 1.0]], atol=1e-9)
 
 
 def test_selection_stops_at_the_threshold():

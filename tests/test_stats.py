@@ -20,8 +20,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from screenxai.errors import StatisticsError
 from screenxai.stats import (FIT_KEYS, call_activity, dose_response, dose_responses, four_parameter,
-                             mechanism_groups, negative_profiles, null_activity, profile_similarity, robust_z,
-                             top_dose_wells, treatment_profiles)
+                             mechanism_groups, merge_collinear, negative_profiles, null_activity, profile_similarity,
+                             robust_z, top_dose_wells, treatment_profiles)
 
 NOISE_SD = 0.2
 FIT_NOISE_SD = 0.05
@@ -189,6 +189,35 @@ def test_attributes_are_scaled_over_the_weighed_treatments_and_never_below_the_f
     inactive = np.array([0.0, 3.0])
     assert pairs.loc[("A", "inactive"), "similarity"] == pytest.approx(
         a @ inactive / np.linalg.norm(a) / np.linalg.norm(inactive))
+
+
+def test_attributes_along_one_axis_merge_into_one_signed_mean_column():
+    """a1 and a2 are one axis (cosine 0.95), a3 reads it backwards (-0.9); b is another change."""
+    profiles = pd.DataFrame({"a1": [4.0, 0.0], "a2": [6.0, 0.0], "a3": [-5.0, 0.0], "b": [0.0, 7.0]}, index=["X", "Y"])
+    ids = ["a1", "a2", "a3", "b"]
+    cosines = pd.DataFrame([[1.0, 0.95, -0.9, 0.1], [0.95, 1.0, -0.85, 0.0], [-0.9, -0.85, 1.0, 0.05],
+                            [0.1, 0.0, 0.05, 1.0]], index=ids, columns=ids)
+    merged = merge_collinear(profiles, cosines, 0.8)
+    assert list(merged.columns) == ["a1+a2+a3", "b"]
+    assert merged.loc["X", "a1+a2+a3"] == pytest.approx(5.0) and merged.loc["Y", "b"] == 7.0
+    assert list(merge_collinear(profiles, cosines, 0.99).columns) == ids
+    with pytest.raises(StatisticsError, match="a4"):
+        merge_collinear(profiles.assign(a4=1.0), cosines)
+
+
+def test_a_change_kept_three_times_does_not_outweigh_a_second_change():
+    """D does both changes; the first is kept as three collinear ids. Merged, D is 1/sqrt(2) from A, not sqrt(3/4)."""
+    profiles = pd.DataFrame({"t1": [9.0, 0.0, 9.0], "t2": [8.0, 0.0, 8.0], "t3": [10.0, 0.0, 10.0],
+                             "area": [0.0, 6.0, 6.0]}, index=["A", "B", "D"])
+    ids = list(profiles.columns)
+    matrix = np.zeros((4, 4))
+    matrix[:3, :3] = 0.9  # the first three ids are one axis
+    np.fill_diagonal(matrix, 1.0)
+    cosines = pd.DataFrame(matrix, index=ids, columns=ids)
+    unmerged = profile_similarity(profiles).set_index(["treatment", "other"])["similarity"]
+    merged = profile_similarity(merge_collinear(profiles, cosines)).set_index(["treatment", "other"])["similarity"]
+    assert unmerged[("D", "A")] == pytest.approx(np.sqrt(0.75))
+    assert merged[("D", "A")] == pytest.approx(np.sqrt(0.5)) and merged[("D", "B")] == pytest.approx(np.sqrt(0.5))
 
 
 def test_similarity_separates_the_planted_mechanisms(profiles):

@@ -156,3 +156,44 @@ def test_the_readout_report_tracks_each_treatments_own_readout_against_its_plant
     assert report.loc["quiet", "spearman"] > 0.8 and report.loc["quiet", "named"]
     assert report.loc["quiet", "readout"] == "contrast_d2"
     assert np.isnan(report.loc["big", "spearman"]) and not report.loc["big", "named"]
+
+
+def test_a_change_kept_under_several_ids_counts_once_in_the_groups():
+    """``hi``, ``lo`` and ``both`` keep one change as d0p, d2p, d3p (collinear axes); ``both`` and ``big`` move d1p.
+
+    Counted three times, the shared change makes ``both`` look like ``hi``
+    (above the 0.8 cut, as a treatment with a second change should not);
+    counted once, ``both`` is a group of its own.
+    """
+    wells = planted_wells(seed=5)
+    both = wells[wells["compound"].eq("big")].assign(compound="both", well=lambda t: "both" + t["well"])
+    wells = pd.concat([wells, both], ignore_index=True)
+    rng = np.random.default_rng(6)
+    hill = wells["dose"] / (wells["dose"] + wells["compound"].map({"hi": 0.3, "lo": 3.0}).fillna(1.0))
+    shared = EFFECT * hill * wells["compound"].isin(["hi", "lo", "both"])
+    wells["mean_attribute_d1p"] = EFFECT * hill * wells["compound"].isin(["big", "both"])
+    for column in ("mean_attribute_d0p", "mean_attribute_d1p", "mean_attribute_d2p", "mean_attribute_d3p"):
+        wells[column] = (wells["mean_attribute_d1p"] if column.endswith("d1p") else shared) + rng.normal(
+            0, NOISE_SD, len(wells))
+    rows = [("hi", 1, "d0p"), ("lo", 1, "d2p"), ("both", 1, "d3p"), ("both", 2, "d1p"), ("big", 1, "d1p"),
+            ("none", 1, "d1p")]
+    attributes = pd.DataFrame([{"treatment": t, "rank": r, "attribute": a, "direction": int(a[1]), "sign": 1,
+                                "name": f"feature {a[1]} up"} for t, r, a in rows])
+    ids = ["d0p", "d2p", "d3p", "d1p"]
+    matrix = np.zeros((4, 4))
+    matrix[:3, :3] = 0.9  # the first three ids are one axis
+    np.fill_diagonal(matrix, 1.0)
+    cosines = pd.DataFrame(matrix, index=ids, columns=ids)
+    conditions = Conditions("compound", "DMSO", ("big", "both", "hi", "lo", "none"))
+
+    def groups(axis_cosines):
+        tables = treatment_tables(wells, attributes, conditions, {}, axis_cosines=axis_cosines)
+        pairs = tables.similarity.set_index(["treatment", "other"])["similarity"]
+        return tables.treatments.set_index("treatment")["group"], pairs[("both", "hi")]
+
+    counted_thrice, similarity_thrice = groups(None)
+    counted_once, similarity_once = groups(cosines)
+    assert similarity_thrice > 0.8 and counted_thrice["both"] == counted_thrice["hi"]
+    assert similarity_once < 0.7
+    assert len({counted_once[t] for t in ("both", "hi", "big")}) == 3 and counted_once["hi"] == counted_once["lo"]
+    assert counted_once["none"] == "inactive"

@@ -12,7 +12,7 @@ from screenxai.explain.directions import (DirectionConfig, Directions, EditEffec
                                           random_directions)
 from screenxai.explain.naming import crop_features, name_attributes
 from screenxai.explain.ranking import MAX_ALPHA, Ranking, RankingCache, rank_attributes
-from screenxai.explain.scores import (attribute_columns, attribute_scores, contrast_columns,
+from screenxai.explain.scores import (attribute_axis_cosines, attribute_columns, attribute_scores, contrast_columns,
                                       contrast_scores_from_latents, scores_from_latents)
 from screenxai.explain.store import load_contrast_readouts, load_directions, save_directions
 from screenxai.stats import (fit_dose_response, readout_statistics, robust_z, ssmd, well_means, well_statistics,
@@ -26,6 +26,7 @@ __all__ = [
     "Guide",
     "Ranking",
     "RankingCache",
+    "attribute_axis_cosines",
     "attribute_columns",
     "attribute_scores",
     "cell_region",

@@ -45,6 +45,18 @@ def scores_from_latents(directions: Directions, attributes: pd.DataFrame, z: tor
     return pd.DataFrame(values.astype(np.float32), columns=attribute_columns(attributes))
 
 
+def attribute_axis_cosines(directions: Directions, attributes: pd.DataFrame) -> pd.DataFrame:
+    """Cosine between the signed scoring axes of every pair of attribute ids (index and columns the ids).
+
+    ``d3p`` and ``d3n`` have cosine -1: one axis, read in opposite senses.
+    """
+    unique = unique_attributes(attributes)
+    axes = torch.nn.functional.normalize(directions.axes.detach().cpu().double(), dim=1)
+    signed = axes[unique["direction"].to_numpy()] * torch.from_numpy(unique["sign"].to_numpy(np.float64))[:, None]
+    ids = list(unique["attribute"])
+    return pd.DataFrame((signed @ signed.T).numpy(), index=ids, columns=ids)
+
+
 def contrast_columns(directions: Directions) -> list[str]:
     """Column names of the contrast readouts: ``contrast_d{k}``, one per contrast direction ``k``."""
     return [f"contrast_d{k}" for k in range(directions.n_learned, directions.n_directions)]

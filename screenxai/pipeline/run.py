@@ -387,17 +387,18 @@ def _write_attribute_tables(out: Path, aggregates: pd.DataFrame, layouts: dict, 
                             wells: pd.DataFrame, bundle: Bundle) -> pd.DataFrame:
     """Write ``attributes``, ``treatments``, ``similarity`` (and, two-class, ``readouts``) tables; return ``wells``
     with every attribute id's and contrast readout's SD and robust z."""
-    from screenxai.explain import load_contrast_readouts, load_directions
+    from screenxai.explain import attribute_axis_cosines, load_contrast_readouts, load_directions
     from screenxai.pipeline.treatments import treatment_tables
 
-    _, attributes = load_directions(explain)
+    directions, attributes = load_directions(explain)
     conditions = bundle_conditions(bundle)
     metrics = bundle.config["provenance"].get("classifier_metrics", {})
     auc = metrics.get("auc_vs_negative") or {conditions.treatments[0]: metrics.get("auc", {}).get(
         conditions.treatments[0], float("nan"))}
     try:
         tables = treatment_tables(with_layouts(aggregates, layouts), attributes, conditions, auc,
-                                  contrasts=load_contrast_readouts(explain))
+                                  contrasts=load_contrast_readouts(explain),
+                                  axis_cosines=attribute_axis_cosines(directions, attributes))
     except (ValueError, KeyError) as err:  # no negative wells, no dose axis: the attributes without statistics
         write_parquet_atomic(attributes.assign(statistics_error=str(err)), out / "attributes.parquet")
         return wells

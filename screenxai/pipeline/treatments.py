@@ -5,8 +5,9 @@ get per-well robust z-scores against the negative wells, each treatment's
 kept attributes a dose-response fit over its wells and the negative wells
 (at dose 0), and each treatment a profile (mean robust z of every attribute
 over its top-dose wells). Profiles give the activity call, the treatment x
-treatment cosine similarity (every attribute weighing alike over the active
-treatments) and the mechanism groups cut from it (``screenxai.stats``).
+treatment cosine similarity (every distinct change weighing alike over the
+active treatments: attributes along one axis, kept by several treatments,
+merged into one) and the mechanism groups cut from it (``screenxai.stats``).
 
 The activity call also reads the contrast readouts (``mean_contrast_d{k}``,
 each treatment's own discriminant, kept as an attribute or not), against
@@ -27,12 +28,13 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from screenxai.plate.conditions import Conditions, dose_column, negative_wells, treatment_wells
-from screenxai.stats import (StatisticsError, call_activity, dose_response, mechanism_groups, negative_profiles,
-                             profile_similarity, top_dose_wells, treatment_profiles, well_robust_z)
+from screenxai.stats import (StatisticsError, call_activity, dose_response, mechanism_groups, merge_collinear,
+                             negative_profiles, profile_similarity, top_dose_wells, treatment_profiles, well_robust_z)
 
 TREATMENT = "treatment"
 GROUP_SIMILARITY = 0.8  # treatments whose profiles' mean cosine similarity reaches this act alike
 ACTIVITY_THRESHOLD = 3.0  # robust z (MAD units) a treatment's strongest attribute must reach
+DISTINCT_COSINE = 0.8  # attributes whose axes' |cosine| reaches this are one change (the explain stage's rule)
 
 
 @dataclass
@@ -70,12 +72,15 @@ def label_treatments(wells: pd.DataFrame, conditions: Conditions) -> pd.DataFram
 
 def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions,
                      auc_vs_negative: dict[str, float], top_doses: int = 1,
-                     contrasts: pd.DataFrame | None = None) -> TreatmentTables:
+                     contrasts: pd.DataFrame | None = None,
+                     axis_cosines: pd.DataFrame | None = None) -> TreatmentTables:
     """The per-treatment tables from ``wells`` (layout columns joined) and the bundle's ``attributes``.
 
     ``top_doses`` highest dose levels of a treatment make its profile.
     ``contrasts``: the bundle's contrast readouts (``load_contrast_readouts``),
-    each treatment's own described in its row.
+    each treatment's own described in its row. ``axis_cosines``: signed
+    cosines of the attributes' axes (``attribute_axis_cosines``); attributes
+    along one axis then count as one change in the similarity.
     """
     wells = label_treatments(wells, conditions)
     dose = dose_column(wells) or "dose_index"
@@ -90,8 +95,10 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     profiles = treatment_profiles(labelled, TREATMENT, readouts, conditions.negative, top_doses, dose_level(labelled))
     activity = _activity(labelled, profiles, top.groupby(TREATMENT).size(), conditions)
     active = activity.index[activity["active"].astype(bool)]
-    similarity = profile_similarity(profiles[values].rename(columns=lambda c: c.removeprefix("mean_attribute_")),
-                                    weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
+    changes = profiles[values].rename(columns=lambda c: c.removeprefix("mean_attribute_"))
+    if axis_cosines is not None:
+        changes = merge_collinear(changes, axis_cosines, DISTINCT_COSINE)
+    similarity = profile_similarity(changes, weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
     own = _readout_statistics(labelled, scores, contrasts, top, conditions.negative, dose)
     treatments = _treatment_table(labelled, activity, similarity, named, own, conditions, auc_vs_negative)
     return TreatmentTables(well_scores, named, treatments, similarity)
