@@ -52,7 +52,8 @@ def attribute_axis_cosines(directions: Directions, attributes: pd.DataFrame) -> 
     """
     unique = unique_attributes(attributes)
     axes = torch.nn.functional.normalize(directions.axes.detach().cpu().double(), dim=1)
-    signed = axes[unique["direction"].to_numpy()] * torch.from_numpy(unique["sign"].to_numpy(np.float64))[:, None]
+    signs = torch.tensor(unique["sign"].tolist(), dtype=torch.float64)
+    signed = axes[unique["direction"].tolist()] * signs[:, None]
     ids = list(unique["attribute"])
     return pd.DataFrame((signed @ signed.T).numpy(), index=ids, columns=ids)
 
