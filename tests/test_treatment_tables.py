@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from screenxai.explain.validation import readout_report
+from screenxai.explain.validation import readout_report, treatment_report
 from screenxai.pipeline.treatments import label_treatments, treatment_tables
 from screenxai.plate.conditions import Conditions
 from screenxai.stats import profile_similarity, treatment_profiles
@@ -156,6 +156,22 @@ def test_the_readout_report_tracks_each_treatments_own_readout_against_its_plant
     assert report.loc["quiet", "spearman"] > 0.8 and report.loc["quiet", "named"]
     assert report.loc["quiet", "readout"] == "contrast_d2"
     assert np.isnan(report.loc["big", "spearman"]) and not report.loc["big", "named"]
+
+
+def test_the_treatment_report_finds_the_best_of_the_top_attributes_and_judges_the_names():
+    """``big``'s area follows d1p, which it ranks second behind d0p (noise for it); ``hi`` keeps nothing."""
+    wells = planted_wells(seed=7)
+    area = wells["dose"] / (wells["dose"] + 1.0) * wells["compound"].eq("big")
+    cells = wells.loc[wells.index.repeat(3), ["plate", "well"]].assign(nuclear_area=np.repeat(area.to_numpy(), 3))
+    attributes = pd.DataFrame({"treatment": "big", "rank": [2, 1], "attribute": ["d1p", "d0p"],
+                               "name": ["nuclear area up", "reporter in the nucleus up"]})
+    report = treatment_report(wells, attributes, cells, {"big": ("nuclear_area",), "hi": ("nuclear_area",)}, "DMSO")
+    report = report.set_index("treatment")
+    big, hi = report.loc["big"], report.loc["hi"]
+    assert big["top_attribute"] == "d0p" and big["top_spearman"] < 0.5 and not big["top_named"]
+    assert big["best_rank"] == 2 and big["best_spearman"] > 0.9 and big["best_named"]
+    assert pd.isna(hi["top_attribute"]) and np.isnan(hi["top_spearman"]) and hi["best_rank"] == -1
+    assert not hi["top_named"] and not hi["best_named"]
 
 
 def test_a_change_kept_under_several_ids_counts_once_in_the_groups():
