@@ -31,6 +31,7 @@ MAD_TO_SD = 1.4826
 FIT_KEYS = ["bottom", "top", "ec50", "hill", "r2"]
 MIN_DOSE_LEVELS = 4  # a four-parameter fit needs at least four dose levels of the treatment
 MIN_NEGATIVE_WELLS = 2  # the fewest that have a spread (a plate with two control wells per row pair)
+DISTINCT_COSINE = 0.8  # attributes whose axes' |cosine| reaches this are one change (within and across treatments)
 
 
 def well_means(cells: pd.DataFrame, columns: Sequence[str], extra: Sequence[str] = ()) -> pd.DataFrame:
@@ -250,7 +251,8 @@ def negative_profiles(wells: pd.DataFrame, treatment_column: str, attribute_colu
     return pd.DataFrame(scores, index=wells.index[is_negative], columns=list(attribute_columns))
 
 
-def merge_collinear(profiles: pd.DataFrame, cosines: pd.DataFrame, max_cosine: float = 0.8) -> pd.DataFrame:
+def merge_collinear(profiles: pd.DataFrame, cosines: pd.DataFrame,
+                    max_cosine: float = DISTINCT_COSINE) -> pd.DataFrame:
     """``profiles`` with attributes along one axis merged into one column: each change counted once.
 
     ``cosines``: signed cosine between the attributes' signed axes (index and

@@ -34,6 +34,7 @@ from screenxai.explain.scores import contrast_scores_from_latents, scores_from_l
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.latent_checks import encode
 from screenxai.models.progress import StepCallback
+from screenxai.stats import DISTINCT_COSINE
 
 CANDIDATE_SPARE = 2  # candidates ranked beyond the kept attributes, to replace ones whose name repeats
 
@@ -60,7 +61,7 @@ class ExplainSettings:
     shown_cells: int = 16
     guided: bool = True
     contrast: bool = True
-    max_cosine: float = 0.8
+    max_cosine: float = DISTINCT_COSINE
     alpha: float = 2.0
     steps_inv: int = 10
     steps_dec: int = 10

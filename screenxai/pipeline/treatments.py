@@ -28,13 +28,13 @@ import pandas as pd
 from scipy.stats import spearmanr
 
 from screenxai.plate.conditions import Conditions, dose_column, negative_wells, treatment_wells
-from screenxai.stats import (StatisticsError, call_activity, dose_response, mechanism_groups, merge_collinear,
-                             negative_profiles, profile_similarity, top_dose_wells, treatment_profiles, well_robust_z)
+from screenxai.stats import (StatisticsError, call_activity, dose_response, mechanism_groups,
+                             merge_collinear, negative_profiles, profile_similarity, top_dose_wells, treatment_profiles,
+                             well_robust_z)
 
 TREATMENT = "treatment"
 GROUP_SIMILARITY = 0.8  # treatments whose profiles' mean cosine similarity reaches this act alike
 ACTIVITY_THRESHOLD = 3.0  # robust z (MAD units) a treatment's strongest attribute must reach
-DISTINCT_COSINE = 0.8  # attributes whose axes' |cosine| reaches this are one change (the explain stage's rule)
 
 
 @dataclass
@@ -97,7 +97,7 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     active = activity.index[activity["active"].astype(bool)]
     changes = profiles[values].rename(columns=lambda c: c.removeprefix("mean_attribute_"))
     if axis_cosines is not None:
-        changes = merge_collinear(changes, axis_cosines, DISTINCT_COSINE)
+        changes = merge_collinear(changes, axis_cosines)
     similarity = profile_similarity(changes, weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
     own = _readout_statistics(labelled, scores, contrasts, top, conditions.negative, dose)
     treatments = _treatment_table(labelled, activity, similarity, named, own, conditions, auc_vs_negative)
