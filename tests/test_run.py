@@ -6,10 +6,10 @@ import json
 import time
 from pathlib import Path
 
-import dask.dataframe as dd
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from distributed import get_task_stream
 
 from conftest import documented_columns
 from screenxai.cells import CellConfig
@@ -48,9 +48,11 @@ def test_run_writes_cell_and_well_tables(bbbc013_run):
     assert by_control["positive"] > 2 * by_control["negative"]
 
 
-def test_well_aggregates_computed_on_the_cluster_equal_pandas_on_all_cells(bbbc013_run, client):
+def test_well_aggregates_computed_on_the_cluster_one_task_per_well_equal_pandas_on_all_cells(bbbc013_run, client):
     cells = pd.read_parquet(bbbc013_run.out / "cells").astype({"plate": str, "well": str})
-    aggregates = aggregate_wells(dd.read_parquet(bbbc013_run.out / "cells"), client)
+    with get_task_stream(client) as stream:
+        aggregates = aggregate_wells(bbbc013_run.out / "cells", client)
+    assert sorted(str(t["key"]).split("-")[0] for t in stream.data) == ["_well_row"] * len(WELLS)  # no shuffle
     expected = cells.groupby(["plate", "well"]).agg(n_cells=("cell_id", "size"), median_area=("area", "median"),
                                                     median_GFP_ratio=("GFP_ratio", "median"),
                                                     mean_GFP_ratio=("GFP_ratio", "mean"),

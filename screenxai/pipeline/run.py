@@ -121,7 +121,7 @@ def run_cells(plates: Sequence[Plate], out: Path, client: Client, config: CellCo
         rows += _computed_fields(client, todo, config, configs, loaded, fields_per_batch, check, on_field)
         fields, failures = field_tables(rows)
         cells = dd.read_parquet(out / "cells")
-        aggregates = aggregate_wells(cells, client)
+        aggregates = aggregate_wells(out / "cells", client)
         layouts = {p.name: p.layout for p in plates}
         wells_table = well_table(aggregates, fields, layouts)
         if loaded is not None and (loaded.path / EXPLAIN_FOLDER).is_dir():

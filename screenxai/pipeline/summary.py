@@ -1,16 +1,15 @@
 """Per-well tables of a run, aggregated where the per-field cell files are.
 
-The cell files are read as a dask DataFrame and reduced per well on the
-cluster (medians by a shuffle, means and SDs by tree reductions), so only
-one row per well reaches the client, whatever the number of cells.
+Each well's cell files are reduced by one task on the cluster (exact
+medians, means and SDs), so only one row per well reaches the client and a
+worker holds one well's cells at a time, whatever the number of cells.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-import dask
-import dask.dataframe as dd
 import pandas as pd
 from distributed import Client
 from scipy import stats
@@ -66,45 +65,49 @@ def model_columns(columns: Sequence[str]) -> list[str]:
     return [c for c in columns if c.startswith(("p_", "attribute_", "contrast_")) or c == "formula_value"]
 
 
-def aggregate_wells(cells: dd.DataFrame, client: Client | None = None) -> pd.DataFrame:
-    """One row per plate and well of the cell table's aggregates, computed by ``client``'s cluster.
+def aggregate_wells(cells_dir: str | Path, client: Client | None = None) -> pd.DataFrame:
+    """One row per plate and well of the cell table under ``cells_dir``, each well reduced by one task on ``client``.
 
-    Columns: ``n_cells``, ``median_{feature}``, ``mean_{column}`` for the
-    model outputs and the ``*_ratio`` readouts, ``sd_{column}`` for attribute
-    and contrast scores and ratios, ``fraction_formula_positive`` and ``n_training_cells``
-    (when the cells have them). ``plate`` and ``well`` are plain strings.
+    A run writes each field's cells under ``plate=*/well=*``, so a well's
+    cells are in one folder: each task reads one well and returns its row,
+    and a worker never holds more than one well's cells, however large the
+    plate. Columns: ``n_cells``, ``median_{feature}``, ``mean_{column}`` for
+    the model outputs and the ``*_ratio`` readouts, ``sd_{column}`` for
+    attribute and contrast scores and ratios, ``fraction_formula_positive``
+    and ``n_training_cells`` (when the cells have them). Wells without cells
+    have no row. ``plate`` and ``well`` are plain strings.
     """
+    well_dirs = sorted(Path(cells_dir).glob("plate=*/well=*"))
+    if client is not None:
+        rows = client.gather(client.map(_well_row, well_dirs, pure=False))
+    else:
+        rows = [_well_row(d) for d in well_dirs]
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return pd.DataFrame({"plate": pd.Series(dtype=str), "well": pd.Series(dtype=str),
+                             "n_cells": pd.Series(dtype="int64")})
+    return pd.concat(rows, ignore_index=True).sort_values(WELL_KEYS).reset_index(drop=True)
+
+
+def _well_row(well_dir: Path) -> pd.DataFrame | None:
+    """The aggregates of the cells in one ``plate=*/well=*`` folder, as one row; None when it holds no cell."""
+    cells = pd.read_parquet(well_dir)
+    if cells.empty:
+        return None
     columns = list(cells.columns)
     features = feature_columns(columns)
     averaged = [*model_columns(columns), *[c for c in columns if c.endswith("_ratio")]]
     spread = [c for c in averaged if c.startswith(("attribute_", "contrast_")) or c.endswith("_ratio")]
+    row = {"plate": well_dir.parent.name.split("=", 1)[1], "well": well_dir.name.split("=", 1)[1],
+           "n_cells": len(cells)}
+    row.update(cells[features].astype("float64").median().add_prefix("median_"))
+    row.update(cells[averaged].astype("float64").mean().add_prefix("mean_"))
+    row.update(cells[spread].astype("float64").std().add_prefix("sd_"))
     if "formula_value" in columns:
-        cells = cells.assign(formula_positive=(cells["formula_value"] > 0).astype("float64"))
-    by_well = cells.groupby(WELL_KEYS, observed=True)
-    parts = {"n_cells": by_well.size().rename("n_cells"),
-             "median": by_well[features].median() if features else None,
-             "mean": by_well[averaged].mean() if averaged else None,
-             "sd": by_well[spread].std() if spread else None,
-             "formula": by_well["formula_positive"].mean() if "formula_value" in columns else None,
-             "training": by_well["in_training"].sum() if "in_training" in columns else None}
-    names = [k for k, v in parts.items() if v is not None]
-    collections = [parts[k] for k in names]
-    computed = dict(zip(names, client.compute(collections, sync=True) if client is not None
-                        else dask.compute(*collections), strict=True))
-    wells = computed["n_cells"].to_frame().astype("int64")
-    if "median" in computed:
-        wells = wells.join(computed["median"].astype("float64").add_prefix("median_"))
-    if "mean" in computed:
-        wells = wells.join(computed["mean"].astype("float64").add_prefix("mean_"))
-    if "sd" in computed:
-        wells = wells.join(computed["sd"].astype("float64").add_prefix("sd_"))
-    if "formula" in computed:
-        wells = wells.join(computed["formula"].astype("float64").rename("fraction_formula_positive"))
-    if "training" in computed:
-        wells = wells.join(computed["training"].astype("int64").rename("n_training_cells"))
-    wells = wells.reset_index()
-    wells[WELL_KEYS] = wells[WELL_KEYS].astype(str)
-    return wells.sort_values(WELL_KEYS).reset_index(drop=True)
+        row["fraction_formula_positive"] = float((cells["formula_value"] > 0).mean())
+    if "in_training" in columns:
+        row["n_training_cells"] = int(cells["in_training"].sum())
+    return pd.DataFrame([row])
 
 
 def well_table(aggregates: pd.DataFrame, fields: pd.DataFrame,
