@@ -43,7 +43,7 @@ import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -81,15 +81,16 @@ def load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def bare_loop(plate: Plate, bundle_path: Path, threads: int) -> dict:
-    """Cells/s of the cell stage and the models over every field, in this process, without Dask."""
+def bare_loop(plate: Plate, bundle_path: Path, threads: int, wells: Sequence[str] | None = None) -> dict:
+    """Cells/s of the cell stage and the models over every field (of ``wells``), in this process, without Dask."""
     torch.set_num_threads(threads)
     bundle = load_bundle(bundle_path)
     classifier, autoencoder = bundle["classifier"], bundle["autoencoder"]
     start, cpu_start = time.perf_counter(), time.process_time()
     config = CellConfig(crop_size=bundle.crop_size, normalisation=fit_normalisation(plate))
     n_cells, cell_stage, models = 0, [], []
-    for key in plate.field_keys():
+    keys = plate.field_keys(list(wells) if wells is not None else None)
+    for key in keys:
         begin = time.perf_counter()
         batch = process_field(plate, key.well, key.field, config)
         middle = time.perf_counter()
@@ -100,24 +101,23 @@ def bare_loop(plate: Plate, bundle_path: Path, threads: int) -> dict:
         cell_stage.append(middle - begin)
         n_cells += len(batch.crops)
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    return {"cells": n_cells, "seconds": round(seconds, 3), "cells_per_s": round(n_cells / seconds, 1),
+    return {"fields": len(keys), "cells": n_cells, "seconds": round(seconds, 3),
+            "cells_per_s": round(n_cells / seconds, 1),
             "cpu_seconds": round(cpu, 2), "cells_per_cpu_s": round(n_cells / cpu, 1),
             "median_cell_stage_s_per_field": round(statistics.median(cell_stage), 4),
             "median_models_s_per_field": round(statistics.median(models), 4), "load": load()}
 
 
-class RssSampler:
-    """Records the resident memory of each of a set of processes every ``interval`` seconds, in a thread."""
+class PeriodicSampler:
+    """Appends ``sample()`` to ``samples`` every ``interval`` seconds, in a thread, while ``running()``'s block runs."""
 
-    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
-        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.samples: list[dict[str, int]] = []
+        self.samples: list = []
         self._stop = threading.Event()
 
-    def sample(self) -> dict[str, int]:
-        """RSS in bytes of each process, by name."""
-        return {name: p.memory_info().rss for name, p in self.processes.items()}
+    def sample(self) -> object:
+        raise NotImplementedError
 
     @contextmanager
     def running(self) -> Iterator[None]:
@@ -133,7 +133,40 @@ class RssSampler:
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.samples.append(self.sample())
-            time.sleep(self.interval)
+            self._stop.wait(self.interval)
+
+
+class RssSampler(PeriodicSampler):
+    """The resident memory of each of a set of processes."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.1) -> None:
+        super().__init__(interval)
+        self.processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+
+    def sample(self) -> dict[str, int]:
+        """RSS in bytes of each process, by name."""
+        return {name: p.memory_info().rss for name, p in self.processes.items()}
+
+
+class SchedulerTaskSampler(PeriodicSampler):
+    """How many tasks the scheduler holds: the size of the graph it keeps."""
+
+    def __init__(self, client: Client, interval: float = 1.0) -> None:
+        super().__init__(interval)
+        self.client = client
+
+    def sample(self) -> int:
+        return self.client.run_on_scheduler(_scheduler_task_count)
+
+
+def _scheduler_task_count(dask_scheduler) -> int:
+    return len(dask_scheduler.tasks)
+
+
+def downsampled(values: list[float], points: int = 60) -> list[float]:
+    """About ``points`` evenly spaced values of ``values``, the last included."""
+    step = max(1, -(-len(values) // points))
+    return values[::step] + ([values[-1]] if (len(values) - 1) % step else [])
 
 
 def cpu_seconds(processes: list[psutil.Process]) -> float:
@@ -141,14 +174,17 @@ def cpu_seconds(processes: list[psutil.Process]) -> float:
     return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
 
 
-def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str) -> dict:
+def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str,
+                 wells: Sequence[str] | None = None) -> dict:
     """Time, CPU and memory of ``run_cells`` on a fresh default local cluster, after a warm-up run on one well.
 
     CPU seconds count the workers, their nannies and this process (client,
     and the local cluster's scheduler and nannies), so they do not depend on what else
     the machine runs. ``managed`` is the scheduler's count of task results
     held in workers' memory (distributed's ``MemorySampler``): what the graph
-    keeps, apart from the allocator's behaviour.
+    keeps, apart from the allocator's behaviour; ``scheduler_tasks`` the
+    tasks the scheduler holds, sampled every second. ``wells`` limits the run
+    to those wells.
     """
     with connect() as client:
         run_cells([plate], workdir / f"{name}-warmup", client, bundle=bundle_path, wells=[plate.field_keys()[0].well])
@@ -157,13 +193,14 @@ def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str) -> d
         sampler = RssSampler(pids)
         processes = list({p.pid: p for p in (*sampler.processes.values(),
                                              *(p.parent() for p in sampler.processes.values()))}.values())
-        managed = MemorySampler()
+        managed, graph = MemorySampler(), SchedulerTaskSampler(client)
         workers = [p for n, p in sampler.processes.items() if n != "client"]
         baseline, cpu_start, workers_start = sampler.sample(), cpu_seconds(processes), cpu_seconds(workers)
         start = time.perf_counter()
-        with sampler.running(), managed.sample("managed", client=client, measure="managed", interval=0.2), \
+        with sampler.running(), graph.running(), \
+                managed.sample("managed", client=client, measure="managed", interval=0.2), \
                 get_task_stream(client) as stream:
-            result = run_cells([plate], workdir / name, client, bundle=bundle_path)
+            result = run_cells([plate], workdir / name, client, bundle=bundle_path, wells=wells)
         seconds, cpu = time.perf_counter() - start, cpu_seconds(processes) - cpu_start
         cpu_workers = cpu_seconds(workers) - workers_start
         granularity = task_round_trip(client)
@@ -186,7 +223,10 @@ def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str) -> d
                                             / MB, 1),
             "client_above_baseline": round((peak_client - baseline["client"]) / MB, 1),
             "peak_managed": round(float(managed.to_pandas()["managed"].max()) / MB, 1),
-            "samples": len(sampler.samples)},
+            "samples": len(sampler.samples),
+            "client_series": downsampled([round((s["client"] - baseline["client"]) / MB, 1)
+                                          for s in sampler.samples])},
+        "scheduler_tasks": {"peak": max(graph.samples, default=0), "samples": len(graph.samples)},
         "task_round_trip_s": granularity,
     }
 
