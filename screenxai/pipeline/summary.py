@@ -90,10 +90,16 @@ def aggregate_wells(cells_dir: str | Path, client: Client | None = None) -> pd.D
 
 
 def _well_row(well_dir: Path) -> pd.DataFrame | None:
-    """The aggregates of the cells in one ``plate=*/well=*`` folder, as one row; None when it holds no cell."""
-    cells = pd.read_parquet(well_dir)
-    if cells.empty:
+    """The aggregates of the cells in one ``plate=*/well=*`` folder, as one row; None when it holds no cell.
+
+    Each field file is read alone: a field without cells stores all-null
+    columns whose types differ from the other fields'.
+    """
+    files = sorted(f for f in well_dir.glob("*.parquet") if not f.name.startswith((".", "_")))
+    tables = [t for t in (pd.read_parquet(f) for f in files) if len(t)]
+    if not tables:
         return None
+    cells = pd.concat(tables, ignore_index=True)
     columns = list(cells.columns)
     features = feature_columns(columns)
     averaged = [*model_columns(columns), *[c for c in columns if c.endswith("_ratio")]]
