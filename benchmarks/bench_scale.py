@@ -40,7 +40,6 @@ from screenxai.plate.reader import Plate, open_plate
 from screenxai.plate.simulate import simulate_screen
 
 RESULTS = Path(__file__).parent / "results" / "scale_cpu.json"
-MB = 1024**2
 
 
 def spanning_subset(plate: Plate) -> list[str]:
