@@ -1,4 +1,4 @@
-"""glibc malloc settings for torch in Dask workers.
+"""glibc malloc settings for torch in Dask workers, and handing freed memory back to the system.
 
 Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536`` so they
 hand freed memory back to the system. Setting any malloc threshold turns
@@ -8,6 +8,12 @@ afresh; measured on this project's models, inference ran 2.4x slower in a
 worker than in a plain process (``benchmarks/README.md``). Local clusters
 are therefore started without that variable, and a worker started with it
 (``dask worker`` on a cluster) raises both thresholds at run time instead.
+
+With the adaptive thresholds, the large temporaries of a field (images,
+label images, crops, activations) come from the heap, and glibc keeps much
+of what they free: a worker's resident memory grows over a plate's fields
+although nothing is held. Tasks therefore call ``release_free_memory`` when
+they finish a field or a group of fields.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from functools import lru_cache
 
 import dask
 
@@ -36,14 +43,29 @@ def relax_malloc_thresholds() -> bool:
     Returns whether they were changed (only on glibc, and only when
     ``MALLOC_TRIM_THRESHOLD_`` is in the environment).
     """
-    if TRIM_VARIABLE not in os.environ:
+    libc = _glibc()
+    if TRIM_VARIABLE not in os.environ or libc is None:
         return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_free_memory() -> bool:
+    """Return the free pages of every malloc arena to the system (glibc ``malloc_trim(0)``).
+
+    Returns whether any memory was released (always False without glibc).
+    """
+    libc = _glibc()
+    return libc is not None and bool(libc.malloc_trim(0))
+
+
+@lru_cache(maxsize=1)
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (it has ``mallopt`` and ``malloc_trim``), else None."""
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    except OSError:
+        return None
+    return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from screenxai.cells import CellConfig, process_field
 from screenxai.plate.reader import Plate, open_plate
+from screenxai.pipeline.allocator import release_free_memory
 from screenxai.pipeline.sinks import write_parquet_atomic
 from screenxai.pipeline.summary import OWN_FIELD_FLAGS, field_flags
 
@@ -78,3 +79,5 @@ def run_field(task: FieldTask, config: CellConfig) -> dict:
         return status
     except Exception as err:  # recorded per field; the rest of the plate goes on
         return {**failed_status(task.identity, err), "seconds": time.perf_counter() - start}
+    finally:
+        release_free_memory()  # the field's temporaries go back to the system, not to this worker's heap

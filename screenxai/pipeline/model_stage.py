@@ -31,6 +31,7 @@ import torch
 
 from screenxai.cells import CellConfig, process_field
 from screenxai.models.classifier import predict_proba
+from screenxai.pipeline.allocator import release_free_memory
 from screenxai.pipeline.bundle_plugin import worker_models
 from screenxai.pipeline.cell_stage import PARTITION_COLUMNS, FieldTask, cached_plate, done_status, failed_status
 from screenxai.pipeline.sinks import write_parquet_atomic
@@ -57,6 +58,8 @@ def cut_field(task: FieldTask, config: CellConfig) -> FieldCells:
         return FieldCells(done_status(task.identity, batch.qc), batch.table, batch.crops, time.perf_counter() - start)
     except Exception as err:  # recorded per field; the rest of the plate goes on
         return FieldCells({**failed_status(task.identity, err), "seconds": time.perf_counter() - start})
+    finally:
+        release_free_memory()  # the field's temporaries go back to the system, not to this worker's heap
 
 
 def class_column_name(name: str) -> str:
@@ -140,4 +143,5 @@ def score_fields(results: Sequence[FieldCells], tasks: Sequence[FieldTask], trai
         write_parquet_atomic(table, task.cells_path, marker=result.status)
     for result in results:
         result.status.setdefault("seconds", result.seconds)
+    release_free_memory()  # the batch's activations and tables go back to the system
     return [r.status for r in results]
