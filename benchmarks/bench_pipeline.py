@@ -109,11 +109,15 @@ def bare_loop(plate: Plate, bundle_path: Path, threads: int, wells: Sequence[str
 
 
 class PeriodicSampler:
-    """Appends ``sample()`` to ``samples`` every ``interval`` seconds, in a thread, while ``running()``'s block runs."""
+    """Appends ``sample()`` to ``samples`` every ``interval`` seconds, in a thread, while ``running()``'s block runs.
+
+    ``times`` holds each sample's ``time.perf_counter()``.
+    """
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.samples: list = []
+        self.times: list[float] = []
         self._stop = threading.Event()
 
     def sample(self) -> object:
@@ -132,6 +136,7 @@ class PeriodicSampler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            self.times.append(time.perf_counter())
             self.samples.append(self.sample())
             self._stop.wait(self.interval)
 
@@ -197,10 +202,12 @@ def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str,
         workers = [p for n, p in sampler.processes.items() if n != "client"]
         baseline, cpu_start, workers_start = sampler.sample(), cpu_seconds(processes), cpu_seconds(workers)
         start = time.perf_counter()
+        field_times: list[float] = []
         with sampler.running(), graph.running(), \
                 managed.sample("managed", client=client, measure="managed", interval=0.2), \
                 get_task_stream(client) as stream:
-            result = run_cells([plate], workdir / name, client, bundle=bundle_path, wells=wells)
+            result = run_cells([plate], workdir / name, client, bundle=bundle_path, wells=wells,
+                               on_field=lambda _: field_times.append(time.perf_counter()))
         seconds, cpu = time.perf_counter() - start, cpu_seconds(processes) - cpu_start
         cpu_workers = cpu_seconds(workers) - workers_start
         granularity = task_round_trip(client)
@@ -208,6 +215,9 @@ def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str,
     peak_total = max(sum(s.values()) for s in sampler.samples)
     peak_workers = max(sum(v for k, v in s.items() if k != "client") for s in sampler.samples)
     peak_client = max(s["client"] for s in sampler.samples)
+    workers_mb = [(sum(v for k, v in s.items() if k != "client") - sum(v for k, v in baseline.items() if k != "client"))
+                  / MB for s in sampler.samples]
+    in_field_stage = [t <= field_times[-1] for t in sampler.times]
     prefixes = [str(t["key"]).split("-")[0] for t in stream.data]
     return {
         "fields": len(result.fields), "cells": n_cells, "seconds": round(seconds, 3),
@@ -225,7 +235,12 @@ def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str,
             "peak_managed": round(float(managed.to_pandas()["managed"].max()) / MB, 1),
             "samples": len(sampler.samples),
             "client_series": downsampled([round((s["client"] - baseline["client"]) / MB, 1)
-                                          for s in sampler.samples])},
+                                          for s in sampler.samples]),
+            "workers_series": downsampled([round(v, 1) for v in workers_mb]),
+            "workers_peak_field_stage": round(max(v for v, f in zip(workers_mb, in_field_stage) if f), 1),
+            "workers_peak_after_field_stage": round(max((v for v, f in zip(workers_mb, in_field_stage) if not f),
+                                                        default=float("nan")), 1),
+            "field_stage_s": round(field_times[-1] - start, 1)},
         "scheduler_tasks": {"peak": max(graph.samples, default=0), "samples": len(graph.samples)},
         "task_round_trip_s": granularity,
     }
