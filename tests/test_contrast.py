@@ -11,7 +11,7 @@ import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from screenxai.explain import DirectionConfig, learn_directions, load_directions, save_directions
-from screenxai.explain.contrast import MIN_CELLS, contrast_vectors, with_contrast_directions
+from screenxai.explain.contrast import MIN_CELLS, contrast_vectors, shift_cosines, with_contrast_directions
 
 torch.set_num_threads(1)
 
@@ -167,3 +167,26 @@ def test_contrast_readouts_read_back_with_their_column_treatment_and_name(screen
     assert load_contrast_readouts(tmp_path / "old")["name"].isna().all()
     save_directions(learned, pd.DataFrame({"rank": [1], "direction": [1], "sign": [1]}), tmp_path / "none")
     assert load_contrast_readouts(tmp_path / "none").empty
+
+
+def test_shift_cosines_tell_one_change_at_two_potencies_from_a_second_change(screen, learned):
+    """Treatment 3 is treatment 1 at half the shift; treatment 4 makes treatment 1's change without its nuisance
+    part, plus treatment 2's."""
+    z, labels, first, second, nuisance = screen
+    gen = torch.Generator().manual_seed(1)
+    negative = z[labels == 0]
+    weaker = negative + 0.75 * (first + nuisance)
+    both = negative + 1.5 * first - 1.5 * second
+    z = torch.cat([z, weaker + 0.1 * torch.randn(weaker.shape, generator=gen), both])
+    labels = np.concatenate([labels, np.full(len(weaker), 3), np.full(len(both), 4)])
+    directions, kept = with_contrast_directions(learned, z, labels, [1, 2, 3, 4])
+    cosines = shift_cosines(directions, ["one", "two", "one-weaker", "both"])
+    assert kept == [1, 2, 3, 4]
+    assert list(cosines.index) == list(cosines.columns) == ["one", "two", "one-weaker", "both"]
+    np.testing.assert_allclose(np.diag(cosines.to_numpy()), 1.0, atol=1e-9)
+    assert cosines.loc["one", "one-weaker"] > 0.95
+    assert abs(cosines.loc["one", "two"]) < 0.2
+    assert 0.3 < cosines.loc["both", "one"] < 0.8 and 0.3 < cosines.loc["both", "two"] < 0.8
+    assert shift_cosines(learned, []).empty  # directions saved without their treatments' names
+    with pytest.raises(ValueError, match="contrast directions"):
+        shift_cosines(directions, ["one", "two"])

@@ -121,7 +121,7 @@ def test_a_treatment_only_its_contrast_readout_sees_is_active_and_groups_ignore_
                                   ["mean_attribute_d0p", "mean_attribute_d1p"], "DMSO", 1, "dose_index")
     expected = profile_similarity(profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_")),
                                   weighed_over=list(conditions.treatments), floor=3.0)
-    pd.testing.assert_frame_equal(tables.similarity, expected)
+    pd.testing.assert_frame_equal(tables.similarity, expected.assign(basis="attribute_profile"))
 
 
 def test_each_treatment_row_describes_its_own_contrast_readout():
@@ -213,3 +213,26 @@ def test_a_change_kept_under_several_ids_counts_once_in_the_groups():
     assert similarity_once < 0.7
     assert len({counted_once[t] for t in ("both", "hi", "big")}) == 3 and counted_once["hi"] == counted_once["lo"]
     assert counted_once["none"] == "inactive"
+
+
+def test_latent_shifts_decide_the_groups_when_every_treatment_has_one():
+    """Shifts that make ``big`` act like ``hi`` group them, whatever the attribute profiles say; without a shift
+    for every treatment the attribute profiles decide, as in ``tables``."""
+    conditions = Conditions("compound", "DMSO", ("big", "hi", "lo", "none"))
+    names = ["big", "hi", "lo", "none"]
+    matrix = np.array([[1.0, 0.95, 0.9, 0.0], [0.95, 1.0, 0.97, 0.1], [0.9, 0.97, 1.0, 0.1], [0.0, 0.1, 0.1, 1.0]])
+    shifts = pd.DataFrame(matrix, index=names, columns=names)
+
+    def tables_with(cosines):
+        return treatment_tables(planted_wells(), kept_attributes(), conditions, {}, shift_cosines=cosines)
+
+    shifted = tables_with(shifts)
+    groups = shifted.treatments.set_index("treatment")["group"]
+    assert groups["big"] == groups["hi"] == groups["lo"] and groups["none"] == "inactive"
+    assert set(shifted.similarity["basis"]) == {"latent_shift"}
+    pairs = shifted.similarity.set_index(["treatment", "other"])["similarity"]
+    assert pairs[("big", "hi")] == 0.95 and len(pairs) == 16
+    partial = tables_with(shifts.drop(index="lo", columns="lo"))
+    groups = partial.treatments.set_index("treatment")["group"]
+    assert set(partial.similarity["basis"]) == {"attribute_profile"}
+    assert groups["hi"] == groups["lo"] != groups["big"]

@@ -23,7 +23,10 @@ only where its edit moves the classifier towards a treatment.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from torch.nn import functional as F
@@ -71,3 +74,21 @@ def with_contrast_directions(directions: Directions, z: torch.Tensor, labels: np
     edits, axes, kept = contrast_vectors(directions, z, labels, classes)
     extended = directions.with_linear(edits, axes).eval().requires_grad_(False)
     return extended.calibrate(z.to(extended.mean.device).float()), kept
+
+
+def shift_cosines(directions: Directions, treatments: Sequence[str]) -> pd.DataFrame:
+    """Cosine between the treatments' mean changes in ``z_sem`` (their contrast edits): treatment x treatment.
+
+    ``treatments`` names the contrast directions in order (the last
+    ``n_linear`` directions). Two treatments that do the same thing at
+    different potencies shift the latents the same way (cosine near 1); one
+    that adds a second change to it shifts them partly elsewhere. Directions
+    saved without their treatments' names give an empty table.
+    """
+    if len(treatments) == 0:
+        return pd.DataFrame(dtype="float64")
+    if len(treatments) != directions.n_linear:
+        raise ValueError(f"{len(treatments)} treatments for {directions.n_linear} contrast directions")
+    edits = F.normalize(directions.linear.detach().cpu().double(), dim=1)
+    names = [str(t) for t in treatments]
+    return pd.DataFrame((edits @ edits.T).numpy(), index=names, columns=names)

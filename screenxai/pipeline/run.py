@@ -388,17 +388,19 @@ def _write_attribute_tables(out: Path, aggregates: pd.DataFrame, layouts: dict, 
     """Write ``attributes``, ``treatments``, ``similarity`` (and, two-class, ``readouts``) tables; return ``wells``
     with every attribute id's and contrast readout's SD and robust z."""
     from screenxai.explain import attribute_axis_cosines, load_contrast_readouts, load_directions
+    from screenxai.explain.contrast import shift_cosines
     from screenxai.pipeline.treatments import treatment_tables
 
     directions, attributes = load_directions(explain)
+    contrasts = load_contrast_readouts(explain)
     conditions = bundle_conditions(bundle)
     metrics = bundle.config["provenance"].get("classifier_metrics", {})
     auc = metrics.get("auc_vs_negative") or {conditions.treatments[0]: metrics.get("auc", {}).get(
         conditions.treatments[0], float("nan"))}
     try:
         tables = treatment_tables(with_layouts(aggregates, layouts), attributes, conditions, auc,
-                                  contrasts=load_contrast_readouts(explain),
-                                  axis_cosines=attribute_axis_cosines(directions, attributes))
+                                  contrasts=contrasts, axis_cosines=attribute_axis_cosines(directions, attributes),
+                                  shift_cosines=shift_cosines(directions, contrasts["treatment"].tolist()))
     except (ValueError, KeyError) as err:  # no negative wells, no dose axis: the attributes without statistics
         write_parquet_atomic(attributes.assign(statistics_error=str(err)), out / "attributes.parquet")
         return wells

@@ -4,16 +4,19 @@ Every attribute id has per-well means (``mean_attribute_<id>``); here they
 get per-well robust z-scores against the negative wells, each treatment's
 kept attributes a dose-response fit over its wells and the negative wells
 (at dose 0), and each treatment a profile (mean robust z of every attribute
-over its top-dose wells). Profiles give the activity call, the treatment x
-treatment cosine similarity (every distinct change weighing alike over the
-active treatments: attributes along one axis, kept by several treatments,
-merged into one) and the mechanism groups cut from it (``screenxai.stats``).
+over its top-dose wells). Profiles give the activity call. The treatment x
+treatment similarity, from which the mechanism groups are cut
+(``screenxai.stats``), is the cosine between the treatments' mean changes in
+``z_sem`` (their contrast edits) when every treatment has one: it does not
+depend on which attributes each treatment kept. Without them it is the
+cosine of the attribute profiles (every distinct change weighing alike over
+the active treatments: attributes along one axis, kept by several
+treatments, merged into one).
 
 The activity call also reads the contrast readouts (``mean_contrast_d{k}``,
 each treatment's own discriminant, kept as an attribute or not), against
 pseudo-treatments of negative wells on the same readouts: a treatment whose
-change no edit makes the classifier follow is still seen to act. The
-similarity and the groups use the kept attributes only. Each treatment's
+change no edit makes the classifier follow is still seen to act. Each treatment's
 own readout is reported with its real-cell name, its robust z at the top
 dose and its dose Spearman, so that a treatment whose change no
 counterfactual draws (and that keeps no attribute) is still described.
@@ -33,7 +36,8 @@ from screenxai.stats import (StatisticsError, call_activity, dose_response, mech
                              well_robust_z)
 
 TREATMENT = "treatment"
-GROUP_SIMILARITY = 0.8  # treatments whose profiles' mean cosine similarity reaches this act alike
+GROUP_SIMILARITY = 0.8  # treatments whose mean similarity reaches this act alike
+LATENT_SHIFT, ATTRIBUTE_PROFILE = "latent_shift", "attribute_profile"  # the bases of a similarity
 ACTIVITY_THRESHOLD = 3.0  # robust z (MAD units) a treatment's strongest attribute must reach
 
 
@@ -73,14 +77,18 @@ def label_treatments(wells: pd.DataFrame, conditions: Conditions) -> pd.DataFram
 def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions,
                      auc_vs_negative: dict[str, float], top_doses: int = 1,
                      contrasts: pd.DataFrame | None = None,
-                     axis_cosines: pd.DataFrame | None = None) -> TreatmentTables:
+                     axis_cosines: pd.DataFrame | None = None,
+                     shift_cosines: pd.DataFrame | None = None) -> TreatmentTables:
     """The per-treatment tables from ``wells`` (layout columns joined) and the bundle's ``attributes``.
 
     ``top_doses`` highest dose levels of a treatment make its profile.
     ``contrasts``: the bundle's contrast readouts (``load_contrast_readouts``),
     each treatment's own described in its row. ``axis_cosines``: signed
     cosines of the attributes' axes (``attribute_axis_cosines``); attributes
-    along one axis then count as one change in the similarity.
+    along one axis then count as one change in an attribute-profile
+    similarity. ``shift_cosines``: cosines between the treatments' mean
+    latent changes (``screenxai.explain.contrast.shift_cosines``), the
+    similarity when it covers every treatment of the wells.
     """
     wells = label_treatments(wells, conditions)
     dose = dose_column(wells) or "dose_index"
@@ -95,13 +103,25 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     profiles = treatment_profiles(labelled, TREATMENT, readouts, conditions.negative, top_doses, dose_level(labelled))
     activity = _activity(labelled, profiles, top.groupby(TREATMENT).size(), conditions)
     active = activity.index[activity["active"].astype(bool)]
-    changes = profiles[values].rename(columns=lambda c: c.removeprefix("mean_attribute_"))
-    if axis_cosines is not None:
-        changes = merge_collinear(changes, axis_cosines)
-    similarity = profile_similarity(changes, weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
+    similarity = _similarity(profiles[values], active, axis_cosines, shift_cosines)
     own = _readout_statistics(labelled, scores, contrasts, top, conditions.negative, dose)
     treatments = _treatment_table(labelled, activity, similarity, named, own, conditions, auc_vs_negative)
     return TreatmentTables(well_scores, named, treatments, similarity)
+
+
+def _similarity(profiles: pd.DataFrame, active: pd.Index, axis_cosines: pd.DataFrame | None,
+                shift_cosines: pd.DataFrame | None) -> pd.DataFrame:
+    """Treatment x treatment similarity with its ``basis``: latent shifts when every treatment has one, else the
+    cosine of the attribute ``profiles`` (``mean_attribute_<id>`` columns)."""
+    treatments = [str(t) for t in profiles.index]
+    if shift_cosines is not None and set(treatments) <= set(shift_cosines.index):
+        square = shift_cosines.loc[treatments, treatments].rename_axis(index="treatment", columns="other")
+        return square.stack().rename("similarity").reset_index().assign(basis=LATENT_SHIFT)
+    changes = profiles.rename(columns=lambda c: c.removeprefix("mean_attribute_"))
+    if axis_cosines is not None:
+        changes = merge_collinear(changes, axis_cosines)
+    similarity = profile_similarity(changes, weighed_over=active if len(active) else None, floor=ACTIVITY_THRESHOLD)
+    return similarity.assign(basis=ATTRIBUTE_PROFILE)
 
 
 def dose_level(wells: pd.DataFrame) -> str:
