@@ -15,7 +15,8 @@ inert), trains a bundle with ``screenxai train``'s defaults (class column
   attribute or not): the same |Spearman| and whether its real-cell name
   (``readout_name``) is the factor's;
 - activity calls, the adjusted Rand index of the mechanism groups and the
-  similarity they were cut from;
+  similarity they were cut from (the latent shifts), and the groups the
+  kept attributes' profiles would give on the same wells;
 - each treatment's formula against the negative control on held-out wells
   (accuracy of black box, sparse network and formula; fidelity);
 - negative controls: random directions (untrained MLPs on the same
@@ -47,7 +48,9 @@ import torch
 from scipy.stats import spearmanr
 from distributed import Client, LocalCluster
 
-from screenxai.explain import load_directions, random_directions, scores_from_latents
+from screenxai.explain import (attribute_axis_cosines, load_contrast_readouts, load_directions, random_directions,
+                               scores_from_latents)
+from screenxai.explain.expression import expressed, treatment_shifts
 from screenxai.explain.ranking import axis_cosines, build_cache, select_attributes
 from screenxai.explain.validation import (FACTOR_FEATURES, grouping_agreement, pseudo_treatment_call, readout_report,
                                           treatment_report, well_truth)
@@ -56,6 +59,7 @@ from screenxai.models.latent_checks import encode
 from screenxai.pipeline.crop_cache import read_crop_cache
 from screenxai.pipeline.run import bundle_conditions, run_cells
 from screenxai.pipeline.summary import with_layouts
+from screenxai.pipeline.treatments import treatment_tables
 from screenxai.pipeline.train_job import TrainSettings, train, work_folder
 from screenxai.plate.reader import open_plate
 from screenxai.plate.simulate import MECHANISM_GROUPS, NEGATIVE_CONTROL, TREATMENTS, simulate_screen
@@ -69,7 +73,8 @@ def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd
 
     ``kind`` ``random``: untrained MLPs on the same subspace, as many as the
     run's directions (the negative control); ``learned``: the run's learned
-    directions without its contrast directions.
+    directions without its contrast directions. As in the run, a treatment's
+    candidates are the changes its cached cells show (``screenxai.explain.expression``).
     """
     bundle = load_bundle(bundle_path)
     learned, _ = load_directions(bundle_path / "explain")
@@ -79,12 +84,21 @@ def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd
     z = encode(autoencoder, crops)
     directions = random_directions(z, learned.n_directions, seed=seed) if kind == "random" else learned
     excluded = frozenset(range(learned.n_learned, learned.n_directions)) if kind == "learned" else frozenset()
-    negative = np.flatnonzero(table[conditions.class_column].astype(str).eq(conditions.negative).to_numpy())
+    classes = table[conditions.class_column].astype(str)
+    labels = classes.map({name: k for k, name in enumerate(conditions.class_names)}).fillna(-1).to_numpy(int)
+    negative = np.flatnonzero(labels == 0)
     pick = np.random.default_rng(seed).permutation(negative)[:32]
     cache = build_cache(autoencoder, directions, crops[pick], 2.0, 10, 10)
     rows = []
     for target, treatment in enumerate(conditions.treatments, start=1):
-        selected = select_attributes(cache, target, 3, -1.0, 10, 10, axis_cosines(directions), 0.8, excluded)
+        shifts = treatment_shifts(directions, z, labels, target)
+        shifts[sorted(excluded)] = np.nan  # measured against the candidates' largest shift, as a run without them
+        eligible = expressed(shifts)
+        try:
+            selected = select_attributes(cache, target, 3, -1.0, 10, 10, axis_cosines(directions), 0.8, excluded,
+                                         eligible=eligible)
+        except ValueError:  # no change its cells show moves the classifier: it keeps none, as in the run
+            continue
         rows.append(selected.assign(treatment=treatment, name=""))
     attributes = pd.concat(rows, ignore_index=True)
     embeddings = pd.read_parquet(run / "embeddings")
@@ -96,6 +110,21 @@ def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd
     other_wells = wells[["plate", "well", "compound"]].merge(means, on=["plate", "well"])
     planted = {t: f for t, f in TREATMENTS.items() if f}
     return treatment_report(other_wells, attributes, truth, planted, NEGATIVE_CONTROL)
+
+
+def attribute_profile_groups(bundle_path: Path, run: Path) -> dict:
+    """The groups the kept attributes' profiles give on the run's wells (the rule before latent shifts): ARI and
+    similarity."""
+    explain = bundle_path / "explain"
+    directions, attributes = load_directions(explain)
+    wells = pd.read_parquet(run / "wells.parquet")
+    wells = wells[[c for c in wells.columns if not c.startswith(("sd_attribute_", "robust_z_"))]]
+    tables = treatment_tables(wells, attributes, bundle_conditions(load_bundle(bundle_path)), {},
+                              contrasts=load_contrast_readouts(explain),
+                              axis_cosines=attribute_axis_cosines(directions, attributes))
+    similarity = tables.similarity.pivot(index="treatment", columns="other", values="similarity").round(3)
+    return {"ari": grouping_agreement(tables.treatments, dict(MECHANISM_GROUPS)),
+            "similarity": similarity.to_dict(orient="index")}
 
 
 def reference_tracking(run: Path, wells: pd.DataFrame, truth: pd.DataFrame, class_names: list[str]) -> pd.DataFrame:
@@ -157,7 +186,8 @@ def main() -> None:
     RESULTS.write_text(json.dumps(results, indent=2, default=float))
     print(json.dumps({k: record[k] for k in ("factor_tracking", "readout_tracking", "random_directions_tracking",
                                              "learned_directions_tracking", "reference_tracking", "activity_exact",
-                                             "grouping_ari", "shuffled_negative_wells", "timings_s")},
+                                             "grouping_ari", "shuffled_negative_wells", "timings_s")}
+                     | {"attribute_profile_ari": record["attribute_profile_groups"]["ari"]},
                      indent=1, default=float))
 
 
@@ -209,6 +239,7 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
             orient="records"),
         "activity_exact": all(bool(calls[t]) == bool(f) for t, f in TREATMENTS.items()),
         "grouping_ari": grouping_agreement(treatments, dict(MECHANISM_GROUPS)),
+        "attribute_profile_groups": attribute_profile_groups(work / "bundle", out),
         "similarity": pd.read_parquet(out / "similarity.parquet").pivot(
             index="treatment", columns="other", values="similarity").round(3).to_dict(orient="index"),
         "formulas": pd.read_parquet(out / "interpretable.parquet")[

@@ -28,6 +28,7 @@ import torch
 from screenxai.explain.counterfactuals import ALPHAS, make_counterfactuals
 from screenxai.explain.contrast import with_contrast_directions
 from screenxai.explain.directions import DirectionConfig, Directions, classifier_guide, learn_directions
+from screenxai.explain.expression import MIN_EXPRESSION, expressed, treatment_shifts
 from screenxai.explain.naming import feature_associations, name_attributes, readout_names
 from screenxai.explain.ranking import axis_cosines, build_cache, nearest_better_attribute, select_attributes
 from screenxai.explain.scores import contrast_scores_from_latents, scores_from_latents, unique_attributes
@@ -62,6 +63,7 @@ class ExplainSettings:
     guided: bool = True
     contrast: bool = True
     max_cosine: float = DISTINCT_COSINE
+    min_expression: float = MIN_EXPRESSION
     alpha: float = 2.0
     steps_inv: int = 10
     steps_dec: int = 10
@@ -132,7 +134,7 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     cache = build_cache(autoencoder, directions, crops[pick], settings.alpha, settings.steps_inv, settings.steps_dec,
                         on_direction=lambda k, n: step("ranking", k, n))
     ranked = autoencoder.unet_evaluations
-    candidates = _treatment_candidates(cache, directions, class_names, settings)
+    candidates = _treatment_candidates(cache, directions, class_names, settings, z, labels[training_rows])
     shown = pick[:min(len(pick), settings.shown_cells)]
     real = None
     if features is not None:
@@ -171,17 +173,21 @@ def _direction_sources(directions: Directions, contrasted: Sequence[int],
     return sources
 
 
-def _treatment_candidates(cache, directions: Directions, class_names: Sequence[str],
-                          settings: ExplainSettings) -> pd.DataFrame:
-    """Each treatment's ranked candidates from the shared cache, distinct axes, a few spare."""
+def _treatment_candidates(cache, directions: Directions, class_names: Sequence[str], settings: ExplainSettings,
+                          z: torch.Tensor, labels: np.ndarray) -> pd.DataFrame:
+    """Each treatment's ranked candidates from the shared cache: changes its cells show, distinct axes, a few spare.
+
+    ``z`` and ``labels`` are the training cells' latents and class indices.
+    """
     cosines = axis_cosines(directions)
     n_candidates = min(settings.n_attributes + CANDIDATE_SPARE, directions.n_directions)
     tables = []
     for target, treatment in enumerate(class_names[1:], start=1):
+        eligible = expressed(treatment_shifts(directions, z, labels, target), settings.min_expression)
         try:
             table = select_attributes(cache, target, n_candidates, 0.0, settings.steps_inv, settings.steps_dec,
-                                      cosines, settings.max_cosine)
-        except ValueError:  # nothing moves cells towards it: it keeps no attribute
+                                      cosines, settings.max_cosine, eligible=eligible)
+        except ValueError:  # no change its cells show moves cells towards it: it keeps no attribute
             continue
         tables.append(table.assign(treatment=str(treatment), alpha=settings.alpha))
     if not tables:

@@ -123,12 +123,14 @@ def axis_cosines(directions: Directions) -> np.ndarray:
 
 def select_attributes(cache: RankingCache, target_class: int, n_attributes: int, threshold: float,
                       steps_inv: int, steps_dec: int, cosines: np.ndarray | None = None,
-                      max_cosine: float = 1.0, exclude: frozenset[int] = frozenset()) -> pd.DataFrame:
+                      max_cosine: float = 1.0, exclude: frozenset[int] = frozenset(),
+                      eligible: np.ndarray | None = None) -> pd.DataFrame:
     """Greedy selection on memoised scores; one row per kept attribute with the reference's cost of its round.
 
     A direction whose axis has |cosine| of at least ``max_cosine`` with a kept
     one's (``cosines``, from ``axis_cosines``) is the same change and is not
-    a candidate; neither are the directions in ``exclude``.
+    a candidate; neither are the directions in ``exclude``, nor the
+    (direction, sign) pairs that ``eligible`` (K, 2), when given, marks False.
     """
     n_cells, n_directions = cache.edited_proba.shape[:2]
     gain = cache.edited_proba[..., target_class] - cache.proba[:, None, None, target_class]
@@ -142,6 +144,8 @@ def select_attributes(cache: RankingCache, target_class: int, n_attributes: int,
         if not free:
             break
         candidates[free] = gain[pool][:, free].mean(0)
+        if eligible is not None:
+            candidates[~eligible] = -np.inf
         k, s = np.unravel_index(np.argmax(candidates), candidates.shape)
         if candidates[k, s] < threshold:
             break
