@@ -13,10 +13,7 @@ reporter (GFP) nucleus/ring ratio. Results go to
 ``results/explain_bbbc013_cpu.json`` under the preset, seed and kind of
 directions.
 
-    python -m benchmarks.bench_explain_bbbc013 --preset tiny [--seed 1] [--unguided] [--staining-sensitive]
-
-``--staining-sensitive`` fits the contrast directions without making them
-blind to a channel's brightness across a field (``screenxai.explain.staining``).
+    python -m benchmarks.bench_explain_bbbc013 --preset tiny [--seed 1] [--unguided]
 """
 
 from __future__ import annotations
@@ -49,10 +46,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/screenxai-bench-bbbc013"))
     parser.add_argument("--unguided", action="store_true", help="plain contrastive directions, no classifier guide")
-    parser.add_argument("--staining-sensitive", action="store_true",
-                        help="contrast directions that may follow a channel's brightness across a field")
     args = parser.parse_args()
-    kind = ("unguided" if args.unguided else "guided") + ("-staining-sensitive" if args.staining_sensitive else "")
+    kind = "unguided" if args.unguided else "guided"
     work = args.workdir / f"{args.preset}-seed{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
     plate_path = work / "bbbc013.zarr"
@@ -74,8 +69,7 @@ def main() -> None:
         shutil.rmtree(bundle, ignore_errors=True)
         shutil.copytree(models, bundle, ignore=shutil.ignore_patterns("explain"))
         train([plate], bundle, client, TrainSettings(preset=args.preset, seed=args.seed, stages=("explain",),
-                                                     explain_guided=not args.unguided,
-                                                     explain_staining_invariant=not args.staining_sensitive))
+                                                     explain_guided=not args.unguided))
         timings["explain"] = time.perf_counter() - start
         start = time.perf_counter()
         result = run_cells([plate], work / f"run-{time.time_ns()}", client, bundle=bundle, exemplars_per_condition=0)

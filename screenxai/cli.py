@@ -312,10 +312,6 @@ GUIDED_OPTION = click.option("--guided/--unguided", default=True, show_default=T
 CONTRAST_OPTION = click.option("--contrast/--no-contrast", default=True, show_default=True,
                                help="Add each treatment's contrast direction (its mean change from the negative "
                                     "control, scored by a linear discriminant) to the learned directions.")
-STAINING_OPTION = click.option("--staining-invariant/--staining-sensitive", default=True, show_default=True,
-                               help="Make the contrast directions blind to a channel's brightness across a whole "
-                                    "field (stain uptake, exposure); --staining-sensitive where a treatment's effect "
-                                    "is a uniform change of brightness.")
 
 
 class LogProgress:
@@ -481,12 +477,11 @@ def _train_for_run(plates, out: Path, client, console, settings, place: StagePla
 @click.option("--keep-work", is_flag=True, help="Keep the crop cache and checkpoints (OUT.work) after success.")
 @GUIDED_OPTION
 @CONTRAST_OPTION
-@STAINING_OPTION
 @cluster_options
 def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column: str | None, classes: str | None,
           top_doses: int, preset: str, stages: str, wells: str | None, max_cells_per_well: int,
           nuclear_channel: str | None, seed: int, scheduler: str | None, workers: int | None, keep_work: bool,
-          guided: bool, contrast: bool, staining_invariant: bool, **cluster) -> None:
+          guided: bool, contrast: bool, **cluster) -> None:
     """Train the classifier and the diffusion autoencoder on cells of PLATES; write a model bundle to OUT.
 
     Cells are cut by Dask workers into a crop cache, then training runs as
@@ -511,7 +506,7 @@ def train(plates: tuple[Path, ...], out: Path, layout: Path | None, class_column
         seed=seed,
         max_cells_per_well=max_cells_per_well, nuclear_channel=nuclear_channel,
         wells={p.name: selected for p in opened} if selected else None, explain_guided=guided,
-        explain_contrast=contrast, explain_staining_invariant=staining_invariant)
+        explain_contrast=contrast)
     check_nuclear_channel(opened, nuclear_channel)
     check_classes(opened, settings)
     try:
@@ -560,7 +555,7 @@ def interpret(bundle: Path, plates: tuple[Path, ...], layout: Path | None, max_c
 
 
 def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well: int, seed: int,
-                           guided: bool = True, contrast: bool = True, staining_invariant: bool = True):
+                           guided: bool = True, contrast: bool = True):
     """Settings that run one later stage on the bundle's own training wells, preset and classes."""
     from screenxai.models.bundle import load_bundle
     from screenxai.pipeline.train_job import TrainSettings
@@ -578,7 +573,7 @@ def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well:
     return TrainSettings(preset=provenance["preset"], stages=(stage,), class_column=loaded.config["class_column"],
                          class_names=loaded.class_names, seed=seed, max_cells_per_well=max_cells_per_well,
                          wells={p.name: wells[p.name] for p in opened}, explain_guided=guided,
-                         explain_contrast=contrast, explain_staining_invariant=staining_invariant)
+                         explain_contrast=contrast)
 
 
 @main.command()
@@ -594,10 +589,9 @@ def _bundle_stage_settings(bundle: Path, opened, stage: str, max_cells_per_well:
 @click.option("--workers", type=int, help="Workers of the local cluster (default: one per core).")
 @GUIDED_OPTION
 @CONTRAST_OPTION
-@STAINING_OPTION
 def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | None, wells: str | None,
             exemplars: int, max_cells_per_well: int, seed: int, scheduler: str | None, workers: int | None,
-            guided: bool, contrast: bool, staining_invariant: bool) -> None:
+            guided: bool, contrast: bool) -> None:
     """Find the attributes that change BUNDLE's classifier, name them, and score and render them on PLATES.
 
     Learns latent directions on the training wells' cells, ranks them by
@@ -618,8 +612,7 @@ def explain(bundle: Path, plates: tuple[Path, ...], out: Path, layout: Path | No
     selected = [w.strip() for w in wells.split(",")] if wells else None
     if exemplars > 0:
         check_layout_wells(opened, selected, layout)
-    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided, contrast,
-                                      staining_invariant)
+    settings = _bundle_stage_settings(bundle, opened, "explain", max_cells_per_well, seed, guided, contrast)
     place = StagePlace(["explain", "fields", *(["counterfactuals"] if exemplars > 0 else [])])
 
     def to_stderr(line: str) -> None:

@@ -17,11 +17,6 @@ part. A contrast direction is the treatment's own change, in two parts:
   projection on the shift itself is dominated by the latents' largest
   spreads.
 
-Both can be made blind to how brightly a field is stained
-(``screenxai.explain.staining``): with staining axes given, the edit is the
-shift less its part along them and the discriminant is fitted in the
-coordinates orthogonal to them.
-
 Contrast directions are candidates like any other: the ranking keeps one
 only where its edit moves the classifier towards a treatment.
 """
@@ -37,44 +32,35 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from torch.nn import functional as F
 
 from screenxai.explain.directions import Directions
-from screenxai.explain.staining import orthonormal_rows, without
 
 MIN_CELLS = 10  # cells each side needs for a discriminant with a spread
 
 
-def contrast_vectors(directions: Directions, z: torch.Tensor, labels: np.ndarray, classes: list[int],
-                     staining: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def contrast_vectors(directions: Directions, z: torch.Tensor, labels: np.ndarray,
+                     classes: list[int]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Edits and scoring axes (each (M, z_dim), unit vectors), one per class of ``classes`` with enough cells.
 
     ``labels`` holds each latent's class (0: the negative control). Both
     vectors of a class point from the negative control towards it; a class
     with fewer than ``MIN_CELLS`` cells (or a negative control with fewer)
-    gets none. ``staining``: axes of ``z_sem`` (S, z_dim;
-    ``screenxai.explain.staining``) that every edit and scoring axis is made
-    orthogonal to. Also returns the classes that got one.
+    gets none. Also returns the classes that got one.
     """
     if len(labels) != len(z):
         raise ValueError(f"{len(labels)} labels for {len(z)} latents")
     z = z.to(directions.mean.device).float()
-    staining = torch.zeros(0, directions.z_dim) if staining is None else staining
-    staining = staining.to(directions.mean)
-    whitened_staining = orthonormal_rows(staining @ directions.components.T / directions.sd)
-    inside_staining = orthonormal_rows((staining @ directions.components.T) @ directions.components)
-    u = without(directions.whiten(z), whitened_staining).cpu().numpy().astype(np.float64)
+    u = directions.whiten(z).cpu().numpy().astype(np.float64)
     negative = labels == 0
     edits, axes, kept = [], [], []
     for target in classes:
         treated = labels == target
         if target == 0 or treated.sum() < MIN_CELLS or negative.sum() < MIN_CELLS:
             continue
-        shift = z[torch.as_tensor(treated, device=z.device)].mean(0) - z[torch.as_tensor(negative, device=z.device)].mean(0)
-        edit = without(((shift @ directions.components.T) @ directions.components)[None], inside_staining)[0]
         rows = negative | treated
         lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(u[rows], treated[rows])
         weight = torch.as_tensor(lda.coef_[0], dtype=directions.sd.dtype, device=directions.sd.device)
-        weight = without(weight[None], whitened_staining)[0]
         axes.append(F.normalize((weight / directions.sd) @ directions.components, dim=0))
-        edits.append(F.normalize(edit, dim=0))
+        shift = z[torch.as_tensor(treated, device=z.device)].mean(0) - z[torch.as_tensor(negative, device=z.device)].mean(0)
+        edits.append(F.normalize((shift @ directions.components.T) @ directions.components, dim=0))
         kept.append(int(target))
     if not kept:
         empty = torch.zeros(0, directions.z_dim)
@@ -82,13 +68,10 @@ def contrast_vectors(directions: Directions, z: torch.Tensor, labels: np.ndarray
     return torch.stack(edits).cpu(), torch.stack(axes).cpu(), kept
 
 
-def with_contrast_directions(directions: Directions, z: torch.Tensor, labels: np.ndarray, classes: list[int],
-                             staining: torch.Tensor | None = None) -> tuple[Directions, list[int]]:
-    """``directions`` with a contrast direction per class appended and all calibrated on ``z``; and those classes.
-
-    ``staining``: axes the contrast directions are made orthogonal to (``contrast_vectors``).
-    """
-    edits, axes, kept = contrast_vectors(directions, z, labels, classes, staining)
+def with_contrast_directions(directions: Directions, z: torch.Tensor, labels: np.ndarray,
+                             classes: list[int]) -> tuple[Directions, list[int]]:
+    """``directions`` with a contrast direction per class appended and all calibrated on ``z``; and those classes."""
+    edits, axes, kept = contrast_vectors(directions, z, labels, classes)
     extended = directions.with_linear(edits, axes).eval().requires_grad_(False)
     return extended.calibrate(z.to(extended.mean.device).float()), kept
 

@@ -32,7 +32,6 @@ from screenxai.explain.expression import MIN_EXPRESSION, expressed, treatment_sh
 from screenxai.explain.naming import feature_associations, name_attributes, readout_names
 from screenxai.explain.ranking import axis_cosines, build_cache, nearest_better_attribute, select_attributes
 from screenxai.explain.scores import contrast_scores_from_latents, scores_from_latents, unique_attributes
-from screenxai.explain.staining import staining_axes
 from screenxai.models.autoencoder import DiffusionAutoencoder
 from screenxai.models.latent_checks import encode
 from screenxai.models.progress import StepCallback
@@ -54,10 +53,7 @@ class ExplainSettings:
     ``max_cosine``: kept attributes of a treatment have mean axes with
     |cosine| below it. ``contrast``: each treatment's contrast direction
     (its cells' linear discriminant against the negative control) joins the
-    learned ones as a candidate. ``staining_invariant``: contrast directions
-    are made blind to a channel's brightness across a field
-    (``screenxai.explain.staining``), which differs between wells for
-    reasons other than the treatment.
+    learned ones as a candidate.
     """
 
     n_directions: int = 10
@@ -66,7 +62,6 @@ class ExplainSettings:
     shown_cells: int = 16
     guided: bool = True
     contrast: bool = True
-    staining_invariant: bool = True
     max_cosine: float = DISTINCT_COSINE
     min_expression: float = MIN_EXPRESSION
     alpha: float = 2.0
@@ -86,8 +81,7 @@ class Explanations:
     ``contrast_treatments``: the treatment of each contrast direction, in
     order; ``contrast_names``: for each, the ``name`` and ``name_spearman``
     of its readout over the real cells (``readout_names``; None without the
-    cells' features); ``staining_invariant``: whether the contrast directions
-    were made blind to staining.
+    cells' features).
     """
 
     directions: Directions
@@ -97,7 +91,6 @@ class Explanations:
     unet_evaluations: dict[str, int]
     contrast_treatments: list[str]
     contrast_names: list[dict]
-    staining_invariant: bool
 
 
 def direction_config(settings: ExplainSettings, n_classes: int, guided: bool) -> DirectionConfig:
@@ -131,10 +124,8 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     directions = learn_directions(z, config, guide=guide, on_epoch=lambda done, total: step("directions", done, total))
     contrasted: list[int] = []
     if settings.contrast:
-        staining = staining_axes(autoencoder, crops[training_rows], seed=settings.seed) \
-            if settings.staining_invariant else None
         directions, contrasted = with_contrast_directions(directions, z, labels[training_rows],
-                                                          list(range(1, len(class_names))), staining)
+                                                          list(range(1, len(class_names))))
     source = np.flatnonzero((labels == 0) & training_rows)
     if len(source) == 0:
         raise ValueError(f"no training cell of the negative class {class_names[0]!r} to rank attributes on")
@@ -159,8 +150,7 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
                    "reference": int(attributes["reference_unet_evaluations"].sum()),
                    "treatments": len(class_names) - 1}
     return Explanations(directions, attributes, config, guided, evaluations,
-                        [str(class_names[c]) for c in contrasted], readouts,
-                        settings.contrast and settings.staining_invariant)
+                        [str(class_names[c]) for c in contrasted], readouts)
 
 
 def _name_readouts(directions: Directions, z: torch.Tensor, labels: np.ndarray, contrasted: Sequence[int],
@@ -259,6 +249,5 @@ def as_records(explanations: Explanations) -> dict:
             "n_contrast_directions": explanations.directions.n_linear,
             "contrast_treatments": explanations.contrast_treatments,
             "contrast_names": explanations.contrast_names,
-            "contrast_staining_invariant": explanations.staining_invariant,
             "unet_evaluations": explanations.unet_evaluations}
 

@@ -3,8 +3,8 @@
 The directory (e.g. a bundle's ``explain/``) holds ``directions.safetensors``
 and ``directions.json`` (the shape of the directions, the config they were
 learned with, whether a classifier guide shaped them, the treatment and the
-real-cell name of each contrast direction, whether those are blind to
-staining, and the attribute table as records).
+real-cell name of each contrast direction, and the attribute table as
+records).
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ def _plain(value: object) -> object:
 def save_directions(directions: Directions, attributes: pd.DataFrame, directory: str | Path,
                     config: DirectionConfig | None = None, guided: bool | None = None,
                     unet_evaluations: dict | None = None, contrast_treatments: list[str] | None = None,
-                    contrast_names: list[dict] | None = None, staining_invariant: bool | None = None) -> Path:
+                    contrast_names: list[dict] | None = None) -> Path:
     """Write ``directions`` and ``attributes`` (e.g. ``Ranking.attributes``) into ``directory``; returns it.
 
     ``guided``: whether the directions were learned with a classifier guide (None: not known);
     ``unet_evaluations``: what ranking and naming them cost, recorded beside them;
     ``contrast_treatments``: the treatment of each contrast direction, in order;
-    ``contrast_names``: for each, its readout's ``name`` and ``name_spearman``;
-    ``staining_invariant``: whether the contrast directions were made blind to staining (None: not known).
+    ``contrast_names``: for each, its readout's ``name`` and ``name_spearman``.
     """
     directory = Path(directory)
     tensors = {name: value.detach().cpu().contiguous() for name, value in directions.state_dict().items()}
@@ -50,8 +49,7 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
             "hidden": directions.hidden, "rank": directions.rank, "n_linear": directions.n_linear,
             "config": config.to_dict() if config is not None else None, "guided": guided,
             "unet_evaluations": unet_evaluations, "contrast_treatments": contrast_treatments,
-            "contrast_names": contrast_names, "contrast_staining_invariant": staining_invariant,
-            "attributes": records}
+            "contrast_names": contrast_names, "attributes": records}
     with atomic_folder(directory) as building:  # a crash leaves the old directions or the new, whole
         (building / WEIGHTS).write_bytes(save(tensors))  # bytes, so the file gets the umask
         (building / CONFIG).write_text(json.dumps(meta, indent=2))

@@ -80,9 +80,7 @@ class TrainSettings:
     distinct attributes per treatment (``screenxai.explain.fit``); with
     ``explain_guided`` the directions are classifier-guided, otherwise plain
     LatentCLR directions; ``explain_contrast`` adds each treatment's contrast
-    direction (``screenxai.explain.contrast``), blind to a channel's
-    brightness across a field with ``explain_staining_invariant``
-    (``screenxai.explain.staining``). ``reporter_channel`` is the channel the
+    direction (``screenxai.explain.contrast``). ``reporter_channel`` is the channel the
     interpretable model's adversarial check reads (default: the first that
     is not the nuclear one). ``torch_threads`` is how many threads
     torch trains with; by default the threads of the worker it runs on
@@ -105,7 +103,6 @@ class TrainSettings:
     explain_attributes: int = 3
     explain_guided: bool = True
     explain_contrast: bool = True
-    explain_staining_invariant: bool = True
     reporter_channel: str | None = None
     torch_threads: int | None = None
 
@@ -299,8 +296,7 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
     labels, _ = class_labels(table, conditions.class_column, conditions.class_names)
     explain = ExplainSettings(n_directions=settings.explain_directions, n_cells=settings.explain_cells,
                               n_attributes=settings.explain_attributes, guided=settings.explain_guided,
-                              contrast=settings.explain_contrast,
-                              staining_invariant=settings.explain_staining_invariant, seed=settings.seed)
+                              contrast=settings.explain_contrast, seed=settings.seed)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
                               conditions.class_names, channel_names, nuclear, explain,
@@ -308,7 +304,7 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
                               on_step=StepReporter("explain"))
     save_directions(fitted.directions, fitted.attributes, out / EXPLAIN_FOLDER, fitted.config, guided=fitted.guided,
                     unet_evaluations=fitted.unet_evaluations, contrast_treatments=fitted.contrast_treatments,
-                    contrast_names=fitted.contrast_names, staining_invariant=fitted.staining_invariant)
+                    contrast_names=fitted.contrast_names)
     return as_records(fitted)
 
 
