@@ -728,7 +728,8 @@ def _print_treatments(path: Path) -> None:
         if pd.isna(row.top_attribute):
             click.echo(f"  {row.treatment}: group {row.group}; no attribute moves negative cells towards it")
             continue
-        click.echo(f"  {row.treatment}: group {row.group}; {row.top_attribute_name} [{row.top_attribute}], "
+        name = row.top_attribute_name if isinstance(row.top_attribute_name, str) else "unnamed (still at the top dose)"
+        click.echo(f"  {row.treatment}: group {row.group}; {name} [{row.top_attribute}], "
                    f"robust z {row.robust_z_top_dose:+.1f} at the top dose, EC50 {row.ec50:.3g} "
                    f"(fit R^2 {row.fit_r2:.2f}); AUC against the negative control {row.auc_vs_negative:.2f}")
 

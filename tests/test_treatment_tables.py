@@ -57,6 +57,14 @@ def test_treatments_are_called_grouped_and_ordered(tables):
     assert table.loc["big", "top_attribute"] == "d1p"
 
 
+def test_a_top_attribute_that_does_not_move_at_the_top_dose_is_not_named(tables):
+    """``none`` keeps d1p, which its wells do not move: the row keeps the id and says no name."""
+    table = tables.treatments.set_index("treatment")
+    assert table.loc["none", "top_attribute"] == "d1p" and abs(table.loc["none", "robust_z_top_dose"]) < 3
+    assert pd.isna(table.loc["none", "top_attribute_name"])
+    assert table.loc["big", "top_attribute_name"] == "feature 1 up" and table.loc["big", "robust_z_top_dose"] > 10
+
+
 def test_each_kept_attribute_gets_its_treatments_dose_response(tables):
     named = tables.attributes.set_index(["treatment", "rank"])
     assert named.loc[("hi", 1), "ec50"] < named.loc[("lo", 1), "ec50"]

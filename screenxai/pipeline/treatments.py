@@ -197,6 +197,8 @@ def _treatment_table(wells: pd.DataFrame, activity: pd.DataFrame, similarity: pd
     for source, target in (("ec50", "ec50"), ("hill", "hill"), ("max_effect", "max_effect"), ("r2", "fit_r2"),
                            ("dose_spearman", "dose_spearman"), ("robust_z_top_dose", "robust_z_top_dose")):
         table[target] = best[source].reindex(table.index).astype("float64")
+    silent = table["robust_z_top_dose"].abs() < ACTIVITY_THRESHOLD  # an axis that does not move says nothing
+    table.loc[silent, "top_attribute_name"] = None
     for column in ("readout", "readout_name"):
         table[column] = own[column].reindex(table.index).astype(object)
     for column in ("readout_spearman", "readout_robust_z_top_dose", "readout_dose_spearman"):
