@@ -726,7 +726,9 @@ def _print_treatments(path: Path) -> None:
             click.echo(f"  {row.treatment}: inactive (strongest attribute at {row.activity_z:.1f} robust z)")
             continue
         if pd.isna(row.top_attribute):
-            click.echo(f"  {row.treatment}: group {row.group}; no attribute moves negative cells towards it")
+            own = (f"; its own readout: {row.readout_name}, robust z {row.readout_robust_z_top_dose:+.1f} at the top "
+                   "dose" if isinstance(row.readout_name, str) else "")
+            click.echo(f"  {row.treatment}: group {row.group}; no attribute moves negative cells towards it{own}")
             continue
         name = row.top_attribute_name if isinstance(row.top_attribute_name, str) else "unnamed (still at the top dose)"
         click.echo(f"  {row.treatment}: group {row.group}; {name} [{row.top_attribute}], "

@@ -295,13 +295,14 @@ def profile_similarity(profiles: pd.DataFrame, weighed_over: Sequence[str] | Non
     such treatment moves beyond it from having its noise inflated to full
     weight. Columns ``treatment``, ``other`` and ``similarity``. NaN scores
     (an attribute without spread in the negative wells) count as 0; an
-    all-zero profile has similarity 0 to everything, itself included.
+    all-zero profile, or one of no attribute, has similarity 0 to
+    everything, itself included.
     """
     values = profiles.fillna(0)
     rows = values if weighed_over is None else values.loc[list(weighed_over)]
     scale = np.maximum(np.linalg.norm(rows.to_numpy(np.float64), axis=0), floor)
     scaled = values.to_numpy(np.float64) / np.where(scale > 0, scale, 1.0)
-    matrix = cosine_similarity(scaled)
+    matrix = cosine_similarity(scaled) if values.shape[1] else np.zeros((len(values), len(values)))
     square = pd.DataFrame(matrix, index=profiles.index.rename("treatment"), columns=profiles.index.rename("other"))
     return square.stack().rename("similarity").reset_index()
 

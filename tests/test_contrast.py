@@ -169,6 +169,22 @@ def test_contrast_readouts_read_back_with_their_column_treatment_and_name(screen
     assert load_contrast_readouts(tmp_path / "none").empty
 
 
+def test_a_store_without_attributes_reads_back_their_columns_and_scores_nothing(screen, learned, tmp_path):
+    """A screen where no treatment keeps an attribute: the table has no row, the readouts are still scored."""
+    from screenxai.explain import attribute_axis_cosines, contrast_scores_from_latents, scores_from_latents
+    from screenxai.explain.fit import no_attributes
+
+    z, labels, *_ = screen
+    extended, _ = with_contrast_directions(learned, z, labels, [1])
+    save_directions(extended, no_attributes(), tmp_path / "explain", contrast_treatments=["one"])
+    loaded, attributes = load_directions(tmp_path / "explain")
+    assert attributes.empty and list(attributes.columns) == list(no_attributes().columns)
+    assert attributes["direction"].dtype == np.int64 and attributes["name"].dtype == object
+    assert scores_from_latents(loaded, attributes, z).shape == (len(z), 0)
+    assert attribute_axis_cosines(loaded, attributes).empty
+    assert list(contrast_scores_from_latents(loaded, z).columns) == ["contrast_d2"]
+
+
 def test_contrast_readouts_of_an_altered_store_are_refused_by_name(screen, learned, tmp_path):
     from screenxai.errors import BundleError
     from screenxai.explain import load_contrast_readouts

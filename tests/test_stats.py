@@ -180,6 +180,11 @@ def test_a_sharp_attribute_does_not_decide_the_similarity_of_a_two_mechanism_tre
     assert pairs[("D", "A")] == pytest.approx(np.sqrt(0.5)) and pairs[("D", "B")] == pytest.approx(np.sqrt(0.5))
 
 
+def test_profiles_of_no_attribute_are_similar_to_nothing():
+    pairs = profile_similarity(pd.DataFrame(index=["A", "B"]))
+    assert len(pairs) == 4 and (pairs["similarity"] == 0).all()
+
+
 def test_attributes_are_scaled_over_the_weighed_treatments_and_never_below_the_floor():
     profiles = pd.DataFrame({"a1": [6.0, 8.0, 0.0], "noise": [0.5, -0.5, 9.0]}, index=["A", "B", "inactive"])
     pairs = profile_similarity(profiles, weighed_over=["A", "B"], floor=3.0).set_index(["treatment", "other"])

@@ -132,6 +132,23 @@ def test_a_treatment_only_its_contrast_readout_sees_is_active_and_groups_ignore_
     pd.testing.assert_frame_equal(tables.similarity, expected.assign(basis="attribute_profile"))
 
 
+def test_a_screen_where_no_treatment_keeps_an_attribute_gets_its_tables_from_the_readouts():
+    """``quiet`` is the only treatment and keeps nothing: its row is called, grouped and described by its readout."""
+    from screenxai.explain.fit import no_attributes
+
+    wells = quiet_wells(seed=5)
+    wells = wells[wells["compound"].isin(["DMSO", "quiet"])]
+    readouts = pd.DataFrame({"readout": ["contrast_d2"], "treatment": ["quiet"], "name": ["reporter texture up"],
+                             "name_spearman": [0.9]})
+    tables = treatment_tables(wells, no_attributes(), Conditions("compound", "DMSO", ("quiet",)), {"quiet": 0.99},
+                              contrasts=readouts)
+    row = tables.treatments.set_index("treatment").loc["quiet"]
+    assert bool(row["active"]) and row["activity_readout"] == "contrast_d2" and row["group"] != "inactive"
+    assert pd.isna(row["top_attribute"]) and np.isnan(row["ec50"])
+    assert row["readout_name"] == "reporter texture up" and row["readout_robust_z_top_dose"] > 10
+    assert tables.attributes.empty and {"ec50", "robust_z_top_dose", "name"} <= set(tables.attributes.columns)
+
+
 def test_each_treatment_row_describes_its_own_contrast_readout():
     """``quiet`` keeps no attribute; its own readout gives it a name, a robust z and a dose trend in its row."""
     wells = quiet_wells(seed=3)

@@ -135,13 +135,16 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
                         on_direction=lambda k, n: step("ranking", k, n))
     ranked = autoencoder.unet_evaluations
     candidates = _treatment_candidates(cache, directions, class_names, settings, z, labels[training_rows])
-    shown = pick[:min(len(pick), settings.shown_cells)]
-    real = None
-    if features is not None:
-        real = (z, features[training_rows], _cells_explained(candidates, labels[training_rows], class_names))
-    named = _name_candidates(autoencoder, directions, candidates, crops[shown], channel_names, nuclear_channel,
-                             step, real)
-    attributes = _keep_distinct(named, directions, settings.n_attributes)
+    if candidates.empty:  # no treatment has a change its cells show that moves cells towards it
+        attributes = no_attributes()
+    else:
+        shown = pick[:min(len(pick), settings.shown_cells)]
+        real = None
+        if features is not None:
+            real = (z, features[training_rows], _cells_explained(candidates, labels[training_rows], class_names))
+        named = _name_candidates(autoencoder, directions, candidates, crops[shown], channel_names, nuclear_channel,
+                                 step, real)
+        attributes = _keep_distinct(named, directions, settings.n_attributes)
     readouts = _name_readouts(directions, z, labels[training_rows], contrasted,
                               None if features is None else features[training_rows], channel_names)
     attributes.insert(attributes.columns.get_loc("name"), "source",
@@ -151,6 +154,15 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
                    "treatments": len(class_names) - 1}
     return Explanations(directions, attributes, config, guided, evaluations,
                         [str(class_names[c]) for c in contrasted], readouts)
+
+
+def no_attributes() -> pd.DataFrame:
+    """The attribute table of a screen where no treatment keeps an attribute: its columns, no row."""
+    columns = {"treatment": "object", "rank": "int64", "attribute": "object", "direction": "int64", "sign": "int64",
+               "target_class": "int64", "name": "object", "changes": "object", "mean_delta_p": "float64",
+               "flip_rate": "float64", "name_spearman": "float64", "reference_unet_evaluations": "int64",
+               "alpha": "float64", "nearest_rank": "int64", "nearest_cosine": "float64"}
+    return pd.DataFrame({column: pd.Series(dtype=dtype) for column, dtype in columns.items()})
 
 
 def _name_readouts(directions: Directions, z: torch.Tensor, labels: np.ndarray, contrasted: Sequence[int],
@@ -178,6 +190,7 @@ def _treatment_candidates(cache, directions: Directions, class_names: Sequence[s
     """Each treatment's ranked candidates from the shared cache: changes its cells show, distinct axes, a few spare.
 
     ``z`` and ``labels`` are the training cells' latents and class indices.
+    A treatment without candidates has no row; the table is empty when none has.
     """
     cosines = axis_cosines(directions)
     n_candidates = min(settings.n_attributes + CANDIDATE_SPARE, directions.n_directions)
@@ -190,9 +203,7 @@ def _treatment_candidates(cache, directions: Directions, class_names: Sequence[s
         except ValueError:  # no change its cells show moves cells towards it: it keeps no attribute
             continue
         tables.append(table.assign(treatment=str(treatment), alpha=settings.alpha))
-    if not tables:
-        raise ValueError("no direction moves the negative cells towards any treatment")
-    return pd.concat(tables, ignore_index=True)
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
 def _cells_explained(candidates: pd.DataFrame, labels: np.ndarray, class_names: Sequence[str]) -> dict[str, np.ndarray]:

@@ -49,7 +49,8 @@ def save_directions(directions: Directions, attributes: pd.DataFrame, directory:
             "hidden": directions.hidden, "rank": directions.rank, "n_linear": directions.n_linear,
             "config": config.to_dict() if config is not None else None, "guided": guided,
             "unet_evaluations": unet_evaluations, "contrast_treatments": contrast_treatments,
-            "contrast_names": contrast_names, "attributes": records}
+            "contrast_names": contrast_names, "attributes": records,
+            "attribute_dtypes": {column: str(dtype) for column, dtype in attributes.dtypes.items()}}
     with atomic_folder(directory) as building:  # a crash leaves the old directions or the new, whole
         (building / WEIGHTS).write_bytes(save(tensors))  # bytes, so the file gets the umask
         (building / CONFIG).write_text(json.dumps(meta, indent=2))
@@ -73,7 +74,20 @@ def load_directions(directory: str | Path) -> tuple[Directions, pd.DataFrame]:
         empty = torch.zeros(0, meta["z_dim"])
         tensors.update(linear=empty, linear_axes=empty.clone(), edit_scales=tensors["scales"].clone())
     directions.load_state_dict(tensors)
-    return directions.eval().requires_grad_(False), pd.DataFrame(meta["attributes"])
+    return directions.eval().requires_grad_(False), _attribute_table(meta)
+
+
+def _attribute_table(meta: dict) -> pd.DataFrame:
+    """The stored attribute table; without rows, its columns with their dtypes (when they were recorded)."""
+    if meta["attributes"]:
+        return pd.DataFrame(meta["attributes"])
+    dtypes = meta.get("attribute_dtypes") or {}
+    return pd.DataFrame({column: pd.Series(dtype=_plain_dtype(dtype)) for column, dtype in dtypes.items()})
+
+
+def _plain_dtype(name: str) -> str:
+    """A dtype name pandas builds an empty column of: strings become ``object``."""
+    return "object" if name in ("str", "string", "object") else name
 
 
 def load_contrast_readouts(directory: str | Path) -> pd.DataFrame:

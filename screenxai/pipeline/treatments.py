@@ -39,6 +39,7 @@ TREATMENT = "treatment"
 GROUP_SIMILARITY = 0.8  # treatments whose mean similarity reaches this act alike
 LATENT_SHIFT, ATTRIBUTE_PROFILE = "latent_shift", "attribute_profile"  # the bases of a similarity
 ACTIVITY_THRESHOLD = 3.0  # robust z (MAD units) a treatment's strongest attribute must reach
+DOSE_RESPONSE_COLUMNS = ("ec50", "hill", "max_effect", "r2")  # of a Hill fit (``dose_response``)
 
 
 @dataclass
@@ -136,10 +137,11 @@ def _attribute_statistics(wells: pd.DataFrame, scores: pd.DataFrame, attributes:
     for row in attributes.itertuples(index=False):
         column = value_column(row.attribute)
         fit = dose_response(wells, column, row.treatment, TREATMENT, negative, dose)
-        rows.append({**{k: fit[k] for k in ("ec50", "hill", "max_effect", "r2")},
+        rows.append({**{k: fit[k] for k in DOSE_RESPONSE_COLUMNS},
                      "dose_spearman": _dose_spearman(wells, column, row.treatment, negative, dose),
                      "robust_z_top_dose": _top_dose_z(scores, top, row.treatment, column)})
-    statistics = pd.DataFrame(rows)
+    statistics = pd.DataFrame(rows, columns=[*DOSE_RESPONSE_COLUMNS, "dose_spearman", "robust_z_top_dose"],
+                              dtype="float64")
     kept = attributes.drop(columns=[c for c in statistics.columns if c in attributes.columns])
     return pd.concat([kept.reset_index(drop=True), statistics], axis=1)
 
