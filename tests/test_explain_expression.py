@@ -68,3 +68,24 @@ def test_selection_passes_over_an_edit_the_treatments_cells_do_not_show():
     table = select_attributes(cache, 1, 2, 0.0, 1, 1, eligible=eligible)
     assert table["attribute"].tolist() == ["d1p"]
     assert select_attributes(cache, 1, 2, 0.0, 1, 1)["attribute"].tolist() == ["d0p", "d1p"]
+
+
+def test_a_screen_whose_treatments_show_no_change_that_moves_the_classifier_has_no_candidates():
+    """The treated cells shift along direction 1, whose edits lower the treatment's probability: no candidate,
+    an empty table rather than an error (the explain stage then keeps no attribute)."""
+    from screenxai.explain.fit import ExplainSettings, _treatment_candidates
+
+    n = 4
+    gains = np.zeros((n, 2, 2), np.float32)
+    gains[:, 0, 0], gains[:, 1, :] = 0.6, -0.05
+    p1 = 0.1 + gains
+    cache = RankingCache(torch.zeros(n, 2), torch.zeros(n, 1), np.tile([0.9, 0.1], (n, 1)),
+                         np.stack([1 - p1, p1], axis=-1))
+    directions = axis_directions([[1.0, 0], [0, 1.0]])
+    z, labels = shifted_cells([0.3, 3.0])
+    candidates = _treatment_candidates(cache, directions, ["DMSO", "quiet"], ExplainSettings(n_attributes=2), z,
+                                       labels)
+    assert candidates.empty
+    z, labels = shifted_cells([3.0, 0.3])  # now the change the cells show is the one that moves the classifier
+    shown = _treatment_candidates(cache, directions, ["DMSO", "quiet"], ExplainSettings(n_attributes=2), z, labels)
+    assert shown["attribute"].tolist() == ["d0p"] and shown["treatment"].tolist() == ["quiet"]
