@@ -119,3 +119,22 @@ def test_training_stages_put_the_autoencoder_s_pretraining_before_it_when_the_pr
     assert training_stages(TrainSettings(preset="tiny")) == ["classifier", "semantic", "autoencoder", "explain",
                                                              "interpretable"]
     assert training_stages(TrainSettings(preset="tiny", stages=("explain",))) == ["explain"]
+
+
+def test_the_treatment_lines_say_what_a_treatment_without_a_named_attribute_does(tmp_path, capsys):
+    """No kept attribute: the line names the treatment's own readout; a top attribute without a name says so."""
+    import pandas as pd
+
+    from screenxai.cli import _print_treatments
+
+    table = pd.DataFrame({
+        "treatment": ["granulator", "weak"], "active": [True, True], "group": ["G1", "G2"],
+        "activity_z": [85.7, 4.0], "top_attribute": [None, "d2p"], "top_attribute_name": [None, None],
+        "robust_z_top_dose": [float("nan"), 1.5], "ec50": [float("nan"), 1.0], "fit_r2": [float("nan"), 0.9],
+        "auc_vs_negative": [1.0, 0.8], "readout_name": ["reporter texture up", None],
+        "readout_robust_z_top_dose": [85.7, 4.0]})
+    table.to_parquet(tmp_path / "treatments.parquet")
+    _print_treatments(tmp_path / "treatments.parquet")
+    lines = capsys.readouterr().out.splitlines()
+    assert "its own readout: reporter texture up, robust z +85.7 at the top dose" in lines[1]
+    assert lines[2].startswith("  weak: group G2; unnamed (still at the top dose) [d2p], robust z +1.5")
