@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from screenxai.models.batches import map_batches
 from screenxai.models.device import generator
 
 LOG_2PI = math.log(2 * math.pi)
@@ -153,7 +154,7 @@ def encode_means(model: BetaTCVAE, crops: np.ndarray, batch_size: int = 512) -> 
     """Posterior means (N, latent_dim) of ``crops`` as float32."""
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(crops, np.float32))
-    out = [model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    out = map_batches(model, x, batch_size)
     if not out:
         return np.zeros((0, model.config.latent_dim), np.float32)
     return torch.cat(out).numpy().astype(np.float32)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from screenxai.models.batches import map_batches
+
 
 @dataclass(frozen=True)
 class ClassifierConfig:
@@ -91,9 +93,8 @@ def predict_proba(model: nn.Module, crops: np.ndarray | torch.Tensor, batch_size
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    crops = torch.as_tensor(crops)
-    out = [torch.softmax(model(crops[i:i + batch_size].to(device, torch.float32)).float(), dim=1).cpu()
-           for i in range(0, len(crops), batch_size)]
+    out = map_batches(lambda batch: torch.softmax(model(batch.to(device, torch.float32)).float(), dim=1).cpu(),
+                      torch.as_tensor(crops), batch_size)
     model.train(was_training)
     if not out:
         return np.zeros((0, model.config.n_classes), np.float32)

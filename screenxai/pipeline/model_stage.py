@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from screenxai.cells import CellConfig, process_field
+from screenxai.models.batches import map_batches
 from screenxai.models.classifier import predict_proba
 from screenxai.pipeline.allocator import release_free_memory
 from screenxai.pipeline.bundle_plugin import worker_models
@@ -74,12 +75,10 @@ def embeddings_path(out: str | Path, plate: str, well: str, field_index: int) ->
 
 def _encode(autoencoder, crops: np.ndarray, batch_size: int) -> np.ndarray:
     device = next(autoencoder.parameters()).device
-    parts = []
     with torch.no_grad():
-        for start in range(0, len(crops), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(crops[start:start + batch_size])).to(device)
-            parts.append(autoencoder.encode(x).float().cpu().numpy())
-    return np.concatenate(parts) if parts else np.zeros((0, autoencoder.config.z_dim), np.float32)
+        parts = map_batches(lambda batch: autoencoder.encode(batch.to(device)).float().cpu(),
+                            torch.from_numpy(np.ascontiguousarray(crops)), batch_size)
+    return torch.cat(parts).numpy() if parts else np.zeros((0, autoencoder.config.z_dim), np.float32)
 
 
 def _single_formula(interpretable):
