@@ -60,3 +60,25 @@ def test_the_last_nucleus_without_a_ring_has_a_nan_ring_mean_and_the_others_keep
     image = np.stack([labels * 100.0 + 10.0]).astype(np.float32)
     table = measure_features(image, labels, ["dna"]).set_index("label")
     assert np.isnan(table.loc[2, "dna_ring_mean"]) and table.loc[1, "dna_ring_mean"] == pytest.approx(10.0)
+
+
+def test_translocation_and_texture_are_the_field_feature_codes_ratio_and_texture():
+    """The central cell's reporter figures equal ``measure_features`` on the same masks, shape features aside."""
+    from scipy.ndimage import gaussian_filter
+
+    from screenxai.cells.central import AREA_LEVEL, DNA_SIGMA, NUCLEUS_LEVEL, RING_WIDTH, central_object
+    from screenxai.cells.features import perinuclear_rings
+
+    crops = np.stack([crop(r, n, -0.2, s, seed=i) for i, (r, n, s) in
+                      enumerate([(4, 0.5, 0.0), (6, -0.4, 0.2), (8, 0.1, 0.3)])])
+    factors = measure_cell_factors(crops)
+    for scaled, (_, row) in zip(np.clip((crops + 1) / 2, 0, None), factors.iterrows(), strict=True):
+        dna = gaussian_filter(scaled[0], DNA_SIGMA)
+        nucleus = central_object(dna, NUCLEUS_LEVEL).astype(np.int32)
+        cell = nucleus + perinuclear_rings(nucleus, RING_WIDTH)
+        channels = ["dna", "reporter"]
+        assert row["translocation"] == pytest.approx(
+            measure_features(scaled, nucleus, channels, ring_width=RING_WIDTH)["reporter_ratio"].iloc[0], rel=1e-6)
+        assert row["texture"] == pytest.approx(
+            measure_features(scaled, cell, channels, ring_width=RING_WIDTH)["reporter_texture"].iloc[0], rel=1e-6)
+        assert row["nuclear_area"] == central_object(dna, AREA_LEVEL).sum()

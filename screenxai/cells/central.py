@@ -3,7 +3,9 @@
 Model checks compare factors measured on crops and on the models' decodes
 or adversarial images with the planted truth; the measurement must work the
 same on all of them, so the nucleus is found by a fixed threshold rather
-than by ``segment_nuclei``, and everything else is ``measure_features``.
+than by ``segment_nuclei``, and the reporter is measured by the intensity
+part of ``measure_features`` (``channel_features``; the shape features,
+most of its cost, are not needed).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pandas as pd
 from scipy.ndimage import gaussian_filter
 from skimage import measure
 
-from screenxai.cells.features import measure_features, perinuclear_rings
+from screenxai.cells.features import channel_features, field_background, perinuclear_rings
 
 NUCLEUS_LEVEL = 0.3  # the nucleus whose reporter is measured: 30% of the way from background to the central peak
 AREA_LEVEL = 0.1  # the nucleus whose area is measured: its whole extent, down to 10%
@@ -54,8 +56,9 @@ def central_cell_factors(crop: np.ndarray) -> dict[str, float]:
     if not nucleus.any():
         return {"translocation": 0.0, "nuclear_area": area, "texture": 0.0}
     cell = nucleus + perinuclear_rings(nucleus, RING_WIDTH)
-    ratio = measure_features(crop, nucleus, CHANNELS, ring_width=RING_WIDTH)["reporter_ratio"].iloc[0]
-    texture = measure_features(crop, cell, CHANNELS, ring_width=RING_WIDTH)["reporter_texture"].iloc[0]
+    background = field_background(crop)
+    ratio = channel_features(crop, nucleus, CHANNELS, RING_WIDTH, background)["reporter_ratio"].iloc[0]
+    texture = channel_features(crop, cell, CHANNELS, RING_WIDTH, background)["reporter_texture"].iloc[0]
     return {"translocation": float(np.nan_to_num(ratio)), "nuclear_area": area, "texture": float(np.nan_to_num(texture))}
 
 
