@@ -18,14 +18,17 @@ from screenxai.models.training import save_trained, train_models, validation_row
 from toy_cells import toy_cells
 
 torch.set_num_threads(1)
-# The tiny preset's recipe, shrunk to 16 px and a handful of steps so that a test runs in seconds.
+# The tiny preset's recipe, shrunk to 16 px and a handful of steps (direction learning and the
+# interpretable model too) so that a test trains in seconds.
 MINI = replace(
     get_preset("tiny"), name="mini", crop_size=16,
     classifier=dict(width=8, stages=2),
     classifier_training=ClassifierTraining(epochs=2, batch_size=16, steps_per_epoch=3, patience=5),
     autoencoder={**get_preset("tiny").autoencoder, "latent_dim": 8, "z_dim": 8, "encoder_width": 8,
                  "encoder_stages": 2, "unet_channels": (16, 16)},
-    autoencoder_training=AutoencoderTraining(pretrain_epochs=1, epochs=2, batch_size=8, steps_per_epoch=2))
+    autoencoder_training=AutoencoderTraining(pretrain_epochs=1, epochs=2, batch_size=8, steps_per_epoch=2),
+    directions=dict(epochs=2, steps_per_epoch=10),
+    interpretable=dict(vae_steps=40, sparse_steps=40, prune_steps=20, operon_generations=10))
 
 
 @pytest.fixture(scope="module")

@@ -166,6 +166,10 @@ def test_train_command_trains_on_a_scheduler_and_prints_the_summary(plate, clien
                      result.output, re.MULTILINE), result.output  # whole lines: a log is not wrapped at 80 columns
     assert "stage 2/5, semantic epoch 1/1" in result.output
     assert set(load_bundle(out).models) == {"classifier", "autoencoder"}
+    explain = json.loads((out / "explain" / "directions.json").read_text())["config"]
+    formula = json.loads((out / "interpretable" / "interpretable.json").read_text())["config"]
+    assert {k: explain[k] for k in MINI.directions} == MINI.directions  # the preset's schedules, not the defaults
+    assert {k: formula[k] for k in MINI.interpretable} == MINI.interpretable
 
 
 def test_train_command_reports_bad_input_in_one_line(tmp_path):
@@ -190,7 +194,8 @@ def test_interpret_command_fits_a_formula_into_the_bundle(plate, client, tmp_pat
                                        "--max-cells-per-well", "40", "--seed", "3"])
     assert result.exit_code == 0, result.output
     assert "formula (" in result.output and "fidelity" in result.output
-    for step in (r"VAE 400/400, \d+ s left in this step", r"sparse network 1/1", r"formula 1/1",
+    vae_steps = MINI.interpretable["vae_steps"]  # the preset's schedule, not InterpretConfig's default
+    for step in (rf"VAE {vae_steps}/{vae_steps}, \d+ s left in this step", r"sparse network 1/1", r"formula 1/1",
                  r"adversarial sweep 1/1 \(positive\)"):
         assert re.search(rf"^interpretable: {step}$", result.output, re.MULTILINE), result.output
     model = load_interpretable(out / "interpretable")

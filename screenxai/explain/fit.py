@@ -19,7 +19,7 @@ words.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -53,7 +53,8 @@ class ExplainSettings:
     ``max_cosine``: kept attributes of a treatment have mean axes with
     |cosine| below it. ``contrast``: each treatment's contrast direction
     (its cells' linear discriminant against the negative control) joins the
-    learned ones as a candidate.
+    learned ones as a candidate. ``directions`` overrides further
+    ``DirectionConfig`` defaults (e.g. ``epochs``; a preset's ``directions``).
     """
 
     n_directions: int = 10
@@ -67,6 +68,7 @@ class ExplainSettings:
     alpha: float = 2.0
     steps_inv: int = 10
     steps_dec: int = 10
+    directions: dict = field(default_factory=dict)
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -97,10 +99,11 @@ def direction_config(settings: ExplainSettings, n_classes: int, guided: bool) ->
     """The directions to learn: two per treatment at least, each targeting one treatment when guided."""
     treatments = n_classes - 1
     if treatments <= 1:
-        return DirectionConfig(n_directions=settings.n_directions, seed=settings.seed)
+        return DirectionConfig(n_directions=settings.n_directions, seed=settings.seed, **settings.directions)
     n_directions = max(settings.n_directions, 2 * treatments)
     targets = tuple(1 + k % treatments for k in range(n_directions)) if guided else ()
-    return DirectionConfig(n_directions=n_directions, target_classes=targets, seed=settings.seed)
+    return DirectionConfig(n_directions=n_directions, target_classes=targets, seed=settings.seed,
+                           **settings.directions)
 
 
 def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, labels: np.ndarray,

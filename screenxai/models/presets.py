@@ -1,7 +1,8 @@
 """Named model sizes: ``tiny`` (tests), ``small`` (CPU demo), ``base`` (GPU).
 
 A preset fixes the crop size, both architectures and both training
-schedules. Budgets, measured on a 2-core CPU shared with other work:
+schedules, and may shorten the schedules of the later stages (direction
+learning, the interpretable model), which otherwise keep their defaults. Budgets, measured on a 2-core CPU shared with other work:
 ``tiny`` trains in a few minutes at 32 px; ``small`` in under 15 minutes on
 the cells of a 24-well simulated plate. ``base`` is meant for a GPU (64 px,
 tens of millions of parameters, bfloat16 autocast on CUDA).
@@ -24,7 +25,10 @@ class Preset:
 
     ``classifier`` and ``autoencoder`` hold the architecture settings of
     ``ClassifierConfig`` and ``AutoencoderConfig`` that do not follow from
-    the data (channels, classes and crop size do).
+    the data (channels, classes and crop size do). ``directions`` and
+    ``interpretable`` override defaults of ``DirectionConfig`` (the explain
+    stage's direction learning) and ``InterpretConfig`` (e.g. their step
+    counts); empty in the named presets.
     """
 
     name: str
@@ -33,6 +37,8 @@ class Preset:
     classifier_training: ClassifierTraining = ClassifierTraining()
     autoencoder: dict = field(default_factory=dict)
     autoencoder_training: AutoencoderTraining = AutoencoderTraining()
+    directions: dict = field(default_factory=dict)
+    interpretable: dict = field(default_factory=dict)
 
     def with_seed(self, seed: int) -> Preset:
         """The same preset with both trainings seeded with ``seed``."""
@@ -44,7 +50,8 @@ class Preset:
         return {"name": self.name, "crop_size": self.crop_size, "classifier": self.classifier,
                 "classifier_training": self.classifier_training.to_dict(),
                 "autoencoder": {k: list(v) if isinstance(v, tuple) else v for k, v in self.autoencoder.items()},
-                "autoencoder_training": self.autoencoder_training.to_dict()}
+                "autoencoder_training": self.autoencoder_training.to_dict(),
+                "directions": dict(self.directions), "interpretable": dict(self.interpretable)}
 
 
 # The recipe that makes z_sem carry the cell on a CPU budget (see benchmarks/results/models_cpu.json):

@@ -296,7 +296,8 @@ def _explain(crops: np.ndarray, table, autoencoder, classifier, out: Path, setti
     labels, _ = class_labels(table, conditions.class_column, conditions.class_names)
     explain = ExplainSettings(n_directions=settings.explain_directions, n_cells=settings.explain_cells,
                               n_attributes=settings.explain_attributes, guided=settings.explain_guided,
-                              contrast=settings.explain_contrast, seed=settings.seed)
+                              contrast=settings.explain_contrast, seed=settings.seed,
+                              directions=get_preset(settings.preset).directions)
     nuclear = nuclear_channel_index(channel_names, settings.nuclear_channel)
     fitted = fit_explanations(autoencoder, crops, labels, ~validation_rows(table, classifier.split),
                               conditions.class_names, channel_names, nuclear, explain,
@@ -341,7 +342,8 @@ def _fit_interpretable(crops: np.ndarray, table, classifier, out: Path, settings
     held_out = validation_rows(table, classifier.split)
     train_crops, train_table = crops[~held_out], table[~held_out].reset_index(drop=True)
     heldout = (crops[held_out], table[held_out].reset_index(drop=True))
-    config, names = InterpretConfig(seed=settings.seed), conditions.class_names
+    config = InterpretConfig(seed=settings.seed, **get_preset(settings.preset).interpretable)
+    names = conditions.class_names
     features = feature_columns(channel_names)
     step = StepReporter("interpretable")
     if len(names) > 2:
