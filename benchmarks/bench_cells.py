@@ -90,7 +90,8 @@ def measure(images_file: str) -> dict:
             image = stored[name]
             seg_s, labels = best(lambda: segment.segment_nuclei(image[0]))
             field_relief, clumps = relief(image[0])
-            hmax_s, maxima = best(lambda: segment.h_maxima_per_clump(field_relief, clumps, segment.SegmentationParams().h))
+            h = segment.SegmentationParams().h
+            hmax_s, maxima = best(lambda: segment.h_maxima_per_clump(field_relief, clumps, h))
             shape_s, shape = best(lambda: features.shape_features(labels))
             background = features.field_background(image)
             channel_s, channel = best(lambda: features.channel_features(image, labels, ["DNA", "reporter"], 5,

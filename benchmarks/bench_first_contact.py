@@ -4,16 +4,17 @@ Usage:
     python -m benchmarks.bench_first_contact demo  --checkout DIR [--out FILE]
     python -m benchmarks.bench_first_contact suite --checkout DIR [--out FILE]
 
-Point ``--checkout`` at a fresh clone (no ``.venv``) to measure what a new
-user waits for: the virtual environment is part of the time. ``demo`` runs
-``make run`` under ``/usr/bin/time -v`` and stamps every line it prints on
-arrival; a stage's time is from the previous stage's last line to its own
-last line (the stamped lines are kept in ``DIR/make-run.log``). ``suite`` runs ``.ci/run`` (the CI entry point, which calls
-``make test``) with a JUnit report added to the pytest arguments, and records
-the wall time, each test's time (setup, call and teardown) and each
-pytest-xdist group's total (the groups of ``tests/conftest.py``: a heavy
-group bounds the suite's wall time from below). Results merge into
-``benchmarks/results/first_contact_cpu.json`` under the command's name.
+Point ``--checkout`` at a fresh clone (no ``.venv``) to measure what a new user
+waits for: the virtual environment is part of the time. ``demo`` runs ``make
+run`` under ``/usr/bin/time -v`` and stamps every line it prints on arrival; a
+stage's time is from the previous stage's last line to its own last line (the
+stamped lines are kept in ``DIR/make-run.log``). ``suite`` runs ``.ci/run``
+(the CI entry point, which calls ``make test``) with a JUnit report added to
+the pytest arguments, and records the wall time, each test's time (setup, call
+and teardown) and each pytest-xdist group's total (the groups of
+``tests/conftest.py``: a heavy group bounds the suite's wall time from below).
+Results merge into ``benchmarks/results/first_contact_cpu.json`` under the
+command's name.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ STAGES = [("simulate", r"no plate given"), ("train: crop cache", r"no bundle giv
           ("cell and model stage", r"fields"), ("counterfactuals", r"counterfactuals"),
           ("tables and report", r"\d+ wells, |report: |treatments|QC flags")]
 TIME_FIELDS = {"User time (seconds)": "user_s", "System time (seconds)": "system_s",
-               "Maximum resident set size (kbytes)": "max_rss_kb", "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall"}
+               "Maximum resident set size (kbytes)": "max_rss_kb",
+               "Elapsed (wall clock) time (h:mm:ss or m:ss)": "wall"}
 
 
 def machine() -> dict:

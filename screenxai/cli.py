@@ -120,7 +120,8 @@ def simulate(out: Path, design: str, rows: int | None, replicates: int, columns:
 @click.option("--pattern", required=True,
               help="File-name pattern with {row}, {column}, {channel}, optional {field} and ignored "
                    "placeholders, e.g. 'Channel{channel}-{index}-{row}-{column}.tif'.")
-@click.option("--layout", type=click.Path(path_type=Path), help="Layout CSV with a 'well' column (stored in the plate).")
+@click.option("--layout", type=click.Path(path_type=Path),
+              help="Layout CSV with a 'well' column (stored in the plate).")
 @click.option("--channel-names", help="Names for the {channel} tokens, e.g. '1=GFP,2=DNA'.")
 @click.option("--name", help="Plate name (default: the output's file name).")
 @click.option("--pixel-size", type=float, help="Pixel size in micrometres.")

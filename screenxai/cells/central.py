@@ -59,7 +59,8 @@ def central_cell_factors(crop: np.ndarray) -> dict[str, float]:
     background = field_background(crop)
     ratio = channel_features(crop, nucleus, CHANNELS, RING_WIDTH, background)["reporter_ratio"].iloc[0]
     texture = channel_features(crop, cell, CHANNELS, RING_WIDTH, background)["reporter_texture"].iloc[0]
-    return {"translocation": float(np.nan_to_num(ratio)), "nuclear_area": area, "texture": float(np.nan_to_num(texture))}
+    return {"translocation": float(np.nan_to_num(ratio)), "nuclear_area": area,
+            "texture": float(np.nan_to_num(texture))}
 
 
 def measure_cell_factors(crops: np.ndarray, nuclear_channel: int = 0, reporter_channel: int = 1) -> pd.DataFrame:

@@ -59,7 +59,8 @@ def contrast_vectors(directions: Directions, z: torch.Tensor, labels: np.ndarray
         lda = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(u[rows], treated[rows])
         weight = torch.as_tensor(lda.coef_[0], dtype=directions.sd.dtype, device=directions.sd.device)
         axes.append(F.normalize((weight / directions.sd) @ directions.components, dim=0))
-        shift = z[torch.as_tensor(treated, device=z.device)].mean(0) - z[torch.as_tensor(negative, device=z.device)].mean(0)
+        device = z.device
+        shift = z[torch.as_tensor(treated, device=device)].mean(0) - z[torch.as_tensor(negative, device=device)].mean(0)
         edits.append(F.normalize((shift @ directions.components.T) @ directions.components, dim=0))
         kept.append(int(target))
     if not kept:

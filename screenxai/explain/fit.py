@@ -256,8 +256,8 @@ def _keep_distinct(candidates: pd.DataFrame, directions: Directions, n_attribute
 
 def as_records(explanations: Explanations) -> dict:
     """The summary of the explain stage for the bundle's training summary (JSON-ready)."""
-    columns = ["treatment", "rank", "attribute", "direction", "source", "sign", "mean_delta_p", "flip_rate", "nearest_rank",
-               "nearest_cosine", "name", "name_spearman", "changes"]
+    columns = ["treatment", "rank", "attribute", "direction", "source", "sign", "mean_delta_p", "flip_rate",
+               "nearest_rank", "nearest_cosine", "name", "name_spearman", "changes"]
     return {"attributes": explanations.attributes[columns].to_dict(orient="records"),
             "guided": explanations.guided, "n_directions": explanations.directions.n_directions,
             "n_contrast_directions": explanations.directions.n_linear,

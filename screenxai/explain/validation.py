@@ -130,6 +130,7 @@ def pseudo_treatment_call(wells: pd.DataFrame, attributes: pd.DataFrame, conditi
     first = attributes[attributes["treatment"] == conditions.treatments[0]]
     extended = pd.concat([attributes, first.assign(treatment=PSEUDO_TREATMENT)], ignore_index=True)
     with_pseudo = Conditions(conditions.class_column, conditions.negative, (*conditions.treatments, PSEUDO_TREATMENT))
-    row = treatment_tables(relabelled, extended, with_pseudo, {}).treatments.set_index("treatment").loc[PSEUDO_TREATMENT]
+    treatments = treatment_tables(relabelled, extended, with_pseudo, {}).treatments
+    row = treatments.set_index("treatment").loc[PSEUDO_TREATMENT]
     return {"wells": len(fake), "active": bool(row["active"]), "activity_z": float(row["activity_z"]),
             "null_z": float(row["null_z"])}

@@ -263,7 +263,8 @@ def fit_interpretable(
     step = on_step or (lambda *_: None)
     class_names = tuple(class_names)
     if len(set(class_names)) != 2 or len(class_names) != 2:
-        raise InterpretError(f"the interpretable model tells 2 classes apart (a formula's sign); got {list(class_names)}")
+        raise InterpretError("the interpretable model tells 2 classes apart (a formula's sign); "
+                             f"got {list(class_names)}")
     crops = as_crops(crops) if vae is None else as_crops(crops, vae.config.in_channels, vae.config.image_size)
     if len(crops) != len(table):
         raise InterpretError(f"{len(crops)} crops but {len(table)} rows in the cell table")

@@ -2,10 +2,11 @@
 
 A preset fixes the crop size, both architectures and both training
 schedules, and may shorten the schedules of the later stages (direction
-learning, the interpretable model), which otherwise keep their defaults. Budgets, measured on a 2-core CPU shared with other work:
-``tiny`` trains in a few minutes at 32 px; ``small`` in under 15 minutes on
-the cells of a 24-well simulated plate. ``base`` is meant for a GPU (64 px,
-tens of millions of parameters, bfloat16 autocast on CUDA).
+learning, the interpretable model), which otherwise keep their defaults.
+Budgets, measured on a 2-core CPU shared with other work: ``tiny`` trains
+in a few minutes at 32 px; ``small`` in under 15 minutes on the cells of a
+24-well simulated plate. ``base`` is meant for a GPU (64 px, tens of
+millions of parameters, bfloat16 autocast on CUDA).
 """
 
 from __future__ import annotations

@@ -38,7 +38,8 @@ class FieldTask:
     @property
     def cells_path(self) -> Path:
         """The field's Parquet file under hive partitions plate=/well=."""
-        return Path(self.out) / "cells" / f"plate={self.plate_name}" / f"well={self.well}" / f"field-{self.field}.parquet"
+        folder = Path(self.out) / "cells" / f"plate={self.plate_name}" / f"well={self.well}"
+        return folder / f"field-{self.field}.parquet"
 
     @property
     def identity(self) -> dict:

@@ -187,7 +187,8 @@ class PlateWriter:
         if labels.ndim == 2:
             labels = labels[None]
         if labels.shape != shape:
-            raise PlateError(f"{where}: label image {name!r} has shape {labels.shape}, the field's (z, y, x) is {shape}")
+            raise PlateError(f"{where}: label image {name!r} has shape {labels.shape}, "
+                             f"the field's (z, y, x) is {shape}")
         size = self.pixel_size_um or 1.0
         write_labels(labels, group, name=name, axes="zyx", fmt=self.fmt,
                      scaler=None,  # the deprecated default Scaler would override scale_factors
