@@ -9,11 +9,16 @@ wells with ``run_cells`` and records
 from ``readouts.parquet``: the top attribute's name, the Spearman of its
 per-well mean against ``dose_index`` over the 36 dose wells (not the
 controls), its Z' between the controls, and the same for the hand-built
-reporter (GFP) nucleus/ring ratio. Results go to
+reporter (GFP) nucleus/ring ratio; then how far those Spearmans can be told
+apart at all (``benchmarks.dose_order``: bootstrap intervals over the cells
+of each well, and the ceiling that saturated doses put on any readout).
+``--analyse-run`` computes the last part for a finished run folder and adds
+it to the record ``--record``. Results go to
 ``results/explain_bbbc013_cpu.json`` under the preset, seed and kind of
 directions.
 
     python -m benchmarks.bench_explain_bbbc013 --preset tiny [--seed 1] [--unguided]
+    python -m benchmarks.bench_explain_bbbc013 --analyse-run RUN --record tiny-seed0-guided
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import pandas as pd
 import torch
 from distributed import Client, LocalCluster
 
+from benchmarks.dose_order import plateau_ceiling, sampling_intervals
 from screenxai.pipeline.run import run_cells
 from screenxai.pipeline.train_job import TrainSettings, train
 from screenxai.plate.convert import convert_tiffs
@@ -46,7 +52,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/screenxai-bench-bbbc013"))
     parser.add_argument("--unguided", action="store_true", help="plain contrastive directions, no classifier guide")
+    parser.add_argument("--analyse-run", type=Path, help="a finished run folder: add its dose-order figures only")
+    parser.add_argument("--record", help="the record of results/explain_bbbc013_cpu.json that --analyse-run adds to")
     args = parser.parse_args()
+    if args.analyse_run:
+        if not args.record:
+            parser.error("--analyse-run needs --record")
+        merged = json.loads(RESULTS.read_text())
+        merged[args.record]["dose_order"] = dose_order_figures(args.analyse_run)
+        print(json.dumps(merged[args.record]["dose_order"], indent=2))
+        RESULTS.write_text(json.dumps(merged, indent=2, default=float) + "\n")
+        return
     kind = "unguided" if args.unguided else "guided"
     work = args.workdir / f"{args.preset}-seed{args.seed}"
     work.mkdir(parents=True, exist_ok=True)
@@ -92,11 +108,28 @@ def main() -> None:
         "goal": {"top_attribute_named_after": "reporter nucleus/ring ratio (or nuclear reporter intensity)",
                  "dose_spearman_over_dose_wells": 0.9},
         "seconds": timings,
+        "dose_order": dose_order_figures(result.out),
     }
     print(json.dumps(figures, indent=2, default=float))
     merged = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     merged[f"{args.preset}-seed{args.seed}-{kind}"] = figures
     RESULTS.write_text(json.dumps(merged, indent=2, default=float) + "\n")
+
+
+def dose_order_figures(run: Path) -> dict:
+    """Bootstrap intervals of the dose Spearman of the top attribute, the classifier and the hand-built ratio,
+    and the ceiling of a readout that orders the reporter's distinguishable dose groups perfectly."""
+    top = pd.read_parquet(run / "attributes.parquet")["attribute"].iloc[0]
+    wells = pd.read_parquet(run / "wells.parquet")
+    dose_wells = wells[wells["control"] == "dose"]
+    cells = pd.read_parquet(run / "cells", columns=["well", f"attribute_{top}", "p_positive", HAND_BUILT])
+    readouts = {f"attribute_{top}": "mean", "p_positive": "mean", HAND_BUILT: "median"}
+    return {
+        "bootstrap_over_cells_within_wells": sampling_intervals(
+            cells, dose_wells.set_index("well")["dose_index"], readouts),
+        "readouts": {column: f"per-well {how}" for column, how in readouts.items()},
+        "perfect_group_readout": plateau_ceiling(dose_wells, f"median_{HAND_BUILT}"),
+    }
 
 
 if __name__ == "__main__":
