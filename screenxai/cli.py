@@ -186,19 +186,23 @@ def info(plate_path: Path) -> None:
               help="Stop at the first failed field, or field whose image lacks chunks, instead of recording it.")
 @click.option("--exemplars-per-well", default=0, show_default=True,
               help="Typical cells of every well to render along each attribute, besides 4 per condition.")
+@click.option("--publish", "publish_to", metavar="URL",
+              help="Copy the finished run to object storage, e.g. s3://bucket/runs/plate1 (checked before the run; "
+                   "credentials from the environment or a profile; --overwrite also replaces a run there).")
 @CLASS_COLUMN_OPTION
 @TOP_DOSES_OPTION
 @cluster_options
 def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, cells_only: bool,
         layout: Path | None, scheduler: str | None, workers: int | None, wells: str | None, crop_size: int,
         nuclear_channel: str | None, resume: bool, overwrite: bool, strict: bool, exemplars_per_well: int,
-        class_column: str | None, top_doses: int, **cluster) -> None:
+        publish_to: str | None, class_column: str | None, top_doses: int, **cluster) -> None:
     """Find, crop, measure and score the cells of PLATES; write per-cell and per-well tables to OUT.
 
     Without PLATES, a synthetic screen is simulated into OUT/plate.zarr first.
     Without --bundle, a bundle is trained on the plates' controls into
     OUT/bundle first (as `screenxai train` with --preset). On a terminal a
     bar with ETA follows the fields; in a log, a line every half minute.
+    With --publish, the finished run folder is then copied to URL.
     Exit status: 0 done, 2 bad input, 3 done with failed fields (see
     OUT/failures.parquet), 130 interrupted.
     """
@@ -213,6 +217,10 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
 
     if overwrite and resume:
         raise click.UsageError("--overwrite replaces the run in OUT and --resume continues it: pass one of them")
+    if publish_to is not None:
+        from screenxai.publish import check_destination
+
+        check_destination(publish_to, overwrite)
     console = Console(stderr=True, soft_wrap=True)  # a log keeps each line whole, paths too
     if not plates:
         demo = out / "plate.zarr"
@@ -255,6 +263,8 @@ def run(plates: tuple[Path, ...], out: Path, bundle: Path | None, preset: str, c
         raise Interrupted(_kept_by_run(out, opened, selected), "--resume") from None
     _print_summary(result)
     _write_report(out)
+    if publish_to is not None:
+        _publish(out, publish_to, overwrite)
     if len(result.failures):
         sys.exit(EXIT_FAILED_FIELDS)
 
@@ -289,6 +299,27 @@ def _kept_by_training(out: Path) -> str:
     kept = [name for folder, name in (("cache", "the crop cache"), ("checkpoints", "checkpoints"))
             if (work / folder).exists()]
     return f"{' and '.join(kept) or 'the settings'} in {work}"
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("url")
+@click.option("--overwrite", is_flag=True, help="Replace a run already at URL.")
+def publish(out: Path, url: str, overwrite: bool) -> None:
+    """Copy the finished run folder OUT to URL on object storage (s3://, gs://, ...), manifest.json last.
+
+    Credentials come from the environment or a profile (for S3: AWS_* variables or AWS_PROFILE), never from the URL.
+    """
+    _publish(out, url, overwrite)
+
+
+def _publish(out: Path, url: str, overwrite: bool) -> None:
+    from screenxai.publish import publish_run
+
+    progress = StepProgress(lambda line: click.echo(line, err=True), "publish")
+    published = publish_run(out, url, overwrite, on_file=progress)
+    click.echo(f"published {published.n_files} files ({published.n_bytes / 1e6:.1f} MB) to {published.url} "
+               f"in {published.seconds:.1f} s")
 
 
 @main.command()

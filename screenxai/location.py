@@ -1,8 +1,9 @@
-"""Where a plate is: a local path, or a URL that zarr reads through fsspec (``s3://``, ``gs://``, ``https://``)."""
+"""Where a plate or a published run is: a local path, or a URL read and written through fsspec (``s3://``, ...)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
@@ -16,3 +17,14 @@ class PlateLocation(click.ParamType):
         if isinstance(value, Path):
             return value
         return str(value) if "://" in str(value) else Path(value)
+
+
+def credentials_in_url(url: str) -> bool:
+    """Whether ``url`` carries a user name or password (``s3://key:secret@bucket/...``)."""
+    return "://" in url and "@" in urlsplit(url).netloc
+
+
+def url_without_credentials(url: str) -> str:
+    """``url`` cut to its scheme and host, safe to print whatever its netloc held."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}/..."

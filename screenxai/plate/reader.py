@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import dask.array as da
 import numpy as np
@@ -29,6 +28,7 @@ import zarr
 from ome_zarr_models.common.coordinate_transformations import VectorScale
 
 from screenxai.errors import PlateError
+from screenxai.location import credentials_in_url, url_without_credentials
 from screenxai.plate.layout import layout_from_records, read_layout, validate_layout
 from screenxai.plate.ngff import read_label_names, read_multiscale, read_plate, read_well
 from screenxai.plate.wells import normalise_well, well_id, well_sort_key
@@ -410,8 +410,8 @@ def open_plate(path_or_url: str | Path, layout: pd.DataFrame | str | Path | None
     url = str(path_or_url)
     if "://" not in url and not Path(url).exists():
         raise PlateError(f"{url}: no such file or folder")
-    if "://" in url and "@" in urlsplit(url).netloc:
-        raise PlateError(f"{urlsplit(url).scheme}://{urlsplit(url).hostname}/...: credentials in a plate URL would"
+    if credentials_in_url(url):
+        raise PlateError(f"{url_without_credentials(url)}: credentials in a plate URL would"
                          " be written to the run's manifest and logs; give them through the environment or a profile")
     root = _open_root(url)
     read = read_plate(root.attrs, url)
