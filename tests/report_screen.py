@@ -44,7 +44,8 @@ def layout(rows: int, columns: int, n_treatments: int) -> pd.DataFrame:
             if column <= 2:
                 compound, control, dose = NEGATIVE, "negative", 0.0
             elif column <= 2 + n_treatments:
-                compound, control, dose = f"cpd{column - 2:02d}", "treatment", 10.0 / 10 ** (0.5 * (rows // 2 - 1 - dose_index))
+                compound, control = f"cpd{column - 2:02d}", "treatment"
+                dose = 10.0 / 10 ** (0.5 * (rows // 2 - 1 - dose_index))
             else:
                 compound, control, dose = "positive", "positive", 10.0
             records.append({"well": _well(row, column), "row": row, "column": column, "compound": compound,
@@ -140,7 +141,8 @@ def _write_counterfactuals(out: Path, rng, treatments: list[str], attributes: pd
          "probability": (("cell", "attribute", "alpha"), probability.astype(np.float32)),
          "original": (("cell", "c", "y", "x"), original),
          "original_probability": (("cell",), rng.uniform(0, 1, n_cells).astype(np.float32))},
-        coords={"attribute": attributes["attribute"].to_numpy(str), "treatment": ("attribute", attributes["treatment"].to_numpy(str)),
+        coords={"attribute": attributes["attribute"].to_numpy(str),
+                "treatment": ("attribute", attributes["treatment"].to_numpy(str)),
                 "alpha": list(ALPHAS), "cell": cell_ids, "cell_id": ("cell", cell_ids),
                 "condition": ("cell", conditions), "c": list(CHANNELS), "channel": ("c", list(CHANNELS))},
         attrs={"alpha_units": "SD of the cells' z_sem projected on the direction"})

@@ -40,7 +40,8 @@ def certificates(tmp_path_factory) -> TLSFiles:
     """A temporary self-signed CA, certificate and key (distributed's ``Security.temporary``) written to files."""
     root = tmp_path_factory.mktemp("tls")
     temporary = Security.temporary()
-    files = {"ca.pem": temporary.tls_ca_file, "cert.pem": temporary.tls_client_cert, "key.pem": temporary.tls_client_key}
+    files = {"ca.pem": temporary.tls_ca_file, "cert.pem": temporary.tls_client_cert,
+             "key.pem": temporary.tls_client_key}
     for name, text in files.items():
         (root / name).write_text(text)
         (root / name).chmod(0o600)
@@ -178,7 +179,8 @@ def test_kubernetes_resources_hold_resources_gpu_group_environment_and_tls_but_n
         assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"},
                                              {"name": "tls", "mountPath": "/etc/dask/tls", "readOnly": True}]
         env = {e["name"]: e["value"] for e in container["env"]}
-        assert env["SCREENXAI_CACHE"] == "/scratch/cache" and env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+        assert env["SCREENXAI_CACHE"] == "/scratch/cache"
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
         assert container["resources"]["requests"] == {"cpu": "4", "memory": "16000000000"}
     for worker in (cpu_worker, gpu_worker):
         container = worker["spec"]["containers"][0]

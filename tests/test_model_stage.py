@@ -107,7 +107,8 @@ def test_wells_carry_mean_probabilities_and_the_formula(scored, bundle):
     assert {"mean_p_negative", "mean_p_positive", "mean_formula_value", "fraction_formula_positive",
             "n_training_cells"} <= set(wells.columns)
     formula = pd.read_parquet(result.out / "interpretable.parquet")
-    assert formula["formula"].iloc[0] == pd.read_parquet(bundle / "interpretable" / "interpretable.parquet")["formula"].iloc[0]
+    fitted = pd.read_parquet(bundle / "interpretable" / "interpretable.parquet")
+    assert formula["formula"].iloc[0] == fitted["formula"].iloc[0]
     manifest = json.loads((result.out / "manifest.json").read_text())
     assert manifest["bundle"]["content_hash"] == load_bundle(result.out / "bundle").content_hash
     assert len(manifest["config_hash"]) == 64
@@ -319,8 +320,8 @@ def test_explain_command_learns_unguided_attributes_without_contrast_into_the_bu
                                                              check_steps=2))
         assert not (bundle / "explain").exists()
         result = CliRunner().invoke(main, ["explain", str(bundle), plate.url, "-o", str(tmp_path / "out"),
-                                           "--exemplars", "2", "--max-cells-per-well", "30", "--unguided", "--no-contrast",
-                                           "--scheduler", cluster_client.scheduler.address])
+                                           "--exemplars", "2", "--max-cells-per-well", "30", "--unguided",
+                                           "--no-contrast", "--scheduler", cluster_client.scheduler.address])
     assert result.exit_code == 0, result.output
     assert "attributes (unguided, 10 learned and 0 contrast directions;" in result.output
     assert "    1. " in result.output

@@ -120,7 +120,8 @@ def test_a_corrupt_chunk_fails_its_field_with_an_error_naming_the_array_and_the_
 @pytest.mark.parametrize("labels", [False, True], ids=["image", "labels"])
 def test_strict_stops_at_the_field_that_lost_a_chunk_naming_its_array(plate_path, client, tmp_path, labels):
     lost = LOST_LABELS if labels else LOST
-    copy = damaged_copy(plate_path, tmp_path, lost=None if labels else LOST, lost_labels=LOST_LABELS if labels else None)
+    copy = damaged_copy(plate_path, tmp_path, lost=None if labels else LOST,
+                        lost_labels=LOST_LABELS if labels else None)
     _, path, _ = chunk_file(plate_path, *lost, LABEL_CHUNK if labels else REPORTER_CHUNK, labels=labels)
     with pytest.raises(PlateError) as raised:
         run_cells(open_plates([copy]), tmp_path / "out", client, CellConfig(), strict=True)

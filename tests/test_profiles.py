@@ -112,7 +112,8 @@ def test_model_columns_map_to_classifier_attribute_and_formula_features():
         "Cells_Formula_fraction_positive"]
     assert profiles["Metadata_Well"].tolist() == ["A01", "B02"]  # sorted by plate and well
     a01 = profiles.iloc[0]
-    assert (a01["Cells_Classifier_p_positive"], a01["Cells_Attribute_d1p"], a01["Cells_Attribute_d3n"]) == (0.8, 2.0, 0.7)
+    measured = (a01["Cells_Classifier_p_positive"], a01["Cells_Attribute_d1p"], a01["Cells_Attribute_d3n"])
+    assert measured == (0.8, 2.0, 0.7)
     assert a01["Metadata_dose_index"] == 3 and a01["Metadata_qc_low_count"]
     assert all(profiles[c].dtype == "float64" for c in feature_names(profiles))
     assert profiles["Metadata_Plate"].dtype == "string"

@@ -10,7 +10,8 @@ from screenxai.publish import PublishError, publish_run, run_files
 
 def _run_folder(root):
     for name in [RUN_RECORD, "manifest.json", "wells.parquet", "cells/plate=p/A01-0.parquet", ".wells.parquet.done",
-                 "bundle/config.json", "bundle.work/cache/crops.npy", ".cells.parquet.1f2e.tmp", ".wells.parquet.9a.old"]:
+                 "bundle/config.json", "bundle.work/cache/crops.npy", ".cells.parquet.1f2e.tmp",
+                 ".wells.parquet.9a.old"]:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(name)

@@ -41,7 +41,8 @@ def test_each_field_gets_exactly_its_own_flags_and_failed_fields_none():
         "A01": [], "A02": ["qc_saturated"], "A03": ["qc_out_of_focus"], "A04": ["qc_low_count"],
         "A05": ["qc_no_cells", "qc_low_count"], "A06": [], "A07": ["qc_missing_chunks"],
         "B01": [], "B02": [], "B03": [], "B04": []}
-    assert list(fields["status"].iloc[-4:]) == ["failed"] * 4 and fields["error"].iloc[-1] == "OSError: unreadable chunk"
+    assert list(fields["status"].iloc[-4:]) == ["failed"] * 4
+    assert fields["error"].iloc[-1] == "OSError: unreadable chunk"
 
 
 def test_failed_rows_keep_the_done_rows_dtypes():

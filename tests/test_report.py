@@ -1,4 +1,5 @@
-"""The run report: built from real runs (with a bundle, cells only, with a failed field), opened in headless Chromium."""
+"""The run report: built from real runs (with a bundle, cells only, with a failed field), opened in headless
+Chromium."""
 
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ def test_an_interrupted_run_with_a_bundle_resumes_only_unfinished_fields_and_end
 
 
 def _copy_bundle(bundle: Path, target: Path, change: str) -> Path:
-    """A copy of ``bundle`` with its ``config.json`` or its attribute directions changed, sealed again: another bundle."""
+    """A copy of ``bundle`` with its ``config.json`` or its attribute directions changed, sealed again: another
+    bundle."""
     shutil.copytree(bundle, target)
     if change == "config":
         config = json.loads((target / "config.json").read_text())
