@@ -96,6 +96,11 @@ def check_destination(url: str, overwrite: bool = False) -> None:
     run or a copy of one that stopped (which a new copy replaces). A small
     object is written and removed to prove that writing works.
     """
+    _writable_destination(url, overwrite)
+
+
+def _writable_destination(url: str, overwrite: bool) -> tuple[AbstractFileSystem, str, bool]:
+    """``check_destination``'s checks; the file system, the path in it and whether it holds files."""
     fs, root = _file_system(url)
     try:
         held = fs.find(root) if fs.exists(root) else []
@@ -113,6 +118,7 @@ def check_destination(url: str, overwrite: bool = False) -> None:
         fs.rm_file(f"{root}/{_PROBE}")
     except Exception as err:
         raise _store_error(url, "written", err) from err
+    return fs, root, bool(held)
 
 
 def publish_run(run: str | Path, url: str, overwrite: bool = False,
@@ -123,12 +129,12 @@ def publish_run(run: str | Path, url: str, overwrite: bool = False,
     removed first, so that no file of it outlives the copy.
     """
     run = Path(run)
-    fs, root = _file_system(url)
+    _file_system(url)  # a bad URL is named before the folder is looked at
     files = run_files(run)
-    check_destination(url, overwrite)
+    fs, root, held = _writable_destination(url, overwrite)
     start = time.perf_counter()
     try:
-        if fs.exists(root) and fs.find(root):
+        if held:
             fs.rm(root, recursive=True)
         for done, path in enumerate(files, start=1):
             fs.put_file(str(path), f"{root}/{path.relative_to(run).as_posix()}")
