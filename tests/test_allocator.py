@@ -1,11 +1,12 @@
-"""Workers run torch with glibc's adaptive malloc thresholds (Dask's fixed trim threshold slows it 2.4x) and hand
-what a field freed back to the system."""
+"""Workers run torch with glibc's adaptive malloc thresholds (Dask's fixed trim threshold slows it 2.4x), hand
+what a field freed back to the system and keep no statistical profile of the last hour."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 
 from screenxai.pipeline.allocator import TRIM_VARIABLE
 from screenxai.pipeline.cluster import connect
@@ -15,6 +16,14 @@ def test_local_cluster_workers_start_without_a_fixed_trim_threshold():
     with connect(n_workers=1) as client:
         found = client.run(lambda: os.environ.get(TRIM_VARIABLE))
     assert list(found.values()) == [None]
+
+
+def test_local_cluster_workers_keep_no_statistical_profile():
+    """Dask's default worker appends one stack profile per second to a history of an hour; ours keep none."""
+    with connect(n_workers=1) as client:
+        client.submit(time.sleep, 2.5, pure=False).result()  # over two of the profiler's one-second cycles
+        held = client.run(lambda dask_worker: len(dask_worker.profile_history))
+    assert list(held.values()) == [0]
 
 
 def test_a_worker_started_with_the_variable_raises_both_thresholds_at_run_time():

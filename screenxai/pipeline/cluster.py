@@ -10,11 +10,13 @@ from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 from distributed import Client, LocalCluster
 
 from screenxai.pipeline.allocator import worker_environment
 
 CONNECT_TIMEOUT = "30s"  # a scheduler that does not answer in this time is reported unreachable
+PROFILE_SETTING = "distributed.worker.profile.enabled"
 
 
 def local_cluster_size() -> tuple[int, int, dict | None]:
@@ -44,8 +46,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, cluster:
     ``screenxai.pipeline.clusters``). With the three TLS files (or a
     ``security`` section in the configuration) every connection is TLS:
     a ``tls://`` scheduler, or a new cluster's scheduler and workers. The
-    local cluster's workers keep glibc's adaptive malloc thresholds
-    (``screenxai.pipeline.allocator``), which torch needs to run at full speed.
+    local cluster's workers start with ``local_worker_settings``.
     """
     from screenxai.pipeline import clusters
 
@@ -74,9 +75,24 @@ def _connected(scheduler, n_workers, cluster, config, security) -> Iterator[Clie
         with clusters.kubernetes_cluster(config, tls=security is not None) as kube, Client(kube) as client:
             yield client
     else:
-        with worker_environment(), _local_cluster(n_workers, security) as local, \
+        with local_worker_settings(), _local_cluster(n_workers, security) as local, \
                 Client(local, security=security) as client:
             yield client
+
+
+@contextmanager
+def local_worker_settings() -> Iterator[None]:
+    """Settings the local cluster's workers start with, so that their memory does not grow with the run.
+
+    - glibc's adaptive malloc thresholds, which torch needs to run at full
+      speed (``screenxai.pipeline.allocator``);
+    - no statistical profile: a Dask worker samples its stacks every 10 ms
+      and keeps one profile per second of the last hour, so its memory grows
+      with the run's length for an hour (``benchmarks/README.md``,
+      ``bench_scale.py``). The dashboard's profile page stays empty.
+    """
+    with worker_environment(), dask.config.set({PROFILE_SETTING: False}):
+        yield
 
 
 def _tls_files(config, ca_file, cert, key):
