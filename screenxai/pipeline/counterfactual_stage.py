@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import dask
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
@@ -53,41 +52,56 @@ def choose_exemplars(cells: dd.DataFrame, layouts: dict[str, pd.DataFrame | None
                      class_names: Sequence[str], per_condition: int, client: Client | None = None) -> pd.DataFrame:
     """Per class of ``class_column``, the ``per_condition`` cells with the highest probability of that class.
 
-    ``cells`` is the run's cell table as a dask DataFrame; the top cells are
-    found by ``client``'s cluster, so only the exemplars reach the client.
-    Cells the models were trained on are avoided when others are available.
-    Empty when no selected well holds one of the classes.
+    ``cells`` is the run's cell table as a dask DataFrame. One tree reduction
+    on ``client``'s cluster keeps, per partition and then per group of
+    partitions, each class's best cells, so only the exemplars reach the
+    client and the table is read once for all classes. Cells the models were
+    trained on come after every other cell of their class. Empty when no
+    selected well holds one of the classes.
     """
+    wells = _class_wells(layouts, class_column, class_names)
+    meta = cells._meta.assign(condition=pd.Series(dtype=object), exemplar_score=pd.Series(dtype="float64"))
+    if wells.empty:
+        return meta.drop(columns="exemplar_score")
+    reduced = cells.reduction(_best_of_classes, aggregate=_best_per_condition, combine=_best_per_condition,
+                              meta=meta, chunk_kwargs={"wells": wells, "n": per_condition},
+                              aggregate_kwargs={"n": per_condition}, combine_kwargs={"n": per_condition})
+    best = client.compute(reduced, sync=True) if client is not None else reduced.compute()
+    order = {name: i for i, name in enumerate(class_names)}
+    best = best.sort_values("condition", key=lambda c: c.map(order), kind="stable").reset_index(drop=True)
+    return best.drop(columns="exemplar_score").assign(plate=best["plate"].astype(str), well=best["well"].astype(str))
+
+
+def _class_wells(layouts: dict[str, pd.DataFrame | None], class_column: str,
+                 class_names: Sequence[str]) -> pd.DataFrame:
+    """Columns ``plate``, ``well``, ``condition``: the selected plates' wells of each of ``class_names``."""
     if not any(layout is not None and class_column in layout.columns for layout in layouts.values()):
         raise ScreenxaiError(f"no plate has the layout column {class_column!r} to choose exemplar cells by")
-    queries, names = [], []
-    for name in class_names:
-        mask = None
-        for plate, layout in layouts.items():
-            if layout is None or class_column not in layout.columns:
-                continue
-            wells = layout.loc[layout[class_column] == name, "well"].astype(str).tolist()
-            if wells:
-                in_plate = (cells["plate"] == plate) & cells["well"].isin(wells)
-                mask = in_plate if mask is None else mask | in_plate
-        if mask is None:
-            continue
-        candidates = cells[mask]
-        score = class_column_name(name)
-        queries.append(candidates.nlargest(per_condition, score))
-        if "in_training" in cells.columns:
-            queries.append(candidates[~candidates["in_training"]].nlargest(per_condition, score))
-        names.append(name)
-    found = client.compute(queries, sync=True) if client is not None else dask.compute(*queries)
-    per_class = 2 if "in_training" in cells.columns else 1
-    chosen = []
-    for i, name in enumerate(names):
-        top = found[i * per_class]
-        if per_class == 2 and len(found[i * per_class + 1]) >= per_condition:
-            top = found[i * per_class + 1]
-        chosen.append(top.assign(condition=name))
-    exemplars = pd.concat(chosen or [cells._meta.assign(condition=pd.Series(dtype=object))], ignore_index=True)
-    return exemplars.assign(plate=exemplars["plate"].astype(str), well=exemplars["well"].astype(str))
+    frames = [pd.DataFrame({"plate": plate, "well": layout["well"].astype(str),
+                            "condition": layout[class_column].astype(str)})
+              for plate, layout in layouts.items() if layout is not None and class_column in layout.columns]
+    wells = pd.concat(frames, ignore_index=True)
+    return wells[wells["condition"].isin([str(name) for name in class_names])].reset_index(drop=True)
+
+
+def _best_of_classes(part: pd.DataFrame, wells: pd.DataFrame, n: int) -> pd.DataFrame:
+    """A partition's ``n`` best cells of each class found in ``wells`` (a reduction's chunk)."""
+    part = part.astype({"plate": str, "well": str})
+    labelled = part.merge(wells, on=["plate", "well"], how="inner")
+    if labelled.empty:
+        return labelled.assign(exemplar_score=pd.Series(dtype="float64"))
+    score = np.full(len(labelled), np.nan)
+    for condition, rows in labelled.groupby("condition").indices.items():
+        score[rows] = labelled[class_column_name(condition)].to_numpy(np.float64)[rows]
+    return _best_per_condition(labelled.assign(exemplar_score=score), n)
+
+
+def _best_per_condition(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The ``n`` rows per condition of highest ``exemplar_score``, cells of the training set last, ties by
+    ``cell_id``."""
+    order = [c for c in ("in_training", "exemplar_score", "cell_id") if c in frame.columns]
+    ascending = [c != "exemplar_score" for c in order]
+    return frame.sort_values(order, ascending=ascending, kind="stable").groupby("condition", sort=False).head(n)
 
 
 def choose_well_exemplars(cells: dd.DataFrame, aggregates: pd.DataFrame, layouts: dict[str, pd.DataFrame | None],
