@@ -174,6 +174,17 @@ def downsampled(values: list[float], points: int = 60) -> list[float]:
     return values[::step] + ([values[-1]] if (len(values) - 1) % step else [])
 
 
+def quarter_peaks(times: Sequence[float], values: Sequence[float], start: float, end: float) -> list[float]:
+    """The peak of ``values`` in each quarter of the time from ``start`` to ``end``.
+
+    A peak over more samples of the same steady process is higher by chance
+    alone; the peaks of equal windows show whether the level itself rises.
+    """
+    edges = [start + (end - start) * i / 4 for i in range(5)]
+    return [round(max((v for t, v in zip(times, values) if lo <= t <= hi), default=float("nan")), 1)
+            for lo, hi in zip(edges[:-1], edges[1:])]
+
+
 def cpu_seconds(processes: list[psutil.Process]) -> float:
     """User plus system CPU seconds used so far by ``processes`` (all their threads)."""
     return sum(p.cpu_times().user + p.cpu_times().system for p in processes)
@@ -218,6 +229,7 @@ def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str,
     workers_mb = [(sum(v for k, v in s.items() if k != "client") - sum(v for k, v in baseline.items() if k != "client"))
                   / MB for s in sampler.samples]
     in_field_stage = [t <= field_times[-1] for t in sampler.times]
+    totals_mb = [(sum(s.values()) - sum(baseline.values())) / MB for s in sampler.samples]
     prefixes = [str(t["key"]).split("-")[0] for t in stream.data]
     return {
         "fields": len(result.fields), "cells": n_cells, "seconds": round(seconds, 3),
@@ -240,6 +252,7 @@ def pipeline_run(plate: Plate, bundle_path: Path, workdir: Path, name: str,
             "workers_peak_field_stage": round(max(v for v, f in zip(workers_mb, in_field_stage) if f), 1),
             "workers_peak_after_field_stage": round(max((v for v, f in zip(workers_mb, in_field_stage) if not f),
                                                         default=float("nan")), 1),
+            "above_baseline_by_quarter": quarter_peaks(sampler.times, totals_mb, start, field_times[-1]),
             "field_stage_s": round(field_times[-1] - start, 1)},
         "scheduler_tasks": {"peak": max(graph.samples, default=0), "samples": len(graph.samples)},
         "task_round_trip_s": granularity,
