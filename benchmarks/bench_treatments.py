@@ -24,6 +24,8 @@ inert), trains a bundle with ``screenxai train``'s defaults (class column
   negative wells, which must be called inactive;
 - references on the same wells: the cell-table feature that measures each
   planted factor, the classifier's odds of the treatment, and the dose;
+- all of the run's directions ranked from one cache by gain alone and
+  with each treatment's own contrast direction first (the run's rule);
 - the learned directions alone (the run's contrast directions excluded),
   ranked by the same procedure: what the contrast directions add;
 - UNet evaluations of the shared ranking cache and of naming.
@@ -69,12 +71,15 @@ RESULTS = Path(__file__).parent / "results" / "treatments_cpu.json"
 
 def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd.DataFrame, seed: int,
                     kind: str) -> pd.DataFrame:
-    """The treatment report of other directions ranked like the run's, scored on the run's embeddings.
+    """The treatment report of other directions or rules ranked like the run's, scored on the run's embeddings.
 
     ``kind`` ``random``: untrained MLPs on the same subspace, as many as the
     run's directions (the negative control); ``learned``: the run's learned
-    directions without its contrast directions. As in the run, a treatment's
-    candidates are the changes its cached cells show (``screenxai.explain.expression``).
+    directions without its contrast directions; ``rules``: all of the run's
+    directions, ranked from one cache by gain alone (``rule`` ``greedy``)
+    and with each treatment's own contrast direction first, as the run
+    ranks (``own_first``). As in the run, a treatment's candidates are the
+    changes its cached cells show (``screenxai.explain.expression``).
     """
     bundle = load_bundle(bundle_path)
     learned, _ = load_directions(bundle_path / "explain")
@@ -84,32 +89,38 @@ def ranked_tracking(bundle_path: Path, run: Path, wells: pd.DataFrame, truth: pd
     z = encode(autoencoder, crops)
     directions = random_directions(z, learned.n_directions, seed=seed) if kind == "random" else learned
     excluded = frozenset(range(learned.n_learned, learned.n_directions)) if kind == "learned" else frozenset()
+    rules = ("greedy", "own_first") if kind == "rules" else ("greedy",)
     classes = table[conditions.class_column].astype(str)
     labels = classes.map({name: k for k, name in enumerate(conditions.class_names)}).fillna(-1).to_numpy(int)
     negative = np.flatnonzero(labels == 0)
     pick = np.random.default_rng(seed).permutation(negative)[:32]
     cache = build_cache(autoencoder, directions, crops[pick], 2.0, 10, 10)
-    rows = []
-    for target, treatment in enumerate(conditions.treatments, start=1):
-        shifts = treatment_shifts(directions, z, labels, target)
-        shifts[sorted(excluded)] = np.nan  # measured against the candidates' largest shift, as a run without them
-        eligible = expressed(shifts)
-        try:
-            selected = select_attributes(cache, target, 3, -1.0, 10, 10, axis_cosines(directions), 0.8, excluded,
-                                         eligible=eligible)
-        except ValueError:  # no change its cells show moves the classifier: it keeps none, as in the run
-            continue
-        rows.append(selected.assign(treatment=treatment, name=""))
-    attributes = pd.concat(rows, ignore_index=True)
     embeddings = pd.read_parquet(run / "embeddings")
-    scores = scores_from_latents(directions, attributes,
-                                 torch.from_numpy(embeddings.filter(like="z_").to_numpy(np.float32)))
-    per_cell = pd.concat([embeddings[["plate", "well"]].astype(str).reset_index(drop=True), scores], axis=1)
-    means = per_cell.groupby(["plate", "well"], as_index=False).mean().rename(
-        columns=lambda c: f"mean_{c}" if c.startswith("attribute_") else c)
-    other_wells = wells[["plate", "well", "compound"]].merge(means, on=["plate", "well"])
+    latents = torch.from_numpy(embeddings.filter(like="z_").to_numpy(np.float32))
     planted = {t: f for t, f in TREATMENTS.items() if f}
-    return treatment_report(other_wells, attributes, truth, planted, NEGATIVE_CONTROL)
+    own = {t: learned.n_learned + i for i, t in enumerate(load_contrast_readouts(bundle_path / "explain")["treatment"])}
+    reports = []
+    for rule in rules:
+        rows = []
+        for target, treatment in enumerate(conditions.treatments, start=1):
+            shifts = treatment_shifts(directions, z, labels, target)
+            shifts[sorted(excluded)] = np.nan  # measured against the candidates' largest shift, as a run without them
+            first = own.get(treatment) if rule == "own_first" else None
+            try:
+                selected = select_attributes(cache, target, 3, -1.0, 10, 10, axis_cosines(directions), 0.8,
+                                             excluded, eligible=expressed(shifts), first=first)
+            except ValueError:  # no change its cells show moves the classifier: it keeps none, as in the run
+                continue
+            rows.append(selected.assign(treatment=treatment, name=""))
+        attributes = pd.concat(rows, ignore_index=True)
+        scores = scores_from_latents(directions, attributes, latents)
+        per_cell = pd.concat([embeddings[["plate", "well"]].astype(str).reset_index(drop=True), scores], axis=1)
+        means = per_cell.groupby(["plate", "well"], as_index=False).mean().rename(
+            columns=lambda c: f"mean_{c}" if c.startswith("attribute_") else c)
+        other_wells = wells[["plate", "well", "compound"]].merge(means, on=["plate", "well"])
+        report = treatment_report(other_wells, attributes, truth, planted, NEGATIVE_CONTROL)
+        reports.append(report.assign(rule=rule) if kind == "rules" else report)
+    return pd.concat(reports, ignore_index=True)
 
 
 def attribute_profile_groups(bundle_path: Path, run: Path) -> dict:
@@ -185,7 +196,8 @@ def main() -> None:
     results[key] = record
     RESULTS.write_text(json.dumps(results, indent=2, default=float))
     print(json.dumps({k: record[k] for k in ("factor_tracking", "readout_tracking", "random_directions_tracking",
-                                             "learned_directions_tracking", "reference_tracking", "activity_exact",
+                                             "learned_directions_tracking", "ranking_rules_tracking",
+                                             "reference_tracking", "activity_exact",
                                              "grouping_ari", "shuffled_negative_wells", "timings_s")}
                      | {"attribute_profile_ari": record["attribute_profile_groups"]["ari"]},
                      indent=1, default=float))
@@ -217,6 +229,7 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
     report = treatment_report(wells, attributes, truth, planted, NEGATIVE_CONTROL)
     random = ranked_tracking(work / "bundle", out, wells, truth, args.seed, "random")
     learned_only = ranked_tracking(work / "bundle", out, wells, truth, args.seed, "learned")
+    rules = ranked_tracking(work / "bundle", out, wells, truth, args.seed, "rules")
     bundle = load_bundle(work / "bundle")
     conditions = bundle_conditions(bundle)
     summary = bundle.config["provenance"]["training_summary"]
@@ -235,6 +248,7 @@ def judge(work: Path, args, truth: pd.DataFrame, timings: dict) -> dict:
             orient="records"),
         "random_directions_tracking": random.to_dict(orient="records"),
         "learned_directions_tracking": learned_only.to_dict(orient="records"),
+        "ranking_rules_tracking": rules.to_dict(orient="records"),
         "reference_tracking": reference_tracking(out, wells, truth, list(conditions.class_names)).to_dict(
             orient="records"),
         "activity_exact": all(bool(calls[t]) == bool(f) for t, f in TREATMENTS.items()),

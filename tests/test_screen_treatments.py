@@ -96,6 +96,15 @@ def test_every_treatment_gets_a_contrast_direction_recorded_as_the_source(run):
     assert attributes["source"].tolist() == expected.tolist()
 
 
+def test_a_treatments_own_contrast_direction_that_moves_cells_towards_it_is_its_first_attribute(run):
+    """Kept with a gain over all ranked cells (what rank 1 is chosen on), the own contrast edit is rank 1."""
+    attributes = pd.read_parquet(run.out / "attributes.parquet")
+    own = attributes[(attributes["source"] == "contrast " + attributes["treatment"]) & (attributes["sign"] == 1)
+                     & (attributes["mean_delta_p_all"] >= 0)]
+    assert len(own) > 0, attributes[["treatment", "attribute", "source", "mean_delta_p_all"]]
+    assert (own["rank"] == 1).all(), own[["treatment", "rank", "attribute", "mean_delta_p_all"]]
+
+
 @pytest.mark.acceptance
 def test_inert_treatment_and_a_pseudo_treatment_of_negative_wells_are_inactive_and_the_others_active(run):
     """Issue 15, item 6: activity calls exact, and a treatment made of negative wells is called inactive.

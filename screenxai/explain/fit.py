@@ -1,7 +1,9 @@
 """Fit the explanations of a screen: directions, then per treatment distinct, named attributes.
 
 One set of directions is learned on the training cells' latents, and one
-contrast direction per treatment is added (``screenxai.explain.contrast``).
+contrast direction per treatment is added (``screenxai.explain.contrast``);
+a treatment's own one takes its first rank wherever its edit moves cells
+towards the treatment.
 The negative-control cells to rank on are inverted once and decoded once per
 (direction, sign); the cache holds every class's probability, so each
 treatment's ranking reads the same decodes. A treatment's kept attributes
@@ -137,7 +139,7 @@ def fit_explanations(autoencoder: DiffusionAutoencoder, crops: np.ndarray, label
     cache = build_cache(autoencoder, directions, crops[pick], settings.alpha, settings.steps_inv, settings.steps_dec,
                         on_direction=lambda k, n: step("ranking", k, n))
     ranked = autoencoder.unet_evaluations
-    candidates = _treatment_candidates(cache, directions, class_names, settings, z, labels[training_rows])
+    candidates = _treatment_candidates(cache, directions, class_names, settings, z, labels[training_rows], contrasted)
     if candidates.empty:  # no treatment has a change its cells show that moves cells towards it
         attributes = no_attributes()
     else:
@@ -189,20 +191,26 @@ def _direction_sources(directions: Directions, contrasted: Sequence[int],
 
 
 def _treatment_candidates(cache, directions: Directions, class_names: Sequence[str], settings: ExplainSettings,
-                          z: torch.Tensor, labels: np.ndarray) -> pd.DataFrame:
+                          z: torch.Tensor, labels: np.ndarray, contrasted: Sequence[int] = ()) -> pd.DataFrame:
     """Each treatment's ranked candidates from the shared cache: changes its cells show, distinct axes, a few spare.
 
-    ``z`` and ``labels`` are the training cells' latents and class indices.
-    A treatment without candidates has no row; the table is empty when none has.
+    ``z`` and ``labels`` are the training cells' latents and class indices;
+    ``contrasted`` the classes with a contrast direction, in the order they
+    follow the learned ones. A treatment's own contrast direction comes first
+    when its edit moves cells towards the treatment at all: it is the
+    treatment's average change, which the learned directions only approach,
+    and its score is the linear statistic that detects that change best. A
+    treatment without candidates has no row; the table is empty when none has.
     """
     cosines = axis_cosines(directions)
     n_candidates = min(settings.n_attributes + CANDIDATE_SPARE, directions.n_directions)
+    own = {target: directions.n_learned + i for i, target in enumerate(contrasted)}
     tables = []
     for target, treatment in enumerate(class_names[1:], start=1):
         eligible = expressed(treatment_shifts(directions, z, labels, target), settings.min_expression)
         try:
             table = select_attributes(cache, target, n_candidates, 0.0, settings.steps_inv, settings.steps_dec,
-                                      cosines, settings.max_cosine, eligible=eligible)
+                                      cosines, settings.max_cosine, eligible=eligible, first=own.get(target))
         except ValueError:  # no change its cells show moves cells towards it: it keeps no attribute
             continue
         tables.append(table.assign(treatment=str(treatment), alpha=settings.alpha))

@@ -124,13 +124,16 @@ def axis_cosines(directions: Directions) -> np.ndarray:
 def select_attributes(cache: RankingCache, target_class: int, n_attributes: int, threshold: float,
                       steps_inv: int, steps_dec: int, cosines: np.ndarray | None = None,
                       max_cosine: float = 1.0, exclude: frozenset[int] = frozenset(),
-                      eligible: np.ndarray | None = None) -> pd.DataFrame:
+                      eligible: np.ndarray | None = None, first: int | None = None) -> pd.DataFrame:
     """Greedy selection on memoised scores; one row per kept attribute with the reference's cost of its round.
 
     A direction whose axis has |cosine| of at least ``max_cosine`` with a kept
     one's (``cosines``, from ``axis_cosines``) is the same change and is not
     a candidate; neither are the directions in ``exclude``, nor the
     (direction, sign) pairs that ``eligible`` (K, 2), when given, marks False.
+    ``first``: a direction whose plus sign takes rank 1 whenever it is a
+    candidate above ``threshold`` (a treatment's own contrast direction);
+    the greedy choice by mean gain starts after it.
     """
     n_cells, n_directions = cache.edited_proba.shape[:2]
     gain = cache.edited_proba[..., target_class] - cache.proba[:, None, None, target_class]
@@ -147,6 +150,8 @@ def select_attributes(cache: RankingCache, target_class: int, n_attributes: int,
         if eligible is not None:
             candidates[~eligible] = -np.inf
         k, s = np.unravel_index(np.argmax(candidates), candidates.shape)
+        if r == 0 and first is not None and candidates[first, 0] >= threshold:
+            k, s = first, 0
         if candidates[k, s] < threshold:
             break
         explained = remaining & flips[:, k, s]
