@@ -96,19 +96,21 @@ def test_greedy_selection_drops_explained_cells_and_counts_the_reference():
     assert table["reference_unet_evaluations"].tolist() == [4 * (5 + 2 * 3 * 7), 2 * (5 + 2 * 2 * 7)]
 
 
-def test_a_first_direction_takes_rank_one_only_where_it_is_a_candidate_above_the_threshold():
+def test_a_first_direction_takes_rank_one_only_with_half_the_best_gain_above_the_threshold():
     gains = np.zeros((4, 3, 2), np.float32)
     gains[:, 0, 0] = 0.5  # the largest mean gain
-    gains[:, 2, 0] = 0.2  # the treatment's own direction: less gain, still towards it
-    gains[:, 2, 1] = 0.3
+    gains[:, 2, 0] = 0.3  # the treatment's own direction: less gain, more than half the best
+    gains[:, 2, 1] = 0.35
     table = select_attributes(synthetic_cache(gains), 1, 2, 0.0, 1, 1, first=2)
     assert table["attribute"].tolist() == ["d2p", "d0p"]
     assert select_attributes(synthetic_cache(gains), 1, 2, 0.0, 1, 1)["attribute"].tolist() == ["d0p", "d2n"]
-    assert select_attributes(synthetic_cache(gains), 1, 1, 0.25, 1, 1, first=2)["attribute"].tolist() == ["d0p"]
+    assert select_attributes(synthetic_cache(gains), 1, 1, 0.32, 1, 1, first=2)["attribute"].tolist() == ["d0p"]
     eligible = np.ones((3, 2), bool)
     eligible[2, 0] = False  # its cells do not show the change: the greedy order stands
     assert select_attributes(synthetic_cache(gains), 1, 1, 0.0, 1, 1, eligible=eligible,
                              first=2)["attribute"].tolist() == ["d0p"]
+    gains[:, 2, 0] = 0.2  # under half the best gain: the greedy order stands
+    assert select_attributes(synthetic_cache(gains), 1, 1, 0.0, 1, 1, first=2)["attribute"].tolist() == ["d0p"]
 
 
 def test_a_kept_attribute_is_matched_to_the_better_one_it_repeats():

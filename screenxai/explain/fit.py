@@ -2,8 +2,8 @@
 
 One set of directions is learned on the training cells' latents, and one
 contrast direction per treatment is added (``screenxai.explain.contrast``);
-a treatment's own one takes its first rank wherever its edit moves cells
-towards the treatment.
+a treatment's own one takes its first rank where its edit moves cells
+towards the treatment about as much as the best candidate's.
 The negative-control cells to rank on are inverted once and decoded once per
 (direction, sign); the cache holds every class's probability, so each
 treatment's ranking reads the same decodes. A treatment's kept attributes
@@ -197,7 +197,8 @@ def _treatment_candidates(cache, directions: Directions, class_names: Sequence[s
     ``z`` and ``labels`` are the training cells' latents and class indices;
     ``contrasted`` the classes with a contrast direction, in the order they
     follow the learned ones. A treatment's own contrast direction comes first
-    when its edit moves cells towards the treatment at all: it is the
+    when its edit moves cells towards the treatment with at least half the
+    best candidate's gain (``FIRST_GAIN_SHARE``): it is the
     treatment's average change, which the learned directions only approach,
     and its score is the linear statistic that detects that change best. A
     treatment without candidates has no row; the table is empty when none has.

@@ -29,6 +29,7 @@ from screenxai.models.classifier import predict_proba
 
 MAX_ALPHA = 3.0  # edits stay within 3 SD of the cells' projection on the direction
 SIGNS = (1, -1)
+FIRST_GAIN_SHARE = 0.5  # a first direction takes rank 1 with at least this share of the best candidate's gain
 
 
 @dataclass
@@ -131,9 +132,11 @@ def select_attributes(cache: RankingCache, target_class: int, n_attributes: int,
     one's (``cosines``, from ``axis_cosines``) is the same change and is not
     a candidate; neither are the directions in ``exclude``, nor the
     (direction, sign) pairs that ``eligible`` (K, 2), when given, marks False.
-    ``first``: a direction whose plus sign takes rank 1 whenever it is a
-    candidate above ``threshold`` (a treatment's own contrast direction);
-    the greedy choice by mean gain starts after it.
+    ``first``: a direction whose plus sign takes rank 1 when it is a
+    candidate above ``threshold`` whose gain is at least ``FIRST_GAIN_SHARE``
+    of the best candidate's (a treatment's own contrast direction, preferred
+    among edits that move the classifier comparably); the greedy choice by
+    mean gain goes on after it.
     """
     n_cells, n_directions = cache.edited_proba.shape[:2]
     gain = cache.edited_proba[..., target_class] - cache.proba[:, None, None, target_class]
@@ -150,7 +153,8 @@ def select_attributes(cache: RankingCache, target_class: int, n_attributes: int,
         if eligible is not None:
             candidates[~eligible] = -np.inf
         k, s = np.unravel_index(np.argmax(candidates), candidates.shape)
-        if r == 0 and first is not None and candidates[first, 0] >= threshold:
+        if r == 0 and first is not None and candidates[first, 0] >= max(threshold,
+                                                                       FIRST_GAIN_SHARE * candidates[k, s]):
             k, s = first, 0
         if candidates[k, s] < threshold:
             break
