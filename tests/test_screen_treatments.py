@@ -103,7 +103,7 @@ def test_a_treatments_own_contrast_direction_is_first_unless_its_gain_is_under_h
     assert (own["rank"] == 1).any(), attributes[["treatment", "rank", "attribute", "source", "mean_delta_p_all"]]
     best = attributes[attributes["rank"] == 1].set_index("treatment")["mean_delta_p_all"]
     lower = own[own["rank"] > 1]
-    assert (lower["mean_delta_p_all"] < FIRST_GAIN_SHARE * lower["treatment"].map(best)).all(), lower
+    assert (lower["mean_delta_p_all"] < FIRST_GAIN_SHARE * lower["treatment"].map(best).astype(float)).all(), lower
 
 
 @pytest.mark.acceptance
