@@ -19,12 +19,13 @@ import xarray as xr
 from conftest import documented_columns
 from screenxai.explain import load_directions
 from screenxai.explain.ranking import FIRST_GAIN_SHARE, axis_cosines
-from screenxai.explain.validation import grouping_agreement, names_factor, pseudo_treatment_call
+from screenxai.explain.validation import grouping_agreement, names_factor, pseudo_treatment_calls
 from screenxai.models.bundle import load_bundle
 from screenxai.pipeline.run import bundle_conditions
 from screenxai.pipeline.summary import with_layouts
 from screenxai.plate.simulate import MECHANISM_GROUPS, NEGATIVE_CONTROL, TREATMENTS
 
+PSEUDO_FALSE_POSITIVE_BOUND = 0.1  # stated margin: at most one pseudo-treatment of negative wells in ten called active
 
 @pytest.fixture(scope="module")
 def run(treatment_screen):
@@ -107,18 +108,24 @@ def test_a_treatments_own_contrast_direction_is_first_unless_its_gain_is_under_h
 
 
 @pytest.mark.acceptance
-def test_inert_treatment_and_a_pseudo_treatment_of_negative_wells_are_inactive_and_the_others_active(run):
-    """Issue 15, item 6: activity calls exact, and a treatment made of negative wells is called inactive.
+def test_inert_treatment_and_pseudo_treatments_of_negative_wells_are_inactive_and_the_others_active(run):
+    """Issue 15, item 6: activity calls exact, and treatments made of negative wells are called inactive.
 
+    A pseudo-treatment is a random half of the negative wells, called
+    against the other half. No call can find every one inactive: its null
+    is the most extreme of the 15 pairs that 6 remaining wells make, which
+    a pair of truly alike wells beats now and then (3-7% on plates of
+    independent normal wells, ``exchangeable_false_positive_rate``). The
+    stated margin: at most one in ten of 200 random ones called active.
     (The same item's factor-tracking goal is not met; benchmarks/README.md
     has its figures.)
     """
     calls = pd.read_parquet(run.out / "treatments.parquet").set_index("treatment")["active"]
     assert calls.to_dict() == {t: bool(factors) for t, factors in TREATMENTS.items()}
     wells = with_layouts(pd.read_parquet(run.out / "wells.parquet"), {})
-    attributes = pd.read_parquet(run.out / "attributes.parquet")
-    pseudo = pseudo_treatment_call(wells, attributes, bundle_conditions(load_bundle(run.bundle)))
-    assert not pseudo["active"], pseudo
+    pseudo = pseudo_treatment_calls(wells, bundle_conditions(load_bundle(run.bundle)))
+    assert (pseudo["top_wells"] == 2).all() and (pseudo["wells"] == 6).all()
+    assert pseudo["active"].mean() <= PSEUDO_FALSE_POSITIVE_BOUND, pseudo[pseudo["active"]]
 
 
 @pytest.mark.acceptance

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from screenxai.explain.validation import readout_report, treatment_report
+from screenxai.explain.validation import (exchangeable_false_positive_rate, pseudo_treatment_calls,
+                                          readout_report, treatment_report)
 from screenxai.pipeline.treatments import label_treatments, treatment_tables
 from screenxai.plate.conditions import Conditions
 from screenxai.stats import profile_similarity, treatment_profiles
@@ -94,6 +95,22 @@ def test_a_pseudo_treatment_of_negative_wells_is_inactive():
     conditions = Conditions("compound", "DMSO", ("big", "fake", "hi", "lo", "none"))
     table = treatment_tables(wells, attributes, conditions, {}).treatments.set_index("treatment")
     assert not table.loc["fake", "active"] and table.loc["hi", "active"]
+
+
+def test_pseudo_treatments_are_halves_of_the_negative_wells_shaped_like_the_treatments_and_rarely_active():
+    """Each draw: 6 of the 12 negative wells, 2 at the top dose as every treatment has; few beat the null."""
+    wells = planted_wells(seed=1)
+    conditions = Conditions("compound", "DMSO", ("big", "hi", "lo", "none"))
+    calls = pseudo_treatment_calls(wells, conditions, draws=100)
+    assert len(calls) == 100 and (calls["wells"] == 6).all() and (calls["top_wells"] == 2).all()
+    assert set(calls["readout"]) <= {"attribute_d0p", "attribute_d1p"}
+    assert calls["active"].mean() <= 0.1
+
+
+def test_truly_alike_negative_wells_still_make_a_few_pseudo_treatments_active():
+    """The null is the most extreme of 15 pairs: a pair of alike wells beats it now and then, not often."""
+    rate = exchangeable_false_positive_rate(12, 12, 2, draws=300)
+    assert 0.0 < rate <= 0.1
 
 
 def test_the_two_class_treatment_is_every_non_negative_well():

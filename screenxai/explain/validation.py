@@ -17,7 +17,8 @@ from scipy.stats import spearmanr
 from sklearn.metrics import adjusted_rand_score
 
 from screenxai.explain.naming import feature_label
-from screenxai.pipeline.treatments import treatment_tables
+from screenxai.pipeline.treatments import TREATMENT, activity_calls, label_treatments
+from screenxai.stats import top_dose_wells, treatment_profiles
 from screenxai.plate.conditions import Conditions
 
 # The morphology features in which each planted factor shows (``screenxai.cells`` feature columns).
@@ -28,6 +29,7 @@ FACTOR_FEATURES = {
 }
 CHANNELS = ("DNA", "reporter")
 PSEUDO_TREATMENT = "negative-wells"
+PSEUDO_DRAWS = 200  # random pseudo-treatments per plate
 
 
 def names_factor(name: str, factor: str) -> bool:
@@ -113,24 +115,64 @@ def grouping_agreement(treatments: pd.DataFrame, true_groups: dict[str, str]) ->
     return float(adjusted_rand_score(list(true_groups.values()), table["group"].tolist()))
 
 
-def pseudo_treatment_call(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: Conditions) -> dict:
-    """Every other negative well relabelled as a treatment with a dose series, and its activity call.
+def pseudo_treatment_calls(wells: pd.DataFrame, conditions: Conditions, draws: int = PSEUDO_DRAWS,
+                           seed: int = 0) -> pd.DataFrame:
+    """Activity calls of random pseudo-treatments made of negative wells, one row per draw.
 
-    The pseudo-treatment takes the dose indices of a real one and the first
-    treatment's attributes; the rest of the negative wells stay negative. A
-    sound activity call finds it inactive. ``wells`` has the layout columns
-    (``compound``, ``dose_index``, ``dose``) joined.
+    Each draw relabels a random half of the negative wells as a treatment
+    whose top dose has as many wells as the screen's treatments have at
+    theirs (the median; at most the pseudo-treatment's half), and calls it
+    as a run calls a treatment, on every attribute and contrast readout
+    (``mean_attribute_*``, ``mean_contrast_*``), against the other half. A
+    sound call finds few of them active; how few it can find is set by how
+    many pseudo-groups the remaining negatives make
+    (:func:`exchangeable_false_positive_rate`). One draw says little: a
+    plate whose brightest negative wells fall into one half makes that half
+    differ from the other in earnest. ``wells`` has the layout columns
+    (``dose_index``) joined. Columns: ``wells``, ``top_wells``, ``active``,
+    ``activity_z``, ``null_z``, ``readout``.
     """
-    negatives = wells.index[wells[conditions.class_column] == conditions.negative]
-    fake = negatives[::2]
-    relabelled = wells.copy()
-    relabelled.loc[fake, conditions.class_column] = PSEUDO_TREATMENT
-    relabelled.loc[fake, "dose_index"] = np.resize(sorted(wells["dose_index"].unique())[1:], len(fake))
-    relabelled.loc[fake, "dose"] = relabelled.loc[fake, "dose_index"].astype(float)
-    first = attributes[attributes["treatment"] == conditions.treatments[0]]
-    extended = pd.concat([attributes, first.assign(treatment=PSEUDO_TREATMENT)], ignore_index=True)
-    with_pseudo = Conditions(conditions.class_column, conditions.negative, (*conditions.treatments, PSEUDO_TREATMENT))
-    treatments = treatment_tables(relabelled, extended, with_pseudo, {}).treatments
-    row = treatments.set_index("treatment").loc[PSEUDO_TREATMENT]
-    return {"wells": len(fake), "active": bool(row["active"]), "activity_z": float(row["activity_z"]),
-            "null_z": float(row["null_z"])}
+    labelled = label_treatments(wells, conditions)
+    readouts = [c for c in labelled.columns if c.startswith(("mean_attribute_", "mean_contrast_"))]
+    negatives = labelled[labelled[TREATMENT] == conditions.negative]
+    treated = labelled[labelled[TREATMENT].isin(conditions.treatments)]
+    top = top_dose_wells(treated, TREATMENT, conditions.negative, 1, "dose_index")
+    size = len(negatives) // 2
+    top_wells = int(min(top.groupby(TREATMENT).size().median(), size)) if len(top) else 1
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(draws):
+        relabelled = negatives.copy()
+        chosen = rng.permutation(len(negatives))[:size]
+        relabelled.iloc[chosen, relabelled.columns.get_loc(TREATMENT)] = PSEUDO_TREATMENT
+        relabelled.iloc[chosen, relabelled.columns.get_loc("dose_index")] = np.where(np.arange(size) < top_wells, 2, 1)
+        profiles = treatment_profiles(relabelled, TREATMENT, readouts, conditions.negative, 1, "dose_index")
+        call = activity_calls(relabelled, profiles, pd.Series({PSEUDO_TREATMENT: top_wells}),
+                              conditions.negative).loc[PSEUDO_TREATMENT]
+        rows.append({"wells": size, "top_wells": top_wells, "active": bool(call["active"]),
+                     "activity_z": float(call["activity_z"]), "null_z": float(call["null_z"]),
+                     "readout": str(call["top_attribute"]).removeprefix("mean_")})
+    return pd.DataFrame(rows)
+
+
+def exchangeable_false_positive_rate(n_negative_wells: int, n_readouts: int, top_wells: int,
+                                     draws: int = PSEUDO_DRAWS, seed: int = 0) -> float:
+    """The share of pseudo-treatments called active on plates whose wells are independent normal draws.
+
+    The level the activity call reaches when the negative wells are truly
+    alike: its null is the most extreme of the few pseudo-groups the
+    remaining negatives make, so even then a pseudo-treatment beats it now
+    and then. The same design as a screen's: ``n_negative_wells``,
+    ``n_readouts`` and ``top_wells`` wells at the pseudo-treatment's top dose.
+    """
+    rng = np.random.default_rng(seed)
+    conditions = Conditions("compound", "negative", ("treated",))
+    design = pd.DataFrame({"plate": "p", "well": [f"w{i}" for i in range(n_negative_wells + top_wells)],
+                           "compound": ["negative"] * n_negative_wells + ["treated"] * top_wells,
+                           "dose_index": [0] * n_negative_wells + [1] * top_wells})
+    calls = []
+    for _ in range(draws):  # a fresh plate each draw: one plate's splits share its wells
+        readouts = rng.normal(size=(len(design), n_readouts))
+        wells = design.join(pd.DataFrame(readouts, columns=[f"mean_attribute_r{i}" for i in range(n_readouts)]))
+        calls.append(pseudo_treatment_calls(wells, conditions, 1, int(rng.integers(2**31)))["active"].iloc[0])
+    return float(np.mean(calls))

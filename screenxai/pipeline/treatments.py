@@ -102,7 +102,7 @@ def treatment_tables(wells: pd.DataFrame, attributes: pd.DataFrame, conditions: 
     top = top_dose_wells(labelled, TREATMENT, conditions.negative, top_doses, dose_level(labelled))
     named = _attribute_statistics(labelled, scores, attributes, top, conditions.negative, dose)
     profiles = treatment_profiles(labelled, TREATMENT, readouts, conditions.negative, top_doses, dose_level(labelled))
-    activity = _activity(labelled, profiles, top.groupby(TREATMENT).size(), conditions)
+    activity = activity_calls(labelled, profiles, top.groupby(TREATMENT).size(), conditions.negative)
     active = activity.index[activity["active"].astype(bool)]
     similarity = _similarity(profiles[values], active, axis_cosines, shift_cosines)
     own = _readout_statistics(labelled, scores, contrasts, top, conditions.negative, dose)
@@ -210,10 +210,11 @@ def _treatment_table(wells: pd.DataFrame, activity: pd.DataFrame, similarity: pd
     return table.reset_index(drop=True)
 
 
-def _activity(wells: pd.DataFrame, profiles: pd.DataFrame, sizes: pd.Series, conditions: Conditions) -> pd.DataFrame:
-    """``call_activity`` against pseudo-treatments of negative wells; the threshold alone when too few negatives."""
+def activity_calls(wells: pd.DataFrame, profiles: pd.DataFrame, sizes: pd.Series, negative: str) -> pd.DataFrame:
+    """Each treatment's activity call: ``call_activity`` of its top-dose ``profiles`` (``sizes`` wells each)
+    against pseudo-treatments of the ``negative`` wells of ``wells``; the threshold alone when too few negatives."""
     try:
-        null = negative_profiles(wells, TREATMENT, list(profiles.columns), conditions.negative)
+        null = negative_profiles(wells, TREATMENT, list(profiles.columns), negative)
         return call_activity(profiles, null, sizes, ACTIVITY_THRESHOLD)
     except StatisticsError:
         strength = profiles.abs().fillna(0)
