@@ -134,7 +134,8 @@ def main() -> None:
     }
     if args.data == "simulated":
         start = time.perf_counter()
-        plain, _ = train_tcvae(crops, TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width),
+        plain, _ = train_tcvae(crops, TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width,
+                                                   config.texture_maps),
                                1.0, config.vae_steps, config.batch_size, config.lr, config.seed, config.recon_weight)
         result["disentanglement_mig_nmi"] = {
             "factors": FACTORS, "cells": len(test_crops),

@@ -23,7 +23,10 @@ from screenxai.interpret import (
 )
 from screenxai.interpret.formula import FormulaConfig, evaluate_torch, fit_formula
 from screenxai.interpret.sparse import SparseConfig, sparse_logit, train_sparse
-from screenxai.interpret.tcvae import BetaTCVAE, TCVAEConfig, tcvae_loss
+from scipy.stats import spearmanr
+
+from screenxai.interpret.tcvae import (BetaTCVAE, TCVAEConfig, encode_means, reconstruction_mse, tcvae_loss,
+                                       texture_maps, train_tcvae)
 from screenxai.models.device import generator
 
 torch.set_num_threads(1)
@@ -43,6 +46,56 @@ def test_tcvae_loss_weights_only_the_total_correlation_by_beta():
 def test_tcvae_refuses_crops_not_divisible_by_eight():
     with pytest.raises(ValueError, match="divisible by 8"):
         BetaTCVAE(TCVAEConfig(in_channels=1, image_size=30))
+
+
+def spotty_disks(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One-channel 32 px crops of a disk whose brightness and spottiness vary independently; and the spottiness.
+
+    Spottiness is the SD of pixel noise inside the disk (0 to 0.4), drawn
+    afresh per crop, so its spots sit at random places.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:32, :32]
+    disk = ((yy - 15.5) ** 2 + (xx - 15.5) ** 2 < 10**2).astype(np.float32)
+    brightness, spottiness = rng.uniform(0.2, 0.8, n), rng.uniform(0.0, 0.4, n)
+    noise = rng.normal(size=(n, 32, 32)) * spottiness[:, None, None]
+    crops = (-1 + disk * (brightness[:, None, None] + noise)).clip(-1, 1).astype(np.float32)
+    return crops[:, None], spottiness
+
+
+def test_texture_maps_are_high_on_spots_and_lowest_where_the_crop_is_flat():
+    crops, spottiness = spotty_disks(16)
+    x = torch.from_numpy(crops[np.argsort(spottiness)[[0, -1]]])  # the smoothest and the spottiest
+    x[0] = 0.3  # flat: no fine detail anywhere
+    maps = texture_maps(x)
+    assert maps.shape == x.shape and maps.min() >= -1 and maps.max() <= 1
+    assert torch.allclose(maps[0], torch.full_like(maps[0], -1.0), atol=1e-5)
+    assert maps[1][:, 12:20, 12:20].mean() > maps[0].mean() + 0.5
+
+
+def test_a_texture_map_vae_encodes_and_draws_the_maps_after_the_channels():
+    torch.manual_seed(0)
+    config = TCVAEConfig(in_channels=2, image_size=32, latent_dim=4, width=8, texture_maps=True)
+    model = BetaTCVAE(config).eval()
+    x = torch.rand(8, 2, 32, 32) * 2 - 1
+    assert torch.equal(model.target(x), torch.cat([x, texture_maps(x)], dim=1))
+    assert model.decode(model(x)).shape == (8, 4, 32, 32)
+    assert np.isfinite(reconstruction_mse(model, x.numpy()))
+    assert TCVAEConfig(**config.to_dict()) == config
+    old = {k: v for k, v in config.to_dict().items() if k != "texture_maps"}
+    assert TCVAEConfig(**old).texture_maps is False  # bundles saved before the option load as they were trained
+
+
+def test_only_a_vae_with_texture_maps_encodes_how_spotty_a_cell_is():
+    """Spots at random places cannot be drawn back from a few latents, so a pixel loss alone drops them."""
+    crops, spottiness = spotty_disks(256)
+    tracking = {}
+    for maps in (False, True):
+        config = TCVAEConfig(in_channels=1, image_size=32, latent_dim=4, width=8, texture_maps=maps)
+        model, _ = train_tcvae(crops, config, beta=4.0, steps=150, seed=0, recon_weight=30.0)
+        z = encode_means(model, crops)
+        tracking[maps] = max(abs(spearmanr(z[:, j], spottiness).statistic) for j in range(z.shape[1]))
+    assert tracking[True] >= 0.5 and tracking[True] > tracking[False] + 0.2, tracking
 
 
 def test_disentanglement_rewards_one_dimension_per_factor():

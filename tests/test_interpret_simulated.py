@@ -99,7 +99,7 @@ def test_save_load_round_trip_keeps_outputs(fitted, simulated_test_cells, tmp_pa
 def test_tcvae_disentangles_better_than_a_plain_vae(fitted, simulated_train_cells, simulated_test_cells):
     """MIG over the planted factors on the held-out plate: beta-TCVAE above a beta=1 VAE trained the same way."""
     crops, table = simulated_train_cells
-    config = TCVAEConfig(crops.shape[1], crops.shape[2], CONFIG.latent_dim, CONFIG.vae_width)
+    config = TCVAEConfig(crops.shape[1], crops.shape[2], CONFIG.latent_dim, CONFIG.vae_width, CONFIG.texture_maps)
     plain, _ = train_tcvae(crops, config, 1.0, CONFIG.vae_steps, CONFIG.batch_size, CONFIG.lr, CONFIG.seed,
                            CONFIG.recon_weight)
     test_crops, test_table = simulated_test_cells

@@ -48,9 +48,10 @@ class InterpretConfig:
     true classes.
     """
 
-    latent_dim: int = 8
+    latent_dim: int = 12
     beta: float = 10.0
     vae_width: int = 32
+    texture_maps: bool = True
     vae_steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
@@ -276,7 +277,8 @@ def fit_interpretable(
     start = time.perf_counter()
     shared_vae = vae is not None
     if not shared_vae:
-        vae_config = TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width)
+        vae_config = TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width,
+                                 config.texture_maps)
         vae, vae_log = train_tcvae(crops[cells.vae_rows], vae_config, config.beta, config.vae_steps,
                                    config.batch_size, config.lr, config.seed, config.recon_weight,
                                    on_step=lambda done, total: step("VAE", done, total))

@@ -7,6 +7,13 @@ Weighting only the TC term by ``beta`` pushes the dimensions towards
 independence without starving the reconstruction. ``log q(z)`` and
 ``log prod_d q(z_d)`` are estimated on each minibatch by minibatch-weighted
 sampling. With ``beta = 1`` the loss is the plain VAE's.
+
+A pixel loss lets a VAE ignore texture: spots at random places cannot be
+drawn back from a few latents, so the best decode is smooth whatever the
+cell. With ``texture_maps`` the VAE also encodes and reconstructs each
+channel's texture map, the local RMS of the crop's fine detail (the crop
+less its Gaussian blur), which is smooth and follows how spotty the cell
+is: the latents then carry texture.
 """
 
 from __future__ import annotations
@@ -18,21 +25,26 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from screenxai.models.batches import map_batches
 from screenxai.models.device import generator
 
 LOG_2PI = math.log(2 * math.pi)
+DETAIL_SIGMA = 1.0  # px: the blur whose residual is a crop's fine detail
+TEXTURE_SIGMA = 2.0  # px: the neighbourhood over which the detail's RMS is taken
+TEXTURE_SCALE = 0.25  # RMS (in [-1, 1] crop units) that maps to the top of the range
 
 
 @dataclass(frozen=True)
 class TCVAEConfig:
-    """Shape of a ``BetaTCVAE``: crop channels and size, latent size, convolution width."""
+    """Shape of a ``BetaTCVAE``: crop channels and size, latent size, convolution width, texture maps or not."""
 
     in_channels: int
     image_size: int = 32
     latent_dim: int = 10
     width: int = 32
+    texture_maps: bool = False
 
     def to_dict(self) -> dict:
         """A JSON-ready dict."""
@@ -44,6 +56,8 @@ class BetaTCVAE(nn.Module):
 
     Three stride-2 convolutions down to S/8, a linear layer to the posterior
     mean and log-variance, and the mirror image back to pixels (tanh output).
+    With ``texture_maps`` the encoder reads, and the decoder draws, each
+    channel's texture map after the channels (``target``).
     """
 
     architecture = "BetaTCVAE"
@@ -55,8 +69,9 @@ class BetaTCVAE(nn.Module):
         self.config = config
         w, side = config.width, config.image_size // 8
         self._side = side
+        channels = config.in_channels * (2 if config.texture_maps else 1)
         self.encoder = nn.Sequential(
-            nn.Conv2d(config.in_channels, w, 4, 2, 1), nn.SiLU(),
+            nn.Conv2d(channels, w, 4, 2, 1), nn.SiLU(),
             nn.Conv2d(w, 2 * w, 4, 2, 1), nn.SiLU(),
             nn.Conv2d(2 * w, 2 * w, 4, 2, 1), nn.SiLU(),
             nn.Flatten(), nn.Linear(2 * w * side * side, 128), nn.SiLU(),
@@ -66,21 +81,44 @@ class BetaTCVAE(nn.Module):
         self.decoder = nn.Sequential(
             nn.ConvTranspose2d(2 * w, 2 * w, 4, 2, 1), nn.SiLU(),
             nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.SiLU(),
-            nn.ConvTranspose2d(w, config.in_channels, 4, 2, 1), nn.Tanh())
+            nn.ConvTranspose2d(w, channels, 4, 2, 1), nn.Tanh())
+
+    def target(self, x: torch.Tensor) -> torch.Tensor:
+        """What the VAE encodes and reconstructs: the crops, and after them their texture maps when it has them."""
+        return torch.cat([x, texture_maps(x)], dim=1) if self.config.texture_maps else x
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of ``q(z | x)``."""
-        mean, log_var = self.encoder(x).chunk(2, dim=1)
+        mean, log_var = self.encoder(self.target(x)).chunk(2, dim=1)
         return mean, log_var.clamp(-12, 8)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Images from latents."""
+        """Images (with texture maps after the channels, when the VAE has them) from latents."""
         h = self.decoder_input(z).view(len(z), -1, self._side, self._side)
         return self.decoder(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The posterior means: the cell's features."""
         return self.posterior(x)[0]
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Each channel of (N, C, H, W) blurred by a separable Gaussian, borders reflected."""
+    radius = math.ceil(3 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-offsets**2 / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = x.shape[1]
+    x = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def texture_maps(x: torch.Tensor) -> torch.Tensor:
+    """Each channel's local RMS of fine detail (crop less its blur), mapped from [0, TEXTURE_SCALE] to [-1, 1]."""
+    detail = x - _gaussian_blur(x, DETAIL_SIGMA)
+    rms = _gaussian_blur(detail**2, TEXTURE_SIGMA).clamp_min(0).sqrt()
+    return 2 * (rms / TEXTURE_SCALE).clamp(max=1) - 1
 
 
 def _log_normal(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
@@ -99,7 +137,7 @@ def tcvae_loss(model: BetaTCVAE, x: torch.Tensor, dataset_size: int, beta: float
     mean, log_var = model.posterior(x)
     noise = torch.randn(mean.shape, generator=gen).to(mean.device)
     z = mean + torch.exp(0.5 * log_var) * noise
-    recon = recon_weight * ((model.decode(z) - x) ** 2).flatten(1).sum(1)
+    recon = recon_weight * ((model.decode(z) - model.target(x)) ** 2).flatten(1).sum(1)
     log_qz_given_x = _log_normal(z, mean, log_var).sum(1)
     log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)).sum(1)
     pairwise = _log_normal(z[:, None, :], mean[None, :, :], log_var[None, :, :])  # (M, M, D)
@@ -161,8 +199,8 @@ def encode_means(model: BetaTCVAE, crops: np.ndarray, batch_size: int = 512) -> 
 
 
 def reconstruction_mse(model: BetaTCVAE, crops: np.ndarray) -> float:
-    """Mean squared error of decoding the posterior means of ``crops``."""
+    """Mean squared error of decoding the posterior means of ``crops`` (the crops' channels, not texture maps)."""
     with torch.no_grad():
         x = torch.from_numpy(np.ascontiguousarray(crops, np.float32))
-        return float(((model.decode(model(x)) - x) ** 2).mean())
+        return float(((model.decode(model(x))[:, :x.shape[1]] - x) ** 2).mean())
 

@@ -137,7 +137,8 @@ def fit_treatments(
     if heldout is None:
         crops, table, heldout = _heldout_split(crops, table, class_column, class_names, config)
     start = time.perf_counter()
-    vae, log = train_tcvae(crops, TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width),
+    vae, log = train_tcvae(crops, TCVAEConfig(crops.shape[1], crops.shape[2], config.latent_dim, config.vae_width,
+                                                 config.texture_maps),
                            config.beta, config.vae_steps, config.batch_size, config.lr, config.seed,
                            config.recon_weight, on_step=lambda done, total: step("VAE", done, total))
     timings = {"vae_s": time.perf_counter() - start}
