@@ -73,6 +73,13 @@ def test_texture_maps_are_high_on_spots_and_lowest_where_the_crop_is_flat():
     assert maps[1][:, 12:20, 12:20].mean() > maps[0].mean() + 0.5
 
 
+def test_texture_maps_pass_finite_gradients_even_through_flat_crops():
+    """Attacks on the interpretable model differentiate through the maps; a flat crop has no detail at all."""
+    x = torch.zeros(1, 2, 32, 32, requires_grad=True)
+    texture_maps(x).sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
 def test_a_texture_map_vae_encodes_and_draws_the_maps_after_the_channels():
     torch.manual_seed(0)
     config = TCVAEConfig(in_channels=2, image_size=32, latent_dim=4, width=8, texture_maps=True)

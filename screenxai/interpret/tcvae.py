@@ -117,7 +117,7 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 def texture_maps(x: torch.Tensor) -> torch.Tensor:
     """Each channel's local RMS of fine detail (crop less its blur), mapped from [0, TEXTURE_SCALE] to [-1, 1]."""
     detail = x - _gaussian_blur(x, DETAIL_SIGMA)
-    rms = _gaussian_blur(detail**2, TEXTURE_SIGMA).clamp_min(0).sqrt()
+    rms = (_gaussian_blur(detail**2, TEXTURE_SIGMA).clamp_min(0) + 1e-12).sqrt()  # finite gradient where flat
     return 2 * (rms / TEXTURE_SCALE).clamp(max=1) - 1
 
 
