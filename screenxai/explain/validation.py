@@ -18,8 +18,8 @@ from sklearn.metrics import adjusted_rand_score
 
 from screenxai.explain.naming import feature_label
 from screenxai.pipeline.treatments import TREATMENT, activity_calls, label_treatments
-from screenxai.stats import top_dose_wells, treatment_profiles
 from screenxai.plate.conditions import Conditions
+from screenxai.stats import top_dose_wells, treatment_profiles
 
 # The morphology features in which each planted factor shows (``screenxai.cells`` feature columns).
 FACTOR_FEATURES = {
