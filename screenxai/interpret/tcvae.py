@@ -89,7 +89,11 @@ class BetaTCVAE(nn.Module):
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of ``q(z | x)``."""
-        mean, log_var = self.encoder(self.target(x)).chunk(2, dim=1)
+        return self.posterior_of_target(self.target(x))
+
+    def posterior_of_target(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``posterior`` from crops already made into ``target(x)``."""
+        mean, log_var = self.encoder(target).chunk(2, dim=1)
         return mean, log_var.clamp(-12, 8)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -134,10 +138,11 @@ def tcvae_loss(model: BetaTCVAE, x: torch.Tensor, dataset_size: int, beta: float
     weighted sampling: ``log q(z_i) ~ logsumexp_j log q(z_i | x_j) - log(N M)``
     for a batch of M out of ``dataset_size`` = N cells.
     """
-    mean, log_var = model.posterior(x)
+    target = model.target(x)
+    mean, log_var = model.posterior_of_target(target)
     noise = torch.randn(mean.shape, generator=gen).to(mean.device)
     z = mean + torch.exp(0.5 * log_var) * noise
-    recon = recon_weight * ((model.decode(z) - model.target(x)) ** 2).flatten(1).sum(1)
+    recon = recon_weight * ((model.decode(z) - target) ** 2).flatten(1).sum(1)
     log_qz_given_x = _log_normal(z, mean, log_var).sum(1)
     log_pz = _log_normal(z, torch.zeros_like(z), torch.zeros_like(z)).sum(1)
     pairwise = _log_normal(z[:, None, :], mean[None, :, :], log_var[None, :, :])  # (M, M, D)
